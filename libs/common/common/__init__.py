@@ -1,0 +1,1 @@
+"""MammothBox shared library: settings, logging, database, bus, storage, outbox, telemetry."""

@@ -1,0 +1,138 @@
+"""One robust AMQP connection per process, publishing with confirms."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from common.settings import CommonSettings
+from common.topology import QUEUES, QueueSpec, declare_all
+
+log = structlog.get_logger(__name__)
+
+
+class BusUnavailable(RuntimeError):
+    """The broker cannot be reached right now."""
+
+
+class Bus:
+    """A robust connection that (re)connects in the background, and a confirming publisher.
+
+    A service starts even while RabbitMQ is down: `connected` tells whether it is usable, and
+    publishing raises BusUnavailable until it is.
+    """
+
+    def __init__(
+        self, settings: CommonSettings, specs: tuple[QueueSpec, ...] = QUEUES
+    ) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, wait: float | None = None) -> None:
+        """Begin connecting; optionally wait up to `wait` seconds for the first connection."""
+        self._task = asyncio.create_task(self._connect_forever(), name="bus-connect")
+        if wait:
+            try:
+                await asyncio.wait_for(self._ready.wait(), wait)
+            except TimeoutError:
+                log.warning("bus not reachable yet; continuing to retry")
+
+    async def _connect_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                connection = await aio_pika.connect_robust(
+                    self.settings.rabbitmq_url, client_properties={"connection_name": "mammothbox"}
+                )
+                break
+            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as error:
+                log.warning("bus connect failed", error=str(error), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.connection = connection
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_all(channel, self.settings, self.specs)
+        self._exchange = await channel.get_exchange(self.settings.bus_exchange)
+        self._channel = channel
+        self._ready.set()
+        log.info("bus connected")
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection and the publishing channel are open."""
+        return (
+            self.connection is not None
+            and self.connection.connected.is_set()
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def wait_connected(self, timeout: float) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def channel(self, prefetch: int | None = None) -> AbstractChannel:
+        """A new channel on the shared connection (consumers get their own)."""
+        if self.connection is None:
+            raise BusUnavailable("bus not connected")
+        channel = await self.connection.channel(publisher_confirms=True)
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, Any] | None = None,
+        to_queue: bool = False,
+    ) -> None:
+        """Publish persistently and wait for the broker's confirm; raise if it is refused.
+
+        With `to_queue` the routing key names a queue and the default exchange is used.
+        """
+        if not self.connected or self._channel is None or self._exchange is None:
+            raise BusUnavailable("bus not connected")
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            headers=dict(headers or {}),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        exchange = self._channel.default_exchange if to_queue else self._exchange
+        # mandatory: an unroutable event is an error to retry, never a silent drop.
+        await exchange.publish(message, routing_key=routing_key, mandatory=True)
+
+    async def queue_stats(self, name: str) -> tuple[int, int] | None:
+        """(messages, consumers) of a queue, or None when it cannot be read."""
+        if self.connection is None or not self.connected:
+            return None
+        try:
+            channel = await self.connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                result = queue.declaration_result
+                return int(result.message_count or 0), int(result.consumer_count or 0)
+            finally:
+                await channel.close()
+        except (aio_pika.exceptions.AMQPError, OSError, asyncio.TimeoutError):
+            return None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.connection is not None:
+            await self.connection.close()

@@ -1,0 +1,179 @@
+"""One ack policy, in one wrapper: ack on success, retry through delay queues, or park."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from common.bus import Bus
+from common.messages import Event
+from common.topology import (
+    ATTEMPT_HEADER,
+    ERROR_HEADER,
+    ORIGIN_QUEUE_HEADER,
+    ORIGIN_ROUTING_KEY_HEADER,
+    QueueSpec,
+)
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("mammothbox.consumer")
+
+JOBS_PROCESSED = Counter(
+    "jobs_processed_total", "Messages handled, by service and outcome.", ["service", "outcome"]
+)
+JOB_DURATION = Histogram(
+    "job_processing_duration_seconds",
+    "Time spent handling one message, by service and stage.",
+    ["service", "stage"],
+)
+
+E = TypeVar("E", bound=Event)
+
+
+class Retryable(Exception):
+    """A transient failure: try again later, through the delay queues."""
+
+
+class Permanent(Exception):
+    """A failure that will not go away by trying again: park the message at once."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler may want to know about the message it handles."""
+
+    attempt: int
+    headers: dict[str, Any]
+    routing_key: str | None
+
+
+Handler = Callable[[E, Delivery], Awaitable[None]]
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text[:2000]
+
+
+class Consumer(Generic[E]):
+    """Consume one queue with one handler under the shared ack policy."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        spec: QueueSpec,
+        model: type[E],
+        handler: Handler[E],
+        *,
+        service: str,
+        prefetch: int,
+    ) -> None:
+        self.bus = bus
+        self.spec = spec
+        self.model = model
+        self.handler = handler
+        self.service = service
+        self.prefetch = prefetch
+        self.max_attempts = len(bus.settings.bus_retry_delays) + 1
+        self._queue: AbstractQueue | None = None
+
+    async def start(self) -> None:
+        channel = await self.bus.channel(prefetch=self.prefetch)
+        self._queue = await channel.get_queue(self.spec.name)
+        await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = dict(message.headers or {})
+        attempt = int(headers.get(ATTEMPT_HEADER, 1))  # type: ignore[call-overload]
+        parent = propagate.extract({k: str(v) for k, v in headers.items()})
+        token = otel_context.attach(parent)
+        start = time.perf_counter()
+        try:
+            with (
+                tracer.start_as_current_span(f"consume {self.spec.name}"),
+                structlog.contextvars.bound_contextvars(
+                    queue=self.spec.name, message_id=message.message_id, attempt=attempt
+                ),
+            ):
+                outcome = await self._handle(message, headers, attempt)
+        finally:
+            otel_context.detach(token)
+            JOB_DURATION.labels(self.service, self.spec.name).observe(time.perf_counter() - start)
+        JOBS_PROCESSED.labels(self.service, outcome).inc()
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any], attempt: int
+    ) -> str:
+        try:
+            event = self.model.model_validate_json(message.body)
+        except ValidationError as error:
+            # A payload that does not validate will never validate: park it at once.
+            return await self._park(message, headers, f"invalid message: {error}", attempt)
+        try:
+            routing_key = headers.get(ORIGIN_ROUTING_KEY_HEADER) or message.routing_key
+            await self.handler(event, Delivery(attempt, headers, routing_key))
+        except Permanent as error:
+            return await self._park(message, headers, _error_text(error), attempt)
+        except Exception as error:  # noqa: BLE001 - anything unexpected is treated as transient
+            if attempt >= self.max_attempts:
+                text = f"gave up after {attempt} attempts: {_error_text(error)}"
+                return await self._park(message, headers, text, attempt)
+            log.warning("handler failed; will retry", error=_error_text(error))
+            return await self._retry(message, headers, attempt)
+        await message.ack()
+        return "ok"
+
+    async def _forward(
+        self, message: AbstractIncomingMessage, queue: str, headers: dict[str, Any]
+    ) -> bool:
+        """Publish a copy to `queue` with confirm, then ack; leave it unacked on failure."""
+        try:
+            await self.bus.publish(
+                queue,
+                message.body,
+                message_id=message.message_id or "",
+                headers=headers,
+                to_queue=True,
+            )
+        except Exception as error:  # noqa: BLE001 - the original stays unacked and returns
+            log.error("could not forward message", target=queue, error=_error_text(error))
+            await message.nack(requeue=True)
+            return False
+        await message.ack()
+        return True
+
+    async def _retry(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any], attempt: int
+    ) -> str:
+        headers = {
+            ORIGIN_ROUTING_KEY_HEADER: message.routing_key or "",
+            **headers,
+            ATTEMPT_HEADER: attempt + 1,
+        }
+        ok = await self._forward(message, self.spec.delay(attempt), headers)
+        return "retried" if ok else "requeued"
+
+    async def _park(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any], error: str, attempt: int
+    ) -> str:
+        log.error("message parked", error=error)
+        headers = {
+            **headers,
+            ERROR_HEADER: error,
+            ATTEMPT_HEADER: attempt,
+            ORIGIN_QUEUE_HEADER: self.spec.name,
+        }
+        headers.setdefault(ORIGIN_ROUTING_KEY_HEADER, message.routing_key or "")
+        ok = await self._forward(message, self.spec.parking, headers)
+        return "dead_lettered" if ok else "requeued"
+
+

@@ -1,0 +1,61 @@
+"""The asyncpg pool: sized from settings, pgvector codec on every connection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+from prometheus_client import Histogram
+
+from common.settings import CommonSettings
+
+DB_QUERY_DURATION = Histogram(
+    "db_query_duration_seconds",
+    "Duration of database work, by operation.",
+    ["operation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await register_vector(conn)
+    # jsonb in and out as Python objects, so callers never hand-serialise.
+    import orjson
+
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+@asynccontextmanager
+async def open_pool(settings: CommonSettings, **overrides: Any) -> AsyncIterator[asyncpg.Pool]:
+    """Open the pool (min = DB_POOL_SIZE, max = size + DB_MAX_OVERFLOW) and close it after."""
+    options: dict[str, Any] = {
+        "min_size": settings.db_pool_size,
+        "max_size": settings.db_pool_max,
+        "init": _init_connection,
+        "command_timeout": 30,
+    }
+    options.update(overrides)
+    pool = await asyncpg.create_pool(settings.database_url, **options)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def timed(operation: str) -> AsyncIterator[None]:
+    """Record the wall time of a block of database work in db_query_duration_seconds."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        DB_QUERY_DURATION.labels(operation).observe(time.perf_counter() - start)

@@ -1,0 +1,58 @@
+"""structlog set-up: JSON lines by default, a readable console with DEBUG=true."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from common.settings import CommonSettings
+
+
+def _add_trace_ids(
+    _: object, __: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid and "trace_id" not in event_dict:
+        event_dict["trace_id"] = format(ctx.trace_id, "032x")
+    return event_dict
+
+
+def configure_logging(settings: CommonSettings, service: str) -> None:
+    """Route structlog and the standard library's loggers to one stream."""
+    level = logging.DEBUG if settings.debug else getattr(logging, settings.log_level)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_trace_ids,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if settings.debug else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aio-pika and aiormq are chatty at INFO about every reconnect attempt.
+    logging.getLogger("aiormq").setLevel(max(level, logging.WARNING))
+    structlog.contextvars.bind_contextvars(service=service)

@@ -1,0 +1,89 @@
+"""Settings shared by every service, read from the environment (names as in DESIGN.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class CommonSettings(BaseSettings):
+    """Settings every MammothBox process reads."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/file_allocator"
+    db_pool_size: int = Field(10, ge=1, le=500)
+    db_max_overflow: int = Field(10, ge=0, le=500)
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    storage_backend: Literal["filesystem"] = "filesystem"
+    storage_path: Path = Path("data/storage")
+    worker_threads: int = Field(4, ge=1, le=256)
+    metrics_enabled: bool = True
+    debug: bool = False
+    log_level: LogLevel = "INFO"
+
+    # Bus tuning: queue length limit, retry tiers (seconds) and the broker's crash-loop guard.
+    bus_exchange: str = "mammothbox"
+    bus_queue_max_length: int = Field(100_000, ge=1)
+    bus_retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
+    bus_delivery_limit: int = Field(20, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// URL")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("bus_retry_delays", mode="before")
+    @classmethod
+    def _delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", "").split(",") if part]
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("needs at least one delay")
+        return value
+
+    @property
+    def db_pool_max(self) -> int:
+        """asyncpg max_size: pool size plus overflow."""
+        return self.db_pool_size + self.db_max_overflow
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming every offending variable."""
+    parts = []
+    for item in error.errors():
+        name = "_".join(str(p) for p in item["loc"]).upper() or "SETTINGS"
+        parts.append(f"{name}: {item['msg']}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build settings from the environment or exit with one line naming the bad variable."""
+    try:
+        return cls()
+    except ValidationError as error:
+        print(describe_error(error), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,232 @@
+"""Content storage: bytes stored once, immutably, under a name derived from their sha256."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+HEAD_BYTES = 8192
+
+
+class StorageError(Exception):
+    """A storage operation failed or was refused."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size: int
+    modified: float
+
+
+class Writer(Protocol):
+    """An upload in progress: bytes go to a temporary file while the sha256 is computed."""
+
+    head: bytes
+    size: int
+
+    @property
+    def sha256(self) -> str: ...
+    def write(self, chunk: bytes) -> None: ...
+    async def commit(self) -> StoredObject: ...
+    def abort(self) -> None: ...
+
+
+class Storage(Protocol):
+    """Where content bytes live."""
+
+    backend: str
+
+    def writer(self) -> Writer: ...
+    async def put(self, chunks: AsyncIterable[bytes]) -> StoredObject: ...
+    def open(self, key: str, chunk_size: int = 65536) -> AsyncIterator[bytes]: ...
+    def path(self, key: str) -> Path: ...
+    async def link(self, key: str, link_path: str) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def stat(self, key: str) -> ObjectStat | None: ...
+    def free_bytes(self) -> int: ...
+    def writable(self) -> bool: ...
+
+
+def key_for(sha256: str) -> str:
+    """The storage key of content with this hash."""
+    if not _SHA256.match(sha256):
+        raise StorageError("not a sha256 hex digest")
+    return f"objects/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+class FileWriter:
+    """Streams to a temp file under the storage root; commit moves it to its content name."""
+
+    def __init__(self, storage: FileSystemStorage) -> None:
+        self._storage = storage
+        self._hash = hashlib.sha256()
+        self.temp_path = storage.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        self._file = open(self.temp_path, "xb")  # noqa: SIM115 - closed by commit/abort
+        self.head = b""
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        # Small writes to the page cache; the fsync happens once, off the loop, in commit.
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        if len(self.head) < HEAD_BYTES:
+            self.head += chunk[: HEAD_BYTES - len(self.head)]
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        """The hash of everything written so far."""
+        return self._hash.hexdigest()
+
+    async def commit(self) -> StoredObject:
+        sha256 = self.sha256
+        key = key_for(sha256)
+        self._file.flush()
+        try:
+            await asyncio.to_thread(self._storage._place, self._file, self.temp_path, key)
+        except BaseException:
+            self.abort()
+            raise
+        return StoredObject(key, sha256, self.size)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.temp_path.unlink(missing_ok=True)
+
+
+class FileSystemStorage:
+    """The filesystem backend (STORAGE_PATH): objects/, tmp/, and folder links."""
+
+    backend = "filesystem"
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.root / "objects").mkdir(parents=True, exist_ok=True)
+
+    def writer(self) -> FileWriter:
+        return FileWriter(self)
+
+    async def put(self, chunks: AsyncIterable[bytes]) -> StoredObject:
+        writer = self.writer()
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        return await writer.commit()
+
+    def _place(self, file: object, temp_path: Path, key: str) -> None:
+        """Make the temp file durable and give it its content name (runs in a thread)."""
+        import io
+
+        assert isinstance(file, io.BufferedWriter)
+        if self.fsync:
+            os.fsync(file.fileno())
+        file.close()
+        final = self.path(key)
+        if final.exists():
+            # The same content is already stored: keep the first copy, never rewrite it.
+            temp_path.unlink(missing_ok=True)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(temp_path, 0o444)
+        os.replace(temp_path, final)  # atomic; a concurrent twin writes identical bytes
+        if self.fsync:
+            fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def path(self, key: str) -> Path:
+        """The absolute path of a key; refuses anything that would leave the root."""
+        if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+            raise StorageError(f"invalid storage key: {key!r}")
+        candidate = (self.root / key).resolve()
+        if not candidate.is_relative_to(self.root) or candidate == self.root:
+            raise StorageError(f"storage key leaves the root: {key!r}")
+        return candidate
+
+    async def open(self, key: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        path = self.path(key)
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+
+    async def link(self, key: str, link_path: str) -> None:
+        """Point `link_path` (relative to the root) at the object; idempotent and atomic."""
+        target = self.path(key)
+        link = self.path(link_path)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
+        os.symlink(os.path.relpath(target, link.parent), temp)
+        os.replace(temp, link)
+
+    async def delete(self, key: str) -> None:
+        path = self.path(key)
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+
+    async def stat(self, key: str) -> ObjectStat | None:
+        try:
+            result = self.path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectStat(result.st_size, result.st_mtime)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def writable(self) -> bool:
+        probe = self.root / "tmp" / f".probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            return False
+        return True
+
+    def remove_stale_temp(self, older_than: float = 3600.0) -> int:
+        """Delete temp files left by a crash; returns how many were removed."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in (self.root / "tmp").iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def temp_files(self) -> list[Path]:
+        """Uploads in progress (tests use this to prove nothing is left behind)."""
+        return [p for p in (self.root / "tmp").iterdir() if p.name.endswith(".part")]
+
+
+def open_storage(backend: str, path: Path, *, fsync: bool = True) -> FileSystemStorage:
+    """The configured storage backend."""
+    if backend != "filesystem":
+        raise StorageError(f"unsupported storage backend: {backend}")
+    return FileSystemStorage(path, fsync=fsync)

@@ -1,0 +1,96 @@
+"""Bus topology: one topic exchange, a quorum queue per consumer, delay queues, parking queues.
+
+Every process declares the whole topology at start (declarations are idempotent), so an event
+is never published before the queue that should hold it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, ExchangeType
+
+from common.messages import JsonIngested, MediaIngested
+from common.settings import CommonSettings
+
+ATTEMPT_HEADER = "x-attempt"
+ERROR_HEADER = "x-error"
+ORIGIN_QUEUE_HEADER = "x-origin-queue"
+ORIGIN_ROUTING_KEY_HEADER = "x-origin-routing-key"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A consumer's queue, the events bound to it, and whether its failures fail the content."""
+
+    name: str
+    routing_keys: tuple[str, ...]
+    fails_content: bool = True
+
+    @property
+    def parking(self) -> str:
+        return f"{self.name}.dlq"
+
+    def delay(self, tier: int) -> str:
+        return f"{self.name}.retry.{tier}"
+
+
+EMBEDDER_INGESTED = QueueSpec("embedder.media-ingested", (MediaIngested.routing_key,))
+SCHEMER_INGESTED = QueueSpec("schemer.json-ingested", (JsonIngested.routing_key,))
+
+QUEUES: tuple[QueueSpec, ...] = (EMBEDDER_INGESTED, SCHEMER_INGESTED)
+
+
+def spec_for_parking(queue: str, specs: tuple[QueueSpec, ...] = QUEUES) -> QueueSpec | None:
+    """The consumer queue whose parking queue is `queue`."""
+    return next((s for s in specs if s.parking == queue), None)
+
+
+async def declare_queue(
+    channel: AbstractChannel, settings: CommonSettings, spec: QueueSpec
+) -> aio_pika.abc.AbstractQueue:
+    """Declare a consumer queue with its parking queue, delay tiers and bindings."""
+    exchange = await channel.declare_exchange(
+        settings.bus_exchange, ExchangeType.TOPIC, durable=True
+    )
+    await channel.declare_queue(
+        spec.parking, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    for tier, delay in enumerate(settings.bus_retry_delays, start=1):
+        # One TTL per delay queue: per-message TTLs only expire at the head.
+        await channel.declare_queue(
+            spec.delay(tier),
+            durable=True,
+            arguments={
+                "x-message-ttl": int(delay * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": spec.name,
+            },
+        )
+    queue = await channel.declare_queue(
+        spec.name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-max-length": settings.bus_queue_max_length,
+            # at-least-once dead-lettering needs reject-publish: a full queue nacks publishers.
+            "x-overflow": "reject-publish",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": spec.parking,
+            "x-dead-letter-strategy": "at-least-once",
+            # A guard against crash loops; ordinary retries go through the delay queues.
+            "x-delivery-limit": settings.bus_delivery_limit,
+        },
+    )
+    for key in spec.routing_keys:
+        await queue.bind(exchange, routing_key=key)
+    return queue
+
+
+async def declare_all(
+    channel: AbstractChannel, settings: CommonSettings, specs: tuple[QueueSpec, ...] = QUEUES
+) -> None:
+    """Declare the exchange and every consumer queue."""
+    for spec in specs:
+        await declare_queue(channel, settings, spec)

@@ -1,0 +1,51 @@
+"""Embedding models and their indexes: one partial expression HNSW index per model.
+
+The `embedding` columns have no fixed dimension, so vectors of several models live side by
+side; each model's rows are indexed through a cast to its own dimension. Queries use the same
+expression (`embedding::vector(dim)`) and `model_id = ...` so the planner picks that index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import asyncpg
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
+
+
+class ModelMismatch(ValueError):
+    """A model id is already registered with another dimension."""
+
+
+def index_name(table: str, model_id: str) -> str:
+    """A stable, valid identifier for a model's index on a table."""
+    slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")[:30]
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:8]
+    return f"{table}_hnsw_{slug}_{digest}"
+
+
+async def register_model(conn: asyncpg.Connection, model_id: str, dim: int) -> None:
+    """Record a model and create its indexes on embeddings and cluster centroids."""
+    if not _MODEL_ID.match(model_id):
+        raise ValueError(f"invalid model id: {model_id!r}")
+    if not 0 < dim <= 16000:
+        raise ValueError(f"invalid dimension {dim}")
+    existing = await conn.fetchval(
+        "INSERT INTO models (id, dim) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET id = models.id"
+        " RETURNING dim",
+        model_id,
+        dim,
+    )
+    if existing != dim:
+        raise ModelMismatch(f"model {model_id} is registered with dimension {existing}, not {dim}")
+    literal = model_id.replace("'", "''")  # the regex above already excludes quotes
+    # HNSW indexes at most 2,000 dimensions of `vector`; larger models use halfvec (4,000).
+    cast = f"vector({dim})" if dim <= 2000 else f"halfvec({dim})"
+    ops = "vector_cosine_ops" if dim <= 2000 else "halfvec_cosine_ops"
+    for table, column in (("embeddings", "embedding"), ("clusters", "centroid")):
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {index_name(table, model_id)} ON {table} "
+            f"USING hnsw (({column}::{cast}) {ops}) WHERE model_id = '{literal}'"
+        )

@@ -1,0 +1,1 @@
+"""The MammothBox HTTP gateway."""

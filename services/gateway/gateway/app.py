@@ -1,0 +1,82 @@
+"""Wiring: resources in a cleanup context, middlewares, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from common.bus import Bus
+from common.db import open_pool
+from common.dlq import DeadLetterRecorder
+from common.outbox import OutboxRelay
+from common.storage import open_storage
+from common.topology import QUEUES, QueueSpec
+from gateway.deps import DEPS, Backpressure, Deps
+from gateway.errors import request_context
+from gateway.ingest import handle_ingest
+from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
+from gateway.settings import GatewaySettings
+from gateway.views import handle_job_status, handle_object, handle_object_content
+
+log = structlog.get_logger(__name__)
+
+
+def build_app(settings: GatewaySettings, specs: tuple[QueueSpec, ...] = QUEUES) -> web.Application:
+    """The gateway application; resources open when it starts and close when it stops."""
+    app = web.Application(
+        middlewares=[request_context],
+        client_max_size=settings.max_json_bytes + 1024 * 1024,
+        handler_args={"max_field_size": 16384},
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with _resources(settings, specs) as deps:
+            app[DEPS] = deps
+            yield
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/api/v1/ingest", handle_ingest)
+    app.router.add_get("/api/v1/ingest/{job_id}/status", handle_job_status)
+    app.router.add_get("/api/v1/objects/{object_id}", handle_object)
+    app.router.add_get("/api/v1/objects/{object_id}/content", handle_object_content)
+    app.router.add_get("/live", handle_live)
+    app.router.add_get("/ready", handle_ready)
+    app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _resources(settings: GatewaySettings, specs: tuple[QueueSpec, ...]) -> AsyncIterator[Deps]:
+    storage = open_storage(settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync)
+    removed = storage.remove_stale_temp()
+    if removed:
+        log.info("removed stale temp files", count=removed)
+    async with open_pool(settings) as pool:
+        bus = Bus(settings, specs)
+        await bus.start(wait=5.0)
+        backpressure = Backpressure(settings, pool, storage)
+        await backpressure.refresh()
+        relay = OutboxRelay(pool, bus) if settings.outbox_relay_enabled else None
+        tasks = [asyncio.create_task(backpressure.run(), name="backpressure")]
+        if relay is not None:
+            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+        if settings.dlq_recorder_enabled:
+            recorder = DeadLetterRecorder(bus, pool, specs)
+            tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))
+        try:
+            yield Deps(settings, pool, bus, storage, backpressure, relay)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await bus.close()
+
+
+async def _start_when_connected(bus: Bus, recorder: DeadLetterRecorder) -> None:
+    await bus.wait_connected(timeout=float("inf"))
+    await recorder.start()

@@ -1,0 +1,293 @@
+"""POST /api/v1/ingest: stream uploads to storage, record them in one transaction, answer 202."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import BodyPartReader, web
+
+from common.storage import Storage, Writer, key_for
+from common.telemetry import current_trace_id
+from gateway.deps import DEPS, INGEST_LATENCY, Deps
+from gateway.errors import ApiError, request_id
+from gateway.intake import (
+    IMAGE_TYPES,
+    SNIFF_BYTES,
+    VIDEO_TYPES,
+    check_comments,
+    check_idempotency_key,
+    check_owner,
+    clean_filename,
+    fingerprint,
+    json_documents,
+    limit_for,
+    parse_json,
+    sniff,
+    too_large,
+)
+from gateway.repo import IdempotencyHit, IngestRecord, NewUpload, record_ingest
+from gateway.settings import GatewaySettings
+from gateway.status import job_status, upload_status
+
+FILE_FIELDS = frozenset({"files[]", "files", "file"})
+TEXT_FIELDS = frozenset({"owner", "comments", "idempotency_key"})
+CHUNK = 65536
+
+
+@dataclass
+class _Media:
+    writer: Writer
+    kind: str
+    mime_type: str
+    filename: str | None
+
+
+@dataclass
+class Intake:
+    """What one request brought, before it is recorded; `abort` removes every trace of it."""
+
+    settings: GatewaySettings
+    storage: Storage
+    fields: dict[str, str] = field(default_factory=dict)
+    entries: list[_Media | tuple[bytes, str | None]] = field(default_factory=list)
+
+    def _count(self, more: int) -> None:
+        if len(self.entries) + more > self.settings.max_json_items:
+            raise ApiError(413, f"too many uploads in one request (limit {self.settings.max_json_items})")
+
+    def add_json(self, data: bytes, what: str, filename: str | None) -> None:
+        documents = json_documents(parse_json(data, what), what, self.settings)
+        self._count(len(documents))
+        self.entries.extend((doc, filename) for doc in documents)
+
+    async def add_file(self, part: BodyPartReader) -> None:
+        files = sum(isinstance(e, _Media) for e in self.entries)
+        if files >= self.settings.max_files_per_request:
+            raise ApiError(413, f"too many files (limit {self.settings.max_files_per_request})")
+        filename = clean_filename(part.filename)
+        label = f"file {filename!r}" if filename else "file"
+        head = bytearray()
+        while len(head) < SNIFF_BYTES and (chunk := await part.read_chunk(CHUNK)):
+            head += chunk
+        if not head:
+            raise ApiError(400, f"{label} is empty")
+        sniffed = sniff(bytes(head))
+        if sniffed is None:
+            raise ApiError(
+                415,
+                f"{label} is of an unsupported type",
+                {"supported": sorted(IMAGE_TYPES | VIDEO_TYPES | {"application/json"})},
+            )
+        limit = limit_for(sniffed.kind, self.settings)
+        if sniffed.kind == "json":
+            data = bytes(head) + await _read_bounded(part, limit - len(head), label, limit)
+            self.add_json(data, label, filename)
+            return
+        self._count(1)
+        media = _Media(self.storage.writer(), sniffed.kind, sniffed.mime_type, filename)
+        self.entries.append(media)
+        if len(head) > limit:
+            raise too_large(label, limit)
+        media.writer.write(bytes(head))
+        while chunk := await part.read_chunk(CHUNK):
+            if media.writer.size + len(chunk) > limit:
+                raise too_large(label, limit)
+            media.writer.write(chunk)
+
+    def uploads(self) -> list[NewUpload]:
+        """The uploads to record; media are hashed but not yet given their content name."""
+        uploads = []
+        for entry in self.entries:
+            if isinstance(entry, _Media):
+                sha = entry.writer.sha256
+                uploads.append(
+                    NewUpload(sha, entry.kind, entry.mime_type, entry.writer.size, key_for(sha),
+                              entry.filename)
+                )
+            else:
+                doc, filename = entry
+                sha = hashlib.sha256(doc).hexdigest()
+                uploads.append(
+                    NewUpload(sha, "json", "application/json", len(doc), None, filename, doc)
+                )
+        return uploads
+
+    async def place(self) -> None:
+        """Make media durable under their content names (inside the ingest transaction)."""
+        await asyncio.gather(
+            *(e.writer.commit() for e in self.entries if isinstance(e, _Media))
+        )
+
+    def abort(self) -> None:
+        for entry in self.entries:
+            if isinstance(entry, _Media):
+                entry.writer.abort()
+
+
+async def _read_bounded(part: BodyPartReader, budget: int, label: str, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(CHUNK):
+        data += chunk
+        if len(data) > budget:
+            raise too_large(label, limit)
+    return bytes(data)
+
+
+async def _read_text(part: BodyPartReader, limit: int) -> str:
+    data = await _read_bounded(part, limit, f"field {part.name!r}", limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"field {part.name!r} is not valid UTF-8") from None
+
+
+async def _read_multipart(request: web.Request, intake: Intake) -> None:
+    settings = intake.settings
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "nested multipart bodies are not supported")
+        name = part.name or ""
+        if name in FILE_FIELDS:
+            await intake.add_file(part)
+        elif name in TEXT_FIELDS:
+            intake.fields[name] = await _read_text(part, settings.max_field_bytes)
+        elif name == "payload":
+            limit = settings.max_json_bytes
+            data = await _read_bounded(part, limit, "payload", limit)
+            if data.strip():
+                intake.add_json(data, "payload", None)
+        else:
+            raise ApiError(
+                400,
+                f"unknown form field {name!r}",
+                {"allowed": sorted(FILE_FIELDS | TEXT_FIELDS | {"payload"})},
+            )
+
+
+async def _read_json_body(request: web.Request, intake: Intake) -> None:
+    limit = intake.settings.max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large("JSON body", limit)
+    data = bytearray()
+    while chunk := await request.content.read(CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise too_large("JSON body", limit)
+    if not data.strip():
+        raise ApiError(400, "the request body is empty")
+    intake.add_json(bytes(data), "JSON body", None)
+    for name in TEXT_FIELDS:
+        if name in request.query:
+            intake.fields[name] = request.query[name]
+
+
+def _response(record: IngestRecord, rid: str) -> dict[str, Any]:
+    statuses = [upload_status(kind, stage) for kind, stage in record.stages]
+    return {
+        "job_id": str(record.job_id),
+        "system_ids": [str(u) for u in record.upload_ids],
+        "status": job_status(statuses),
+        "request_id": rid,
+        "created_at": record.created_at.isoformat(),
+    }
+
+
+async def handle_ingest(request: web.Request) -> web.Response:
+    """Accept files and JSON; 202 once everything is durable and its events are queued."""
+    deps = request.app[DEPS]
+    deps.backpressure.check()
+    start = time.perf_counter()
+    intake = Intake(deps.settings, deps.storage)
+    try:
+        await _read_request(request, intake)
+        if not intake.entries:
+            raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
+        owner = check_owner(intake.fields.get("owner"))
+        comments = check_comments(intake.fields.get("comments"))
+        key = check_idempotency_key(
+            intake.fields.get("idempotency_key") or request.headers.get("Idempotency-Key")
+        )
+        response = await _record(request, deps, intake, owner, comments, key)
+    finally:
+        intake.abort()  # removes temp files of anything not placed; placed files stay
+    INGEST_LATENCY.observe(time.perf_counter() - start)
+    deps.wake_relay()
+    return response
+
+
+async def _read_request(request: web.Request, intake: Intake) -> None:
+    ctype = request.content_type
+    try:
+        if ctype == "multipart/form-data":
+            await _read_multipart(request, intake)
+        elif ctype == "application/json" or ctype.endswith("+json"):
+            await _read_json_body(request, intake)
+        elif not request.can_read_body:
+            raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
+        else:
+            raise ApiError(
+                415,
+                f"unsupported request content type {ctype!r}",
+                {"supported": ["multipart/form-data", "application/json"]},
+            )
+    except (ValueError, AssertionError) as error:  # aiohttp's multipart parser on bad input
+        raise ApiError(400, f"malformed request body: {error}") from None
+    except OSError as error:  # ENOSPC and friends while writing to storage
+        raise ApiError(
+            503, "storage cannot accept the upload now", {"reason": str(error)},
+            headers={"Retry-After": str(intake.settings.retry_after_seconds)},
+        ) from None
+
+
+async def _record(
+    request: web.Request,
+    deps: Deps,
+    intake: Intake,
+    owner: str,
+    comments: str | None,
+    key: str | None,
+) -> web.Response:
+    rid = request_id(request)
+    uploads = intake.uploads()
+    request_hash = fingerprint(owner, comments, [(u.filename, u.sha256) for u in uploads])
+    # Without API keys the caller is identified by its owner; keys will scope it further.
+    idempotency = (owner, key, request_hash) if key else None
+    try:
+        async with deps.pool.acquire() as conn:
+            record = await record_ingest(
+                conn,
+                owner=owner,
+                comments=comments,
+                request_id=rid,
+                trace_id=current_trace_id(),
+                items=uploads,
+                idempotency=idempotency,
+                response_for=lambda r: _response(r, rid),
+                before_commit=intake.place,
+            )
+    except IdempotencyHit as hit:
+        if hit.request_hash != request_hash:
+            raise ApiError(
+                409,
+                "idempotency_key was already used for a different request",
+                existing_job_id=str(hit.job_id),
+            ) from None
+        return web.json_response(hit.response, status=202, headers=_location(hit.job_id))
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
+        raise ApiError(
+            503, "database unavailable", {"reason": str(error)},
+            headers={"Retry-After": str(deps.settings.retry_after_seconds)},
+        ) from None
+    return web.json_response(
+        _response(record, rid), status=202, headers=_location(record.job_id)
+    )
+
+
+def _location(job_id: object) -> dict[str, str]:
+    return {"Location": f"/api/v1/ingest/{job_id}/status"}

@@ -1,0 +1,133 @@
+"""Pure decisions about what was uploaded: its kind, its limits, its JSON, its fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import filetype
+import orjson
+
+from gateway.errors import ApiError
+from gateway.settings import GatewaySettings
+
+Kind = Literal["image", "video", "json"]
+
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+)
+VIDEO_TYPES = frozenset(
+    {"video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo"}
+)
+SNIFF_BYTES = 512
+_OWNER = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_JSON_START = (b"{", b"[")
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    kind: Kind
+    mime_type: str
+
+
+def sniff(head: bytes) -> Sniffed | None:
+    """The kind of content from its first bytes (never from its name), or None."""
+    guess = filetype.guess(head)
+    if guess is not None:
+        if guess.mime in IMAGE_TYPES:
+            return Sniffed("image", guess.mime)
+        if guess.mime in VIDEO_TYPES:
+            return Sniffed("video", guess.mime)
+        return None
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in _JSON_START:
+        return Sniffed("json", "application/json")
+    return None
+
+
+def limit_for(kind: Kind, settings: GatewaySettings) -> int:
+    """The largest accepted size of one upload of this kind."""
+    return {
+        "image": settings.max_image_bytes,
+        "video": settings.max_video_bytes,
+        "json": settings.max_json_bytes,
+    }[kind]
+
+
+def too_large(what: str, limit: int) -> ApiError:
+    return ApiError(413, f"{what} is larger than the limit of {limit} bytes", {"limit": limit})
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """Parse JSON or raise a 400 naming the position of the first error."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(
+            400,
+            f"invalid JSON in {what}: {error.msg} at line {error.lineno} column {error.colno}",
+            {"line": error.lineno, "column": error.colno, "position": error.pos},
+        ) from None
+
+
+def json_documents(value: Any, what: str, settings: GatewaySettings) -> list[bytes]:
+    """One canonical document per upload: an array becomes one per element."""
+    if isinstance(value, list):
+        if not value:
+            raise ApiError(400, f"{what} is an empty JSON array")
+        if len(value) > settings.max_json_items:
+            raise ApiError(
+                413,
+                f"{what} has {len(value)} elements; the limit is {settings.max_json_items}",
+                {"limit": settings.max_json_items},
+            )
+        items = value
+    else:
+        items = [value]
+    documents = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            where = f"{what}[{index}]" if isinstance(value, list) else what
+            raise ApiError(400, f"{where} must be a JSON object, not {type(item).__name__}")
+        documents.append(orjson.dumps(item))
+    return documents
+
+
+def check_owner(value: str | None) -> str:
+    owner = (value or "").strip() or "anonymous"
+    if not _OWNER.match(owner):
+        raise ApiError(400, "owner must be 1-128 characters of letters, digits and ._@-")
+    return owner
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _IDEMPOTENCY_KEY.match(value):
+        raise ApiError(400, "idempotency_key must be 1-255 printable ASCII characters")
+    return value
+
+
+def check_comments(value: str | None) -> str | None:
+    if value is not None and len(value) > 4096:
+        raise ApiError(400, "comments are longer than 4096 characters")
+    return value or None
+
+
+def clean_filename(value: str | None) -> str | None:
+    """The last path component of a client-given name, without control characters."""
+    if not value:
+        return None
+    name = re.split(r"[\\/]", value)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:255]
+    return name or None
+
+
+def fingerprint(owner: str, comments: str | None, items: list[tuple[str | None, str]]) -> str:
+    """What makes two requests 'the same' for idempotency: fields and content hashes."""
+    canonical = orjson.dumps({"owner": owner, "comments": comments, "items": items})
+    return hashlib.sha256(canonical).hexdigest()

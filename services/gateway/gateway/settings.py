@@ -1,0 +1,34 @@
+"""Gateway settings: the common ones plus HTTP, upload limits and backpressure."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from common.settings import CommonSettings
+
+MB = 1024 * 1024
+
+
+class GatewaySettings(CommonSettings):
+    """Environment variables read by the gateway."""
+
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8000, ge=0, le=65535)
+    storage_fsync: bool = True
+
+    max_image_bytes: int = Field(50 * MB, ge=1)
+    max_video_bytes: int = Field(1024 * MB, ge=1)
+    max_json_bytes: int = Field(16 * MB, ge=1)
+    max_json_items: int = Field(10_000, ge=1)
+    max_files_per_request: int = Field(100, ge=1)
+    max_field_bytes: int = Field(64 * 1024, ge=1)
+
+    # Backpressure: answer 503 rather than accept what cannot be kept.
+    min_free_disk_bytes: int = Field(1024 * MB, ge=0)
+    outbox_max_lag_seconds: float = Field(60.0, gt=0)
+    outbox_max_pending: int = Field(100_000, ge=1)
+    retry_after_seconds: int = Field(5, ge=1)
+
+    # The relay may run in every gateway pod (rows are claimed with SKIP LOCKED) or apart.
+    outbox_relay_enabled: bool = True
+    dlq_recorder_enabled: bool = True

@@ -1,0 +1,35 @@
+"""Upload and job status as pure functions of their content's stages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# The stage at which content of each kind is fully processed.
+DONE_STAGE = {"image": "clustered", "video": "clustered", "json": "stored"}
+
+
+def upload_status(kind: str, stage: str) -> str:
+    """queued, processing, done or failed."""
+    if stage == "failed":
+        return "failed"
+    if stage == DONE_STAGE.get(kind):
+        return "done"
+    if stage == "ingested":
+        return "queued"
+    return "processing"
+
+
+def job_status(statuses: Iterable[str]) -> str:
+    """queued, processing, done, failed or partial (some failed, the rest done)."""
+    found = set(statuses)
+    if not found:
+        return "queued"
+    if found == {"done"}:
+        return "done"
+    if found == {"failed"}:
+        return "failed"
+    if found == {"done", "failed"}:
+        return "partial"
+    if found == {"queued"}:
+        return "queued"
+    return "processing"

@@ -1,0 +1,122 @@
+"""Job status and stored objects."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from gateway.deps import DEPS
+from gateway.errors import ApiError
+from gateway.repo import job_with_uploads, upload_with_content
+from gateway.status import job_status, upload_status
+
+
+def parse_id(request: web.Request, name: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise ApiError(400, f"{what} must be a UUID") from None
+
+
+async def handle_job_status(request: web.Request) -> web.Response:
+    """Overall status derived from the stages of the job's content, and a row per upload."""
+    job_id = parse_id(request, "job_id", "job id")
+    rows = await job_with_uploads(request.app[DEPS].pool, job_id)
+    if not rows:
+        raise ApiError(404, "job not found")
+    uploads = []
+    for row in rows:
+        status = upload_status(row["kind"], row["stage"])
+        uploads.append(
+            {
+                "system_id": str(row["upload_id"]),
+                "filename": row["filename"],
+                "kind": row["kind"],
+                "mime_type": row["mime_type"],
+                "size_bytes": row["size_bytes"],
+                "sha256": row["sha256"],
+                "status": status,
+                "stage": row["stage"],
+                "error": row["error"],
+                "updated_at": row["stage_updated_at"].isoformat(),
+            }
+        )
+    first = rows[0]
+    counts: dict[str, int] = {}
+    for upload in uploads:
+        counts[upload["status"]] = counts.get(upload["status"], 0) + 1
+    return web.json_response(
+        {
+            "job_id": str(job_id),
+            "status": job_status(u["status"] for u in uploads),
+            "owner": first["owner"],
+            "created_at": first["created_at"].isoformat(),
+            "trace_id": first["trace_id"],
+            "progress": {"total": len(uploads), **counts},
+            "uploads": uploads,
+        }
+    )
+
+
+def _object_json(row: Any) -> dict[str, Any]:
+    return {
+        "system_id": str(row["upload_id"]),
+        "job_id": str(row["job_id"]),
+        "owner": row["owner"],
+        "filename": row["filename"],
+        "comments": row["comments"],
+        "created_at": row["created_at"].isoformat(),
+        "content_id": str(row["content_id"]),
+        "sha256": row["sha256"],
+        "kind": row["kind"],
+        "mime_type": row["mime_type"],
+        "size_bytes": row["size_bytes"],
+        "status": upload_status(row["kind"], row["stage"]),
+        "stage": row["stage"],
+        "error": row["error"],
+        "width": row["width"],
+        "height": row["height"],
+        "format": row["format"],
+        "tags": list(row["tags"] or []),
+        "cluster_id": str(row["cluster_id"]) if row["cluster_id"] else None,
+        "near_duplicate_of": str(row["near_duplicate_of"]) if row["near_duplicate_of"] else None,
+        "analysis": row["analysis"],
+    }
+
+
+async def handle_object(request: web.Request) -> web.Response:
+    upload_id = parse_id(request, "object_id", "object id")
+    row = await upload_with_content(request.app[DEPS].pool, upload_id)
+    if row is None:
+        raise ApiError(404, "object not found")
+    return web.json_response(_object_json(row))
+
+
+async def handle_object_content(request: web.Request) -> web.StreamResponse:
+    """The stored bytes (media, streamed from storage) or the JSON document."""
+    deps = request.app[DEPS]
+    upload_id = parse_id(request, "object_id", "object id")
+    row = await upload_with_content(deps.pool, upload_id)
+    if row is None:
+        raise ApiError(404, "object not found")
+    if row["kind"] == "json":
+        document = await deps.pool.fetchval(
+            "SELECT document::text FROM content WHERE id = $1", row["content_id"]
+        )
+        return web.Response(text=document, content_type="application/json")
+    path = deps.storage.path(row["storage_key"])
+    if not path.is_file():
+        raise ApiError(410, "the stored file is missing")
+    response = web.FileResponse(path, headers={"Content-Type": row["mime_type"]})
+    if row["filename"]:
+        response.headers["Content-Disposition"] = _disposition(row["filename"])
+    return response
+
+
+def _disposition(filename: str) -> str:
+    from urllib.parse import quote
+
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"

@@ -24,6 +24,7 @@ ORIGIN_ROUTING_KEY_HEADER = "x-origin-routing-key"
 class QueueSpec:
     """A consumer's queue, the events bound to it, and whether its failures fail the content."""
 
+    service: str
     name: str
     routing_keys: tuple[str, ...]
     fails_content: bool = True
@@ -36,8 +37,8 @@ class QueueSpec:
         return f"{self.name}.retry.{tier}"
 
 
-EMBEDDER_INGESTED = QueueSpec("embedder.media-ingested", (MediaIngested.routing_key,))
-SCHEMER_INGESTED = QueueSpec("schemer.json-ingested", (JsonIngested.routing_key,))
+EMBEDDER_INGESTED = QueueSpec("embedder", "embedder.media-ingested", (MediaIngested.routing_key,))
+SCHEMER_INGESTED = QueueSpec("schemer", "schemer.json-ingested", (JsonIngested.routing_key,))
 
 QUEUES: tuple[QueueSpec, ...] = (EMBEDDER_INGESTED, SCHEMER_INGESTED)
 

@@ -15,6 +15,7 @@ log = structlog.get_logger("gateway")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 class ApiError(Exception):
@@ -37,7 +38,7 @@ class ApiError(Exception):
 
 
 def request_id(request: web.Request) -> str:
-    return str(request.get("request_id", ""))
+    return request.get(REQUEST_ID, "")
 
 
 def error_response(
@@ -61,7 +62,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Give every request an id (taken from X-Request-ID when sane) and JSON errors."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     with structlog.contextvars.bound_contextvars(request_id=rid):
         try:
             response = await handler(request)

@@ -187,6 +187,24 @@ async def _read_json_body(request: web.Request, intake: Intake) -> None:
             intake.fields[name] = request.query[name]
 
 
+async def _read_urlencoded(request: web.Request, intake: Intake) -> None:
+    """A form without files: payload and the text fields (bounded by client_max_size)."""
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large("form body", intake.settings.max_json_bytes) from None
+    for name in form:
+        if name not in TEXT_FIELDS | {"payload"}:
+            raise ApiError(400, f"unknown form field {name!r}")
+    for name in TEXT_FIELDS:
+        value = form.get(name)
+        if isinstance(value, str):
+            intake.fields[name] = value
+    payload = form.get("payload")
+    if isinstance(payload, str) and payload.strip():
+        intake.add_json(payload.encode(), "payload", None)
+
+
 def _response(record: IngestRecord, rid: str) -> dict[str, Any]:
     statuses = [upload_status(kind, stage) for kind, stage in record.stages]
     return {
@@ -228,6 +246,8 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
             await _read_multipart(request, intake)
         elif ctype == "application/json" or ctype.endswith("+json"):
             await _read_json_body(request, intake)
+        elif ctype == "application/x-www-form-urlencoded":
+            await _read_urlencoded(request, intake)
         elif not request.can_read_body:
             raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
         else:

@@ -60,8 +60,7 @@ async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
         main, parked = await asyncio.gather(
             deps.bus.queue_stats(spec.name), deps.bus.queue_stats(spec.parking)
         )
-        service = spec.name.split(".", 1)[0]
-        entry = workers.setdefault(service, {"consumers": 0, "num_workers": 0, "queues": []})
+        entry = workers.setdefault(spec.service, {"consumers": 0, "num_workers": 0, "queues": []})
         entry["queues"].append(spec.name)
         if main is None:
             queues[spec.name] = {"status": "unknown"}

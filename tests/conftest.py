@@ -1,0 +1,192 @@
+"""Test set-up: real PostgreSQL + pgvector and RabbitMQ, reached once per run, or a loud failure.
+
+Every test that needs them gets its own database (cloned from a migrated template) and its
+own uuid-named exchange and queues, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+import pytest
+from PIL import Image
+
+from common.migrate import migrate
+from common.topology import QueueSpec
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator")
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+TEMPLATE_DB = "mb_test_template"
+
+
+def _with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def _admin() -> asyncpg.Connection:
+    return await asyncpg.connect(_with_db(DATABASE_URL, "postgres"), timeout=5)
+
+
+async def _prepare() -> None:
+    try:
+        conn = await _admin()
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.exit(f"PostgreSQL is not reachable at {DATABASE_URL}: {error}", returncode=3)
+    try:
+        has_vector = await conn.fetchval(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+        )
+        if not has_vector:
+            pytest.exit(f"PostgreSQL at {DATABASE_URL} has no pgvector extension", returncode=3)
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    await migrate(_with_db(DATABASE_URL, TEMPLATE_DB))
+    try:
+        connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    except Exception as error:  # noqa: BLE001 - any failure to reach it is fatal here
+        pytest.exit(f"RabbitMQ is not reachable at {RABBITMQ_URL}: {error}", returncode=3)
+    await connection.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    asyncio.run(_prepare())
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"mb_t_{uuid.uuid4().hex[:16]}"
+    conn = await _admin()
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY")
+    finally:
+        await conn.close()
+    yield _with_db(DATABASE_URL, name)
+    conn = await _admin()
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test's database, for assertions."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(RABBITMQ_URL)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def bus_names(
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> AsyncIterator[tuple[str, tuple[QueueSpec, ...]]]:
+    """A uuid-named exchange and consumer queues, deleted after the test."""
+    tag = uuid.uuid4().hex[:10]
+    specs = (
+        QueueSpec("embedder", f"t{tag}.embedder.media-ingested", ("media.ingested.v1",)),
+        QueueSpec("schemer", f"t{tag}.schemer.json-ingested", ("json.ingested.v1",)),
+    )
+    exchange = f"t{tag}.mammothbox"
+    yield exchange, specs
+    channel = await amqp.channel()
+    for spec in specs:
+        for name in (spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))):
+            await channel.queue_delete(name)
+    await channel.exchange_delete(exchange)
+    await channel.close()
+
+
+def make_jpeg(seed: int, size: tuple[int, int] = (96, 96), quality: int = 90) -> bytes:
+    """A distinct JPEG: random noise from a seed, so every seed has different bytes."""
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def make_png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def read_queue(
+    amqp: aio_pika.abc.AbstractRobustConnection, name: str, *, expect: int, settle: float = 0.3,
+    timeout: float = 10.0,
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take every message from a queue: wait for `expect`, then `settle` seconds for strays."""
+    channel = await amqp.channel()
+    queue = await channel.get_queue(name)
+    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    quiet_since = loop.time()
+    while True:
+        message = await queue.get(no_ack=True, fail=False)
+        now = loop.time()
+        if message is not None:
+            got.append(message)
+            quiet_since = now
+            continue
+        if len(got) >= expect and now - quiet_since >= settle:
+            break
+        if now > deadline:
+            break
+        await asyncio.sleep(0.02)
+    await channel.close()
+    return got
+
+
+@pytest.fixture
+def storage_path(tmp_path: Path) -> Path:
+    return tmp_path / "storage"
+
+
+@pytest.fixture
+def settings_factory(
+    database_url: str, bus_names: tuple[str, tuple[QueueSpec, ...]], storage_path: Path
+) -> Callable[..., Any]:
+    """Gateway settings pointing at this test's database, exchange and storage."""
+    from gateway.settings import GatewaySettings
+
+    exchange, _ = bus_names
+
+    def make(**overrides: Any) -> GatewaySettings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "rabbitmq_url": RABBITMQ_URL,
+            "storage_path": storage_path,
+            "bus_exchange": exchange,
+            "bus_retry_delays": (0.05, 0.1),
+            "db_pool_size": 2,
+            "db_max_overflow": 8,
+            "min_free_disk_bytes": 0,
+            "storage_fsync": False,
+        }
+        values.update(overrides)
+        return GatewaySettings(**values)
+
+    return make

@@ -11,6 +11,7 @@ import io
 import os
 import random
 import uuid
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from PIL import Image
 
 from common.migrate import migrate
-from common.topology import QueueSpec
+from common.topology import QueueSpec, queue_specs
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator")
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -96,18 +97,21 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
     await connection.close()
 
 
+@dataclass(frozen=True)
+class BusNames:
+    exchange: str
+    prefix: str
+    specs: tuple[QueueSpec, ...]
+
+
 @pytest.fixture
-async def bus_names(
-    amqp: aio_pika.abc.AbstractRobustConnection,
-) -> AsyncIterator[tuple[str, tuple[QueueSpec, ...]]]:
-    """A uuid-named exchange and consumer queues, deleted after the test."""
+async def bus_names(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterator[BusNames]:
+    """A uuid-named exchange and queue prefix; the queues are deleted after the test."""
     tag = uuid.uuid4().hex[:10]
-    specs = (
-        QueueSpec("embedder", f"t{tag}.embedder.media-ingested", ("media.ingested.v1",)),
-        QueueSpec("schemer", f"t{tag}.schemer.json-ingested", ("json.ingested.v1",)),
-    )
+    prefix = f"t{tag}."
+    specs = queue_specs(prefix)
     exchange = f"t{tag}.mammothbox"
-    yield exchange, specs
+    yield BusNames(exchange, prefix, specs)
     channel = await amqp.channel()
     for spec in specs:
         for name in (spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))):
@@ -167,19 +171,18 @@ def storage_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings_factory(
-    database_url: str, bus_names: tuple[str, tuple[QueueSpec, ...]], storage_path: Path
+    database_url: str, bus_names: BusNames, storage_path: Path
 ) -> Callable[..., Any]:
     """Gateway settings pointing at this test's database, exchange and storage."""
     from gateway.settings import GatewaySettings
-
-    exchange, _ = bus_names
 
     def make(**overrides: Any) -> GatewaySettings:
         values: dict[str, Any] = {
             "database_url": database_url,
             "rabbitmq_url": RABBITMQ_URL,
             "storage_path": storage_path,
-            "bus_exchange": exchange,
+            "bus_exchange": bus_names.exchange,
+            "bus_queue_prefix": bus_names.prefix,
             "bus_retry_delays": (0.05, 0.1),
             "db_pool_size": 2,
             "db_max_overflow": 8,

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from common.topology import QueueSpec
 from gateway.app import build_app
 from gateway.deps import DEPS, Deps
+from tests.conftest import BusNames
 
 
 @dataclass
@@ -32,16 +33,14 @@ class Gateway:
 
 
 @pytest.fixture
-def start_gateway(
-    settings_factory: Callable[..., Any], bus_names: tuple[str, tuple[QueueSpec, ...]]
-) -> Callable[..., Any]:
+def start_gateway(settings_factory: Callable[..., Any], bus_names: BusNames) -> Callable[..., Any]:
     """Start a gateway with settings overrides; it stops when the block ends."""
-    _, specs = bus_names
+    specs = bus_names.specs
 
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[Gateway]:
         settings = settings_factory(**overrides)
-        client = TestClient(TestServer(build_app(settings, specs)))
+        client = TestClient(TestServer(build_app(settings)))
         await client.start_server()
         try:
             deps = client.app[DEPS]

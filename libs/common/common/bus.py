@@ -11,7 +11,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from common.settings import CommonSettings
-from common.topology import QUEUES, QueueSpec, declare_all
+from common.topology import QueueSpec, declare_all, queue_specs
 
 log = structlog.get_logger(__name__)
 
@@ -27,11 +27,9 @@ class Bus:
     publishing raises BusUnavailable until it is.
     """
 
-    def __init__(
-        self, settings: CommonSettings, specs: tuple[QueueSpec, ...] = QUEUES
-    ) -> None:
+    def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
-        self.specs = specs
+        self.specs: tuple[QueueSpec, ...] = queue_specs(settings.bus_queue_prefix)
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -50,19 +48,25 @@ class Bus:
     async def _connect_forever(self) -> None:
         delay = 0.5
         while True:
+            connection = None
             try:
                 connection = await aio_pika.connect_robust(
                     self.settings.rabbitmq_url, client_properties={"connection_name": "mammothbox"}
                 )
-                break
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await declare_all(channel, self.settings, self.specs)
+                self._exchange = await channel.get_exchange(self.settings.bus_exchange)
             except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as error:
-                log.warning("bus connect failed", error=str(error), retry_in=delay)
+                # A declaration refused (PRECONDITION_FAILED: the queue exists with other
+                # arguments) is an operator error; it is logged loudly and retried like an outage.
+                log.error("bus connect failed", error=str(error) or repr(error), retry_in=delay)
+                if connection is not None:
+                    await connection.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+                continue
+            break
         self.connection = connection
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_all(channel, self.settings, self.specs)
-        self._exchange = await channel.get_exchange(self.settings.bus_exchange)
         self._channel = channel
         self._ready.set()
         log.info("bus connected")

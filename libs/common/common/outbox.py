@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
@@ -42,8 +43,9 @@ async def add_events(conn: asyncpg.Connection, events: list[Event]) -> None:
         return
     headers = trace_headers()
     await conn.executemany(
-        "INSERT INTO outbox (message_id, routing_key, body, headers) VALUES ($1, $2, $3, $4)",
-        [(e.message_id, e.routing_key, e.to_bytes(), headers) for e in events],
+        "INSERT INTO outbox (message_id, routing_key, body, headers)"
+        " VALUES ($1, $2, $3, $4::text::jsonb)",
+        [(e.message_id, e.routing_key, e.to_bytes(), orjson.dumps(headers).decode()) for e in events],
     )
 
 
@@ -109,7 +111,7 @@ class OutboxRelay:
         """Claim, publish and mark one batch; returns how many rows were published."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT id, message_id, routing_key, body, headers FROM outbox
+                """SELECT id, message_id, routing_key, body, headers::text AS headers FROM outbox
                    WHERE sent_at IS NULL ORDER BY id LIMIT $1
                    FOR UPDATE SKIP LOCKED""",
                 self.batch_size,
@@ -125,7 +127,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, row: asyncpg.Record) -> None:
-        headers: dict[str, Any] = dict(row["headers"] or {})
+        headers: dict[str, Any] = orjson.loads(row["headers"])
         # Publish inside the upload's trace, so the consumer's span joins the same trace.
         parent = propagate.extract(headers)
         with tracer.start_as_current_span(f"publish {row['routing_key']}", context=parent):

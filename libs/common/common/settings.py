@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -30,8 +30,10 @@ class CommonSettings(BaseSettings):
 
     # Bus tuning: queue length limit, retry tiers (seconds) and the broker's crash-loop guard.
     bus_exchange: str = "mammothbox"
+    bus_queue_prefix: str = ""
     bus_queue_max_length: int = Field(100_000, ge=1)
-    bus_retry_delays: tuple[float, ...] = (1.0, 10.0, 60.0)
+    # Comma-separated seconds, e.g. BUS_RETRY_DELAYS=1,10,60.
+    bus_retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
     bus_delivery_limit: int = Field(20, ge=1)
 
     @field_validator("database_url")
@@ -86,4 +88,7 @@ def load_settings(cls: type[S]) -> S:
         return cls()
     except ValidationError as error:
         print(describe_error(error), file=sys.stderr)
+        raise SystemExit(2) from None
+    except SettingsError as error:
+        print(f"invalid setting: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -37,15 +37,17 @@ class QueueSpec:
         return f"{self.name}.retry.{tier}"
 
 
-EMBEDDER_INGESTED = QueueSpec("embedder", "embedder.media-ingested", (MediaIngested.routing_key,))
-SCHEMER_INGESTED = QueueSpec("schemer", "schemer.json-ingested", (JsonIngested.routing_key,))
+def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
+    """Every consumer queue; BUS_QUEUE_PREFIX lets several deployments share one broker."""
+    return (
+        QueueSpec("embedder", f"{prefix}embedder.media-ingested", (MediaIngested.routing_key,)),
+        QueueSpec("schemer", f"{prefix}schemer.json-ingested", (JsonIngested.routing_key,)),
+    )
 
-QUEUES: tuple[QueueSpec, ...] = (EMBEDDER_INGESTED, SCHEMER_INGESTED)
 
-
-def spec_for_parking(queue: str, specs: tuple[QueueSpec, ...] = QUEUES) -> QueueSpec | None:
-    """The consumer queue whose parking queue is `queue`."""
-    return next((s for s in specs if s.parking == queue), None)
+def spec_of(specs: tuple[QueueSpec, ...], service: str) -> QueueSpec:
+    """The (first) queue of a service."""
+    return next(s for s in specs if s.service == service)
 
 
 async def declare_queue(
@@ -90,7 +92,7 @@ async def declare_queue(
 
 
 async def declare_all(
-    channel: AbstractChannel, settings: CommonSettings, specs: tuple[QueueSpec, ...] = QUEUES
+    channel: AbstractChannel, settings: CommonSettings, specs: tuple[QueueSpec, ...]
 ) -> None:
     """Declare the exchange and every consumer queue."""
     for spec in specs:

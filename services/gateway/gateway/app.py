@@ -14,7 +14,6 @@ from common.db import open_pool
 from common.dlq import DeadLetterRecorder
 from common.outbox import OutboxRelay
 from common.storage import open_storage
-from common.topology import QUEUES, QueueSpec
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
 from gateway.ingest import handle_ingest
@@ -25,7 +24,7 @@ from gateway.views import handle_job_status, handle_object, handle_object_conten
 log = structlog.get_logger(__name__)
 
 
-def build_app(settings: GatewaySettings, specs: tuple[QueueSpec, ...] = QUEUES) -> web.Application:
+def build_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; resources open when it starts and close when it stops."""
     app = web.Application(
         middlewares=[request_context],
@@ -34,7 +33,7 @@ def build_app(settings: GatewaySettings, specs: tuple[QueueSpec, ...] = QUEUES) 
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with _resources(settings, specs) as deps:
+        async with _resources(settings) as deps:
             app[DEPS] = deps
             yield
 
@@ -51,13 +50,13 @@ def build_app(settings: GatewaySettings, specs: tuple[QueueSpec, ...] = QUEUES) 
 
 
 @contextlib.asynccontextmanager
-async def _resources(settings: GatewaySettings, specs: tuple[QueueSpec, ...]) -> AsyncIterator[Deps]:
+async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
     storage = open_storage(settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync)
     removed = storage.remove_stale_temp()
     if removed:
         log.info("removed stale temp files", count=removed)
     async with open_pool(settings) as pool:
-        bus = Bus(settings, specs)
+        bus = Bus(settings)
         await bus.start(wait=5.0)
         backpressure = Backpressure(settings, pool, storage)
         await backpressure.refresh()
@@ -66,7 +65,7 @@ async def _resources(settings: GatewaySettings, specs: tuple[QueueSpec, ...]) ->
         if relay is not None:
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
         if settings.dlq_recorder_enabled:
-            recorder = DeadLetterRecorder(bus, pool, specs)
+            recorder = DeadLetterRecorder(bus, pool, bus.specs)
             tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))
         try:
             yield Deps(settings, pool, bus, storage, backpressure, relay)

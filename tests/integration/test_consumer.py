@@ -1,0 +1,155 @@
+"""The consumer wrapper's ack policy and the dead-letter recorder, on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from common.bus import Bus
+from common.consumer import Consumer, Delivery, Permanent, Retryable
+from common.messages import MediaIngested
+from tests.conftest import make_jpeg
+from tests.integration.conftest import Gateway
+from tests.integration.test_ingest import form
+
+
+@asynccontextmanager
+async def consuming(gateway: Gateway, handler: Any) -> AsyncIterator[None]:
+    bus = Bus(gateway.deps.settings)
+    await bus.start(wait=10)
+    consumer = Consumer(bus, gateway.specs[0], MediaIngested, handler, service="test", prefetch=5)
+    await consumer.start()
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def ingest_one(gateway: Gateway, seed: int) -> dict[str, Any]:
+    response = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(seed))))
+    assert response.status == 202
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_consumer_parks_and_records_failure_when_retries_are_exhausted(
+    gateway: Gateway, db: asyncpg.Connection,
+) -> None:
+    attempts: list[int] = []
+
+    async def always_failing(event: MediaIngested, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        raise Retryable("model server unavailable")
+
+    async with consuming(gateway, always_failing):
+        job = await ingest_one(gateway, 1)
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"))
+    row = await db.fetchrow("SELECT * FROM dead_letters")
+    assert attempts == [1, 2, 3]  # two retry tiers, then parked
+    assert row["queue"] == gateway.specs[0].name
+    assert row["attempts"] == 3
+    assert "gave up after 3 attempts" in row["error"]
+    assert "model server unavailable" in row["error"]
+    assert str(row["job_id"]) == job["job_id"]
+    assert row["routing_key"] == "media.ingested.v1"
+    assert orjson.loads(row["body"])["job_id"] == job["job_id"]
+    content = await db.fetchrow("SELECT stage, error FROM content WHERE id = $1", row["content_id"])
+    assert content["stage"] == "failed"
+    assert "model server unavailable" in content["error"]
+    status = await (await gateway.client.get(f"/api/v1/ingest/{job['job_id']}/status")).json()
+    assert status["status"] == "failed"
+    assert "model server unavailable" in status["uploads"][0]["error"]
+
+
+async def test_consumer_parks_at_once_when_error_is_permanent(
+    gateway: Gateway, db: asyncpg.Connection,
+) -> None:
+    calls = 0
+
+    async def corrupt(event: MediaIngested, delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        raise Permanent("image is truncated")
+
+    async with consuming(gateway, corrupt):
+        await ingest_one(gateway, 2)
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"))
+        await asyncio.sleep(0.3)
+    assert calls == 1
+    assert await db.fetchval("SELECT error FROM dead_letters") == "Permanent: image is truncated"
+    assert await db.fetchval("SELECT stage FROM content") == "failed"
+
+
+async def test_consumer_parks_without_retry_when_message_is_invalid(
+    gateway: Gateway, db: asyncpg.Connection,
+) -> None:
+    calls = 0
+
+    async def handler(event: MediaIngested, delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+
+    async with consuming(gateway, handler):
+        bus = gateway.deps.bus
+        await bus.publish("media.ingested.v1", b'{"not": "an event"}', message_id="bad-1")
+        await bus.publish("media.ingested.v1", b"\xff\x00 not json", message_id="bad-2")
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM dead_letters"))
+    assert calls == 0
+    errors = await db.fetch("SELECT message_id, error, content_id FROM dead_letters ORDER BY 1")
+    assert [r["message_id"] for r in errors] == ["bad-1", "bad-2"]
+    assert all(r["error"].startswith("invalid message") for r in errors)
+    assert all(r["content_id"] is None for r in errors)
+
+
+async def test_consumer_acks_after_retry_when_failure_is_transient(
+    gateway: Gateway, db: asyncpg.Connection,
+) -> None:
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def flaky(event: MediaIngested, delivery: Delivery) -> None:
+        seen.append(delivery.attempt)
+        if delivery.attempt == 1:
+            raise ConnectionError("database restarting")
+        assert delivery.routing_key == "media.ingested.v1"
+        done.set()
+
+    async with consuming(gateway, flaky):
+        await ingest_one(gateway, 3)
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.sleep(0.3)
+    assert seen == [1, 2]
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+    stats = await gateway.deps.bus.queue_stats(gateway.specs[0].name)
+    assert stats is not None and stats[0] == 0
+
+
+async def test_consumer_ignores_unknown_fields_when_version_is_the_same(
+    gateway: Gateway, db: asyncpg.Connection,
+) -> None:
+    got: list[MediaIngested] = []
+
+    async def handler(event: MediaIngested, delivery: Delivery) -> None:
+        got.append(event)
+
+    event = MediaIngested(content_id=uuid.uuid4(), job_id=uuid.uuid4(), sha256="a" * 64,
+                          kind="image", mime_type="image/png", size_bytes=3)
+    body = orjson.dumps({**orjson.loads(event.to_bytes()), "added_in_a_later_release": True})
+    async with consuming(gateway, handler):
+        await gateway.deps.bus.publish("media.ingested.v1", body, message_id="m-1")
+        await wait_for(lambda: asyncio.sleep(0, len(got) == 1))
+    assert got[0].content_id == event.content_id
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0

@@ -1,0 +1,121 @@
+"""Probes, health and metrics; health under a broker outage; settings errors at start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import RABBITMQ_URL, make_jpeg
+from tests.integration.conftest import Gateway
+from tests.integration.test_ingest import form
+from tests.proxy import TcpProxy
+
+
+async def test_live_and_ready_answer_ok_when_everything_is_reachable(gateway: Gateway) -> None:
+    live = await gateway.client.get("/live")
+    assert live.status == 200
+    ready = await gateway.client.get("/ready")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"database": True, "bus": True, "storage": True}
+
+
+async def test_health_shows_every_section_when_healthy(gateway: Gateway) -> None:
+    await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(1))))
+    await asyncio.sleep(0.3)
+    response = await gateway.client.get("/health")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "healthy"
+    assert body["database"]["status"] == "ok"
+    assert {"pool_size", "in_use", "latency_ms"} <= set(body["database"])
+    assert body["storage"]["backend"] == "filesystem"
+    assert body["storage"]["writable"] is True
+    assert body["storage"]["free_bytes"] > 0
+    assert body["queues"][gateway.media_queue]["depth"] == 1
+    assert body["queues"][gateway.media_queue]["dlq_depth"] == 0
+    assert body["workers"]["embedder"] == {
+        "consumers": 0, "num_workers": 0, "queues": [gateway.media_queue]
+    }
+    assert body["system"]["memory_rss_mb"] > 0
+    assert {"cpu_percent", "uptime_seconds"} <= set(body["system"])
+
+
+async def test_metrics_exposes_ingest_latency_outbox_lag_and_queue_depth(
+    gateway: Gateway,
+) -> None:
+    await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(2))))
+    response = await gateway.client.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    for name in ("ingest_latency_seconds_bucket", "outbox_lag_seconds", "outbox_pending",
+                 "queue_depth{", "dlq_depth{", "db_query_duration_seconds"):
+        assert name in text, name
+
+
+async def test_health_turns_degraded_when_broker_is_unreachable_then_recovers(
+    start_gateway: Callable[..., Any],
+) -> None:
+    host_port = RABBITMQ_URL.rsplit("@", 1)[1].split("/")[0]
+    host, port = host_port.split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    url = RABBITMQ_URL.replace(host_port, f"127.0.0.1:{proxy.port}")
+    try:
+        async with start_gateway(rabbitmq_url=url) as gateway:
+            assert (await (await gateway.client.get("/health")).json())["status"] == "healthy"
+            await proxy.cut()
+            body: dict[str, Any] = {}
+            for _ in range(100):
+                response = await gateway.client.get("/health")
+                body = await response.json()
+                if body["status"] == "degraded":
+                    break
+                await asyncio.sleep(0.1)
+            assert response.status == 200
+            assert body["status"] == "degraded"
+            assert body["bus"]["status"] == "down"
+            assert body["database"]["status"] == "ok"
+            assert (await gateway.client.get("/ready")).status == 503
+            # Ingest still works: the event waits in the outbox.
+            accepted = await gateway.client.post(
+                "/api/v1/ingest", data=form(("a.jpg", make_jpeg(3)))
+            )
+            assert accepted.status == 202
+            await proxy.restore()
+            for _ in range(200):
+                body = await (await gateway.client.get("/health")).json()
+                if body["status"] == "healthy" and body["outbox"]["pending"] == 0:
+                    break
+                await gateway.deps.backpressure.refresh()
+                await asyncio.sleep(0.1)
+            assert body["status"] == "healthy"
+            assert body["outbox"]["pending"] == 0  # the waiting event went out
+            assert body["queues"][gateway.media_queue]["depth"] == 1
+    finally:
+        await proxy.close()
+
+
+async def test_health_is_unhealthy_when_database_is_unreachable(gateway: Gateway) -> None:
+    await gateway.deps.pool.close()
+    response = await gateway.client.get("/health")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "unhealthy"
+    assert body["database"]["status"] == "down"
+    assert "system" in body and "storage" in body
+
+
+def test_gateway_stops_with_one_line_naming_the_setting_when_invalid() -> None:
+    env = {**os.environ, "DB_POOL_SIZE": "many", "RABBITMQ_URL": "http://nope"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "DB_POOL_SIZE" in lines[0] and "RABBITMQ_URL" in lines[0]

@@ -18,7 +18,7 @@ from tests.integration.conftest import Gateway
 
 
 def form(*files: tuple[str, bytes], **fields: str) -> FormData:
-    data = FormData()
+    data = FormData(quote_fields=False)
     for name, content in files:
         data.add_field("files[]", content, filename=name, content_type="application/octet-stream")
     for key, value in fields.items():

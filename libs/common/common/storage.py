@@ -160,13 +160,24 @@ class FileSystemStorage:
                 os.close(fd)
 
     def path(self, key: str) -> Path:
-        """The absolute path of a key; refuses anything that would leave the root."""
-        if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        """The absolute path of a key; refuses anything that would leave the root.
+
+        The last component is not resolved, so a folder link is addressed as itself, never
+        as the object it points at.
+        """
+        parts = key.split("/")
+        if (
+            not key
+            or "\\" in key
+            or "\x00" in key
+            or any(part in ("", ".", "..") for part in parts)
+        ):
             raise StorageError(f"invalid storage key: {key!r}")
-        candidate = (self.root / key).resolve()
-        if not candidate.is_relative_to(self.root) or candidate == self.root:
+        candidate = self.root.joinpath(*parts)
+        parent = candidate.parent.resolve()
+        if not parent.is_relative_to(self.root):
             raise StorageError(f"storage key leaves the root: {key!r}")
-        return candidate
+        return parent / candidate.name
 
     async def open(self, key: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
         path = self.path(key)

@@ -1,0 +1,123 @@
+"""Pure decisions of the gateway: sniffing, JSON documents, fields, status."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import ApiError
+from gateway.intake import (
+    check_idempotency_key,
+    check_owner,
+    clean_filename,
+    fingerprint,
+    json_documents,
+    parse_json,
+    sniff,
+)
+from gateway.settings import GatewaySettings
+from gateway.status import job_status, upload_status
+from tests.conftest import make_jpeg, make_png
+
+SETTINGS = GatewaySettings(max_json_items=3)
+
+
+@pytest.mark.parametrize(
+    ("head", "kind", "mime"),
+    [
+        (make_jpeg(1)[:512], "image", "image/jpeg"),
+        (make_png(1)[:512], "image", "image/png"),
+        (b"GIF89a" + b"\x00" * 20, "image", "image/gif"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 20, "image", "image/webp"),
+        (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 20, "video", "video/mp4"),
+        (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm",
+         "video", "video/webm"),
+        (b'  \n{"a": 1}', "json", "application/json"),
+        (b"\xef\xbb\xbf[1]", "json", "application/json"),
+    ],
+)
+def test_sniff_finds_kind_from_bytes_when_supported(head: bytes, kind: str, mime: str) -> None:
+    found = sniff(head)
+    assert found is not None
+    assert (found.kind, found.mime_type) == (kind, mime)
+
+
+@pytest.mark.parametrize(
+    "head", [b"plain text", b"%PDF-1.7\n", b"PK\x03\x04" + b"\x00" * 30, b"\x7fELF\x02", b""]
+)
+def test_sniff_refuses_when_type_is_unsupported(head: bytes) -> None:
+    assert sniff(head) is None
+
+
+def test_parse_json_names_line_and_column_when_invalid() -> None:
+    with pytest.raises(ApiError) as error:
+        parse_json(b'{\n  "a": tru\n}', "body")
+    assert error.value.status == 400
+    assert error.value.details["line"] == 2
+    assert "line 2" in error.value.error
+
+
+def test_json_documents_split_arrays_and_bound_their_length() -> None:
+    docs = json_documents([{"a": 1}, {"b": 2}], "body", SETTINGS)
+    assert docs == [b'{"a":1}', b'{"b":2}']
+    assert json_documents({"a": 1}, "body", SETTINGS) == [b'{"a":1}']
+    with pytest.raises(ApiError) as error:
+        json_documents([{}] * 4, "body", SETTINGS)
+    assert error.value.status == 413
+    for bad in ([], "x", [1], [{"a": 1}, None]):
+        with pytest.raises(ApiError):
+            json_documents(bad, "body", SETTINGS)
+
+
+def test_fields_are_checked_when_given() -> None:
+    assert check_owner(None) == "anonymous"
+    assert check_owner(" alice@example.com ") == "alice@example.com"
+    for bad in ("a b", "x" * 129, "../etc", "ünïcode"):
+        with pytest.raises(ApiError):
+            check_owner(bad)
+    assert check_idempotency_key("") is None
+    with pytest.raises(ApiError):
+        check_idempotency_key("tab\tkey")
+    assert clean_filename("../../etc/passwd") == "passwd"
+    assert clean_filename("C:\\Users\\x\\cat.jpg") == "cat.jpg"
+    assert clean_filename("bell\x07.jpg") == "bell.jpg"
+    assert clean_filename("") is None
+
+
+def test_fingerprint_differs_when_any_part_differs() -> None:
+    base = fingerprint("o", None, [("a.jpg", "1" * 64)])
+    assert base == fingerprint("o", None, [("a.jpg", "1" * 64)])
+    assert base != fingerprint("p", None, [("a.jpg", "1" * 64)])
+    assert base != fingerprint("o", "c", [("a.jpg", "1" * 64)])
+    assert base != fingerprint("o", None, [("b.jpg", "1" * 64)])
+    assert base != fingerprint("o", None, [("a.jpg", "2" * 64)])
+
+
+@pytest.mark.parametrize(
+    ("kind", "stage", "expected"),
+    [
+        ("image", "ingested", "queued"),
+        ("image", "embedded", "processing"),
+        ("image", "clustered", "done"),
+        ("video", "clustered", "done"),
+        ("json", "stored", "done"),
+        ("json", "failed", "failed"),
+    ],
+)
+def test_upload_status_follows_stage(kind: str, stage: str, expected: str) -> None:
+    assert upload_status(kind, stage) == expected
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (["queued", "queued"], "queued"),
+        (["queued", "processing"], "processing"),
+        (["queued", "done"], "processing"),
+        (["done", "done"], "done"),
+        (["failed"], "failed"),
+        (["done", "failed"], "partial"),
+        (["failed", "processing"], "processing"),
+    ],
+)
+def test_job_status_derives_from_upload_statuses(statuses: list[str], expected: str) -> None:
+    assert job_status(statuses) == expected

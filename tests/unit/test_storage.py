@@ -1,0 +1,90 @@
+"""The filesystem storage backend."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from common.storage import FileSystemStorage, StorageError, key_for
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_put_stores_once_under_hash_name_when_same_bytes_twice(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path, fsync=True)
+    first = await storage.put(chunks(b"hello ", b"world"))
+    second = await storage.put(chunks(b"hello world"))
+    digest = hashlib.sha256(b"hello world").hexdigest()
+    assert first == second
+    assert first.key == key_for(digest) and first.size == 11
+    path = storage.path(first.key)
+    assert path.read_bytes() == b"hello world"
+    assert not os.access(path, os.W_OK) or os.geteuid() == 0  # read-only (root ignores modes)
+    assert oct(path.stat().st_mode & 0o777) == "0o444"
+    assert storage.temp_files() == []
+    stat = await storage.stat(first.key)
+    assert stat is not None and stat.size == 11
+
+
+async def test_put_leaves_no_temp_file_when_stream_fails(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await storage.put(broken())
+    assert storage.temp_files() == []
+    assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize(
+    "key", ["../outside", "/etc/passwd", "objects/../../x", "", "a\x00b", "..", "a\\b"]
+)
+def test_path_refuses_keys_that_leave_the_root_when_hostile(tmp_path: Path, key: str) -> None:
+    storage = FileSystemStorage(tmp_path / "root")
+    with pytest.raises(StorageError):
+        storage.path(key)
+
+
+async def test_link_points_at_object_and_is_idempotent_when_repeated(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+    stored = await storage.put(chunks(b"abc"))
+    for _ in range(2):
+        await storage.link(stored.key, "media/clusters/c1/photo.jpg")
+    link = tmp_path / "media/clusters/c1/photo.jpg"
+    assert link.is_symlink() and link.read_bytes() == b"abc"
+    assert not os.path.isabs(os.readlink(link))  # relative: the tree can be moved
+    with pytest.raises(StorageError):
+        await storage.link(stored.key, "../escape")
+    await storage.delete("media/clusters/c1/photo.jpg")
+    assert not link.exists() and storage.path(stored.key).exists()
+
+
+async def test_open_streams_the_bytes_when_reading(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+    data = os.urandom(200_000)
+    stored = await storage.put(chunks(data))
+    got = b"".join([c async for c in storage.open(stored.key, chunk_size=65536)])
+    assert got == data
+
+
+def test_stale_temp_files_are_removed_when_old(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+    old = tmp_path / "tmp" / "old.part"
+    new = tmp_path / "tmp" / "new.part"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert storage.remove_stale_temp(older_than=3600) == 1
+    assert not old.exists() and new.exists()
+    assert storage.free_bytes() > 0 and storage.writable()

@@ -240,7 +240,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
 
 
 async def _read_request(request: web.Request, intake: Intake) -> None:
-    ctype = request.content_type
+    # Parsed by hand: aiohttp's content_type goes through the email package, a hot spot here.
+    ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     try:
         if ctype == "multipart/form-data":
             await _read_multipart(request, intake)
@@ -248,7 +249,7 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
             await _read_json_body(request, intake)
         elif ctype == "application/x-www-form-urlencoded":
             await _read_urlencoded(request, intake)
-        elif not request.can_read_body:
+        elif not ctype and not request.can_read_body:
             raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
         else:
             raise ApiError(
@@ -289,7 +290,7 @@ async def _record(
                 items=uploads,
                 idempotency=idempotency,
                 response_for=lambda r: _response(r, rid),
-                before_commit=intake.place,
+                place_files=intake.place,
             )
     except IdempotencyHit as hit:
         if hit.request_hash != request_hash:

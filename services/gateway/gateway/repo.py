@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from common.messages import Event, JsonIngested, MediaIngested
-from common.outbox import add_events
+from common.outbox import trace_headers
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,40 @@ def _event_for(content_id: uuid.UUID, job_id: uuid.UUID, item: NewUpload) -> Eve
     )
 
 
+# One statement records a whole request. Content is upserted with a no-op update so that rows
+# already stored, or committed meanwhile by a concurrent twin (the statement waits on the
+# unique key), come back with their own id and stage. Events were built with the ids proposed
+# for new rows, so only content this statement created gets one.
+_INGEST_SQL = """
+WITH job AS (
+    INSERT INTO jobs (id, owner, request_id, trace_id) VALUES ($1, $2, $3, $4)
+    RETURNING created_at
+), c AS (
+    INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key, document,
+                         first_job_id)
+    SELECT t.id, t.sha256, t.kind, t.mime, t.size, t.key, t.doc::jsonb, $1
+    FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[],
+                $11::text[]) AS t(id, sha256, kind, mime, size, key, doc)
+    ORDER BY t.sha256
+    ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256
+    RETURNING id, sha256, kind, stage
+), u AS (
+    INSERT INTO uploads (id, job_id, content_id, owner, filename, comments, position)
+    SELECT t.id, $1, c.id, $2, t.filename, $12, t.position
+    FROM unnest($13::uuid[], $14::text[], $15::text[], $16::int[])
+         AS t(id, sha256, filename, position)
+    JOIN c ON c.sha256 = t.sha256
+), o AS (
+    INSERT INTO outbox (message_id, routing_key, body, headers)
+    SELECT e.message_id, e.routing_key, e.body, $17::text::jsonb
+    FROM unnest($18::uuid[], $19::text[], $20::bytea[], $21::uuid[])
+         AS e(message_id, routing_key, body, content_id)
+    JOIN c ON c.id = e.content_id
+)
+SELECT (SELECT created_at FROM job) AS created_at, sha256, kind, stage FROM c
+"""
+
+
 async def record_ingest(
     conn: asyncpg.Connection,
     *,
@@ -70,81 +105,61 @@ async def record_ingest(
     items: list[NewUpload],
     idempotency: tuple[str, str, str] | None,
     response_for: Callable[[IngestRecord], dict[str, Any]],
-    before_commit: Callable[[], Awaitable[None]],
+    place_files: Callable[[], Awaitable[None]],
 ) -> IngestRecord:
-    """The ingest transaction: job, content (deduplicated by sha256), uploads and events.
+    """Record a request: job, content (deduplicated by sha256), uploads and events, atomically.
 
-    Exact duplicates are decided here by the unique key on content.sha256: of two concurrent
+    Exact duplicates are decided by the unique key on content.sha256: of two concurrent
     requests with the same bytes, one inserts the row and its event, the other waits on the
-    key and finds the row. `idempotency` is (scope, key, request hash). `before_commit` puts
-    the bytes in place while the rows are still invisible, so no reader sees a row whose file
-    is missing, and a refused request (a reused idempotency key) leaves no file behind.
+    key and finds the row. Files are placed before the rows become visible, so no reader sees
+    a row whose file is missing. With an idempotency key (scope, key, request hash) the key is
+    claimed first in the same transaction, so a refused request leaves no file behind.
     """
     job_id = uuid.uuid4()
-    async with conn.transaction():
-        created_at = await conn.fetchval(
-            "INSERT INTO jobs (id, owner, request_id, trace_id) VALUES ($1, $2, $3, $4)"
-            " RETURNING created_at",
-            job_id,
-            owner,
-            request_id,
-            trace_id,
-        )
-        upload_ids = [uuid.uuid4() for _ in items]
-        if idempotency is not None:
-            await _claim_idempotency_key(conn, idempotency, job_id)
+    upload_ids = [uuid.uuid4() for _ in items]
+    by_sha = {item.sha256: item for item in items}
+    ordered = sorted(by_sha)  # one lock order: concurrent requests never deadlock
+    proposed = {sha: uuid.uuid4() for sha in ordered}
+    events = [_event_for(proposed[s], job_id, by_sha[s]) for s in ordered]
+    args = (
+        job_id, owner, request_id, trace_id,
+        [proposed[s] for s in ordered],
+        ordered,
+        [by_sha[s].kind for s in ordered],
+        [by_sha[s].mime_type for s in ordered],
+        [by_sha[s].size_bytes for s in ordered],
+        [by_sha[s].storage_key for s in ordered],
+        [_text(by_sha[s].document) for s in ordered],
+        comments,
+        upload_ids,
+        [i.sha256 for i in items],
+        [i.filename for i in items],
+        list(range(len(items))),
+        orjson.dumps(trace_headers()).decode(),
+        [e.message_id for e in events],
+        [e.routing_key for e in events],
+        [e.to_bytes() for e in events],
+        [proposed[s] for s in ordered],
+    )
 
-        by_sha = {item.sha256: item for item in items}
-        ordered = sorted(by_sha)  # a fixed order: concurrent requests never deadlock
-        proposed = {sha: uuid.uuid4() for sha in ordered}
-        inserted = await conn.fetch(
-            """INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key,
-                                    document, first_job_id)
-               SELECT t.id, t.sha256, t.kind, t.mime, t.size, t.key, t.doc::jsonb, $8
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                           $6::text[], $7::text[]) AS t(id, sha256, kind, mime, size, key, doc)
-               ORDER BY t.sha256
-               ON CONFLICT (sha256) DO NOTHING
-               RETURNING id, sha256""",
-            [proposed[s] for s in ordered],
-            ordered,
-            [by_sha[s].kind for s in ordered],
-            [by_sha[s].mime_type for s in ordered],
-            [by_sha[s].size_bytes for s in ordered],
-            [by_sha[s].storage_key for s in ordered],
-            [_text(by_sha[s].document) for s in ordered],
-            job_id,
-        )
-        new = {row["sha256"] for row in inserted}
-        rows = await conn.fetch(
-            "SELECT id, sha256, kind, stage FROM content WHERE sha256 = ANY($1::text[])", ordered
-        )
+    def record_from(rows: list[asyncpg.Record]) -> IngestRecord:
         content = {row["sha256"]: row for row in rows}
-        await conn.execute(
-            """INSERT INTO uploads (id, job_id, content_id, owner, filename, comments, position)
-               SELECT t.id, $2, t.content_id, $3, t.filename, $4, t.position
-               FROM unnest($1::uuid[], $5::uuid[], $6::text[], $7::int[])
-                    AS t(id, content_id, filename, position)""",
-            upload_ids,
-            job_id,
-            owner,
-            comments,
-            [content[i.sha256]["id"] for i in items],
-            [i.filename for i in items],
-            list(range(len(items))),
-        )
-        await add_events(conn, [_event_for(content[s]["id"], job_id, by_sha[s]) for s in ordered
-                                if s in new])
-        await before_commit()
         stages = [(content[i.sha256]["kind"], content[i.sha256]["stage"]) for i in items]
-        record = IngestRecord(job_id, upload_ids, stages, created_at)
-        if idempotency is not None:
-            await conn.execute(
-                "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2",
-                idempotency[0],
-                idempotency[1],
-                response_for(record),
-            )
+        return IngestRecord(job_id, upload_ids, stages, rows[0]["created_at"])
+
+    if idempotency is None:
+        await place_files()
+        return record_from(await conn.fetch(_INGEST_SQL, *args))
+    async with conn.transaction():
+        await _claim_idempotency_key(conn, idempotency, job_id)
+        await place_files()
+        record = record_from(await conn.fetch(_INGEST_SQL, *args))
+        await conn.execute(
+            "UPDATE idempotency_keys SET response = $3::text::jsonb WHERE scope = $1 AND key = $2",
+            idempotency[0],
+            idempotency[1],
+            orjson.dumps(response_for(record)).decode(),
+        )
     return record
 
 

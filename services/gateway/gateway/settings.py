@@ -14,6 +14,8 @@ class GatewaySettings(CommonSettings):
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=0, le=65535)
+    # Processes serving the port together (SO_REUSEPORT); on Kubernetes scale pods instead.
+    http_workers: int = Field(1, ge=1, le=64)
     storage_fsync: bool = True
 
     max_image_bytes: int = Field(50 * MB, ge=1)

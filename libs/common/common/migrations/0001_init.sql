@@ -16,7 +16,9 @@ CREATE TABLE idempotency_keys (
     scope           text NOT NULL,
     key             text NOT NULL,
     request_hash    text NOT NULL,
-    job_id          uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    -- deferred: the key is claimed first, before the job row of the same transaction exists
+    job_id          uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE
+                    DEFERRABLE INITIALLY DEFERRED,
     response        jsonb NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, key)

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Ingest throughput: closed-loop clients uploading distinct ~100 KB JPEGs.
+
+Starts its own gateway (fresh database, uuid-named exchange and queues, removed afterwards)
+unless --url names a running one, then for each concurrency runs for --seconds and prints
+uploads/s, latency percentiles and the gateway's RSS before and after.
+
+    .venv/bin/python bench/ingest.py                # concurrency 1, 8, 32 for 20 s each
+    .venv/bin/python bench/ingest.py --concurrency 32 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import aio_pika
+import asyncpg
+import psutil
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def base_jpegs(count: int, target: int = 100_000) -> list[bytes]:
+    """A few photo-sized JPEGs of about `target` bytes (noise blurred into texture)."""
+    images = []
+    rng = random.Random(1)
+    for _ in range(count):
+        side = 300
+        image = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
+        image = image.resize((side * 2, side * 2), Image.Resampling.BICUBIC)
+        quality = 60
+        while True:
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=quality)
+            if buffer.tell() >= target or quality >= 95:
+                break
+            quality += 5
+        images.append(buffer.getvalue())
+    return images
+
+
+def distinct(jpeg: bytes, n: int) -> bytes:
+    """The same picture with a unique COM segment: different bytes, still a valid JPEG."""
+    comment = f"mammothbox bench {n} {uuid.uuid4()}".encode()
+    segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+async def run_level(
+    url: str, concurrency: int, seconds: float, bases: list[bytes], counter: list[int]
+) -> tuple[int, list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                counter[0] += 1
+                body = distinct(bases[counter[0] % len(bases)], counter[0])
+                form = aiohttp.FormData()
+                form.add_field("files[]", body, filename="photo.jpg",
+                               content_type="image/jpeg")
+                form.add_field("owner", "bench")
+                start = time.perf_counter()
+                async with session.post(f"{url}/api/v1/ingest", data=form) as response:
+                    await response.read()
+                    if response.status == 202:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return len(latencies), latencies, errors
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 10) - 1] * 1000 if len(values) > 1 else 0
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", help="a running gateway; default: start one")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    database_url = os.environ.get("DATABASE_URL") or subprocess.run(
+        [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]
+    rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    gateway = None
+    tag = uuid.uuid4().hex[:8]
+    bench_db = f"mb_bench_{tag}"
+    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
+    storage = tempfile.mkdtemp(prefix="mb-bench-")
+    url = args.url
+    if url is None:
+        admin = await asyncpg.connect(admin_url)
+        await admin.execute(f"CREATE DATABASE {bench_db}")
+        await admin.close()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url.rsplit("/", 1)[0] + f"/{bench_db}",
+            "RABBITMQ_URL": rabbitmq_url,
+            "BUS_EXCHANGE": f"bench-{tag}",
+            "BUS_QUEUE_PREFIX": f"bench-{tag}.",
+            "STORAGE_PATH": storage,
+            "HTTP_PORT": "18000",
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            "MIN_FREE_DISK_BYTES": "0",
+        }
+        subprocess.run([sys.executable, str(ROOT / "scripts/migrate.py")], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env,
+                                   stdout=subprocess.DEVNULL)
+        url = "http://127.0.0.1:18000"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"{url}/ready") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        process = psutil.Process(gateway.pid) if gateway else None
+
+        def rss() -> float:
+            """Resident memory of the gateway and its worker processes, in MB."""
+            if process is None:
+                return float("nan")
+            family = [process, *process.children(recursive=True)]
+            return sum(p.memory_info().rss for p in family) / 2**20
+
+        bases = base_jpegs(8)
+        print(f"upload size: {statistics.mean(len(b) for b in bases) / 1000:.0f} kB, "
+              f"cores: {os.cpu_count()}, seconds per level: {args.seconds}")
+        counter = [0]
+        # Warm up connections, caches and the pool.
+        await run_level(url, 4, 2.0, bases, counter)
+        print(f"{'conc':>5} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'errors':>6} {'rss before':>11} {'rss after':>10}")
+        for concurrency in args.concurrency:
+            rss_before = rss()
+            started = time.perf_counter()
+            done, latencies, errors = await run_level(
+                url, concurrency, args.seconds, bases, counter
+            )
+            elapsed = time.perf_counter() - started
+            rss_after = rss()
+            print(f"{concurrency:>5} {done / elapsed:>10.0f} {pct(latencies, 50):>8.1f} "
+                  f"{pct(latencies, 95):>8.1f} {pct(latencies, 99):>8.1f} {errors:>6} "
+                  f"{rss_before:>9.0f}MB {rss_after:>8.0f}MB", flush=True)
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait()
+            connection = await aio_pika.connect(rabbitmq_url)
+            channel = await connection.channel()
+            for service, queue in (("embedder", "media-ingested"), ("schemer", "json-ingested")):
+                name = f"bench-{tag}.{service}.{queue}"
+                for suffix in ("", ".dlq", ".retry.1", ".retry.2", ".retry.3"):
+                    await channel.queue_delete(name + suffix)
+            await channel.exchange_delete(f"bench-{tag}")
+            await connection.close()
+            admin = await asyncpg.connect(admin_url)
+            await admin.execute(f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
+            await admin.close()
+            subprocess.run(["rm", "-rf", storage], check=False)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -243,14 +243,14 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
     # Parsed by hand: aiohttp's content_type goes through the email package, a hot spot here.
     ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     try:
+        if not request.can_read_body:
+            raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
         if ctype == "multipart/form-data":
             await _read_multipart(request, intake)
         elif ctype == "application/json" or ctype.endswith("+json"):
             await _read_json_body(request, intake)
         elif ctype == "application/x-www-form-urlencoded":
             await _read_urlencoded(request, intake)
-        elif not ctype and not request.can_read_body:
-            raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
         else:
             raise ApiError(
                 415,

@@ -14,6 +14,7 @@ from common.db import open_pool
 from common.dlq import DeadLetterRecorder
 from common.outbox import OutboxRelay
 from common.storage import open_storage
+from gateway.batcher import IngestBatcher
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
 from gateway.ingest import handle_ingest
@@ -68,7 +69,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
             recorder = DeadLetterRecorder(bus, pool, bus.specs)
             tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))
         try:
-            yield Deps(settings, pool, bus, storage, backpressure, relay)
+            yield Deps(settings, pool, bus, storage, backpressure, relay, IngestBatcher(pool))
         finally:
             for task in tasks:
                 task.cancel()

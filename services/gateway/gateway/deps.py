@@ -14,6 +14,7 @@ from prometheus_client import Gauge, Histogram
 from common.bus import Bus
 from common.outbox import OUTBOX_LAG, OUTBOX_PENDING, OutboxRelay, OutboxState, outbox_state
 from common.storage import FileSystemStorage
+from gateway.batcher import IngestBatcher
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings
 
@@ -81,6 +82,7 @@ class Deps:
     storage: FileSystemStorage
     backpressure: Backpressure
     relay: OutboxRelay | None
+    batcher: IngestBatcher
     started_at: float = field(default_factory=time.time)
 
     def wake_relay(self) -> None:

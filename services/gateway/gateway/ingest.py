@@ -30,13 +30,19 @@ from gateway.intake import (
     sniff,
     too_large,
 )
-from gateway.repo import IdempotencyHit, IngestRecord, NewUpload, record_ingest
+from gateway.repo import (
+    IdempotencyHit,
+    IngestRecord,
+    IngestRequest,
+    NewUpload,
+    write_ingest_with_key,
+)
 from gateway.settings import GatewaySettings
 from gateway.status import job_status, upload_status
 
 FILE_FIELDS = frozenset({"files[]", "files", "file"})
 TEXT_FIELDS = frozenset({"owner", "comments", "idempotency_key"})
-CHUNK = 65536
+CHUNK = 262144
 
 
 @dataclass
@@ -279,19 +285,17 @@ async def _record(
     request_hash = fingerprint(owner, comments, [(u.filename, u.sha256) for u in uploads])
     # Without API keys the caller is identified by its owner; keys will scope it further.
     idempotency = (owner, key, request_hash) if key else None
+    request_record = IngestRequest(owner, comments, rid, current_trace_id(), uploads)
     try:
-        async with deps.pool.acquire() as conn:
-            record = await record_ingest(
-                conn,
-                owner=owner,
-                comments=comments,
-                request_id=rid,
-                trace_id=current_trace_id(),
-                items=uploads,
-                idempotency=idempotency,
-                response_for=lambda r: _response(r, rid),
-                place_files=intake.place,
-            )
+        if idempotency is None:
+            # Files first, then the rows that make them visible (in a shared group commit).
+            await intake.place()
+            record = await deps.batcher.submit(request_record)
+        else:
+            async with deps.pool.acquire() as conn:
+                record = await write_ingest_with_key(
+                    conn, request_record, idempotency, lambda r: _response(r, rid), intake.place
+                )
     except IdempotencyHit as hit:
         if hit.request_hash != request_hash:
             raise ApiError(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -61,99 +62,129 @@ def _event_for(content_id: uuid.UUID, job_id: uuid.UUID, item: NewUpload) -> Eve
     )
 
 
-# One statement records a whole request. Content is upserted with a no-op update so that rows
-# already stored, or committed meanwhile by a concurrent twin (the statement waits on the
-# unique key), come back with their own id and stage. Events were built with the ids proposed
-# for new rows, so only content this statement created gets one.
+@dataclass(frozen=True)
+class IngestRequest:
+    """What one accepted request will write."""
+
+    owner: str
+    comments: str | None
+    request_id: str
+    trace_id: str | None
+    items: list[NewUpload]
+    job_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    headers: str = field(default_factory=lambda: orjson.dumps(trace_headers()).decode())
+
+    @cached_property
+    def upload_ids(self) -> list[uuid.UUID]:
+        return [uuid.uuid4() for _ in self.items]
+
+
+# One statement records a batch of requests (group commit: one WAL flush for many 202s).
+# Content is upserted with a no-op update so that rows already stored, or committed meanwhile
+# by a concurrent twin (the statement waits on the unique key), come back with their own id
+# and stage. Events were built with the ids proposed for new rows, so only content this
+# statement created gets one.
 _INGEST_SQL = """
 WITH job AS (
-    INSERT INTO jobs (id, owner, request_id, trace_id) VALUES ($1, $2, $3, $4)
-    RETURNING created_at
+    INSERT INTO jobs (id, owner, request_id, trace_id)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+    RETURNING id, created_at
 ), c AS (
     INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key, document,
                          first_job_id)
-    SELECT t.id, t.sha256, t.kind, t.mime, t.size, t.key, t.doc::jsonb, $1
+    SELECT t.id, t.sha256, t.kind, t.mime, t.size, t.key, t.doc::jsonb, t.job_id
     FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[],
-                $11::text[]) AS t(id, sha256, kind, mime, size, key, doc)
+                $11::text[], $12::uuid[]) AS t(id, sha256, kind, mime, size, key, doc, job_id)
     ORDER BY t.sha256
     ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256
     RETURNING id, sha256, kind, stage
 ), u AS (
     INSERT INTO uploads (id, job_id, content_id, owner, filename, comments, position)
-    SELECT t.id, $1, c.id, $2, t.filename, $12, t.position
-    FROM unnest($13::uuid[], $14::text[], $15::text[], $16::int[])
-         AS t(id, sha256, filename, position)
+    SELECT t.id, t.job_id, c.id, t.owner, t.filename, t.comments, t.position
+    FROM unnest($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[], $18::text[],
+                $19::int[]) AS t(id, job_id, sha256, owner, filename, comments, position)
     JOIN c ON c.sha256 = t.sha256
 ), o AS (
     INSERT INTO outbox (message_id, routing_key, body, headers)
-    SELECT e.message_id, e.routing_key, e.body, $17::text::jsonb
-    FROM unnest($18::uuid[], $19::text[], $20::bytea[], $21::uuid[])
-         AS e(message_id, routing_key, body, content_id)
+    SELECT e.message_id, e.routing_key, e.body, e.headers::jsonb
+    FROM unnest($20::uuid[], $21::text[], $22::bytea[], $23::text[], $24::uuid[])
+         AS e(message_id, routing_key, body, headers, content_id)
     JOIN c ON c.id = e.content_id
 )
-SELECT (SELECT created_at FROM job) AS created_at, sha256, kind, stage FROM c
+SELECT id::text AS key, created_at, NULL AS kind, NULL AS stage FROM job
+UNION ALL
+SELECT sha256, NULL, kind, stage FROM c
 """
 
 
-async def record_ingest(
+async def write_ingests(
+    conn: asyncpg.Connection | asyncpg.Pool, requests: list[IngestRequest]
+) -> list[IngestRecord]:
+    """Record requests in one statement: jobs, content (deduplicated by sha256), uploads and
+    events for new content. Exact duplicates are decided by the unique key on content.sha256,
+    within the batch and against concurrent writers, never by a race between workers.
+    """
+    content: dict[str, tuple[uuid.UUID, NewUpload, uuid.UUID]] = {}
+    for request in requests:
+        for item in request.items:
+            content.setdefault(item.sha256, (uuid.uuid4(), item, request.job_id))
+    ordered = sorted(content)  # one lock order: concurrent batches never deadlock
+    headers = {r.job_id: r.headers for r in requests}
+    events = [
+        (_event_for(cid, job_id, item), cid, headers[job_id])
+        for cid, item, job_id in (content[s] for s in ordered)
+    ]
+    uploads = [
+        (upload_id, r.job_id, item.sha256, r.owner, item.filename, r.comments, position)
+        for r in requests
+        for position, (upload_id, item) in enumerate(zip(r.upload_ids, r.items, strict=True))
+    ]
+    rows = await conn.fetch(
+        _INGEST_SQL,
+        [r.job_id for r in requests],
+        [r.owner for r in requests],
+        [r.request_id for r in requests],
+        [r.trace_id for r in requests],
+        [content[s][0] for s in ordered],
+        ordered,
+        [content[s][1].kind for s in ordered],
+        [content[s][1].mime_type for s in ordered],
+        [content[s][1].size_bytes for s in ordered],
+        [content[s][1].storage_key for s in ordered],
+        [_text(content[s][1].document) for s in ordered],
+        [content[s][2] for s in ordered],
+        *(list(column) for column in zip(*uploads, strict=True)),
+        [e.message_id for e, _, _ in events],
+        [e.routing_key for e, _, _ in events],
+        [e.to_bytes() for e, _, _ in events],
+        [h for _, _, h in events],
+        [cid for _, cid, _ in events],
+    )
+    created = {row["key"]: row["created_at"] for row in rows if row["created_at"] is not None}
+    stages = {row["key"]: (row["kind"], row["stage"]) for row in rows if row["kind"] is not None}
+    return [
+        IngestRecord(
+            r.job_id, r.upload_ids, [stages[i.sha256] for i in r.items], created[str(r.job_id)]
+        )
+        for r in requests
+    ]
+
+
+async def write_ingest_with_key(
     conn: asyncpg.Connection,
-    *,
-    owner: str,
-    comments: str | None,
-    request_id: str,
-    trace_id: str | None,
-    items: list[NewUpload],
-    idempotency: tuple[str, str, str] | None,
+    request: IngestRequest,
+    idempotency: tuple[str, str, str],
     response_for: Callable[[IngestRecord], dict[str, Any]],
     place_files: Callable[[], Awaitable[None]],
 ) -> IngestRecord:
-    """Record a request: job, content (deduplicated by sha256), uploads and events, atomically.
+    """Claim the idempotency key (scope, key, request hash) and record, in one transaction.
 
-    Exact duplicates are decided by the unique key on content.sha256: of two concurrent
-    requests with the same bytes, one inserts the row and its event, the other waits on the
-    key and finds the row. Files are placed before the rows become visible, so no reader sees
-    a row whose file is missing. With an idempotency key (scope, key, request hash) the key is
-    claimed first in the same transaction, so a refused request leaves no file behind.
+    The key is claimed before the files are placed, so a refused request leaves no file.
     """
-    job_id = uuid.uuid4()
-    upload_ids = [uuid.uuid4() for _ in items]
-    by_sha = {item.sha256: item for item in items}
-    ordered = sorted(by_sha)  # one lock order: concurrent requests never deadlock
-    proposed = {sha: uuid.uuid4() for sha in ordered}
-    events = [_event_for(proposed[s], job_id, by_sha[s]) for s in ordered]
-    args = (
-        job_id, owner, request_id, trace_id,
-        [proposed[s] for s in ordered],
-        ordered,
-        [by_sha[s].kind for s in ordered],
-        [by_sha[s].mime_type for s in ordered],
-        [by_sha[s].size_bytes for s in ordered],
-        [by_sha[s].storage_key for s in ordered],
-        [_text(by_sha[s].document) for s in ordered],
-        comments,
-        upload_ids,
-        [i.sha256 for i in items],
-        [i.filename for i in items],
-        list(range(len(items))),
-        orjson.dumps(trace_headers()).decode(),
-        [e.message_id for e in events],
-        [e.routing_key for e in events],
-        [e.to_bytes() for e in events],
-        [proposed[s] for s in ordered],
-    )
-
-    def record_from(rows: list[asyncpg.Record]) -> IngestRecord:
-        content = {row["sha256"]: row for row in rows}
-        stages = [(content[i.sha256]["kind"], content[i.sha256]["stage"]) for i in items]
-        return IngestRecord(job_id, upload_ids, stages, rows[0]["created_at"])
-
-    if idempotency is None:
-        await place_files()
-        return record_from(await conn.fetch(_INGEST_SQL, *args))
     async with conn.transaction():
-        await _claim_idempotency_key(conn, idempotency, job_id)
+        await _claim_idempotency_key(conn, idempotency, request.job_id)
         await place_files()
-        record = record_from(await conn.fetch(_INGEST_SQL, *args))
+        [record] = await write_ingests(conn, [request])
         await conn.execute(
             "UPDATE idempotency_keys SET response = $3::text::jsonb WHERE scope = $1 AND key = $2",
             idempotency[0],

@@ -24,8 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
 import aio_pika
+import aiohttp
 import asyncpg
 import psutil
 from PIL import Image
@@ -75,8 +75,7 @@ async def run_level(
                 counter[0] += 1
                 body = distinct(bases[counter[0] % len(bases)], counter[0])
                 form = aiohttp.FormData()
-                form.add_field("files[]", body, filename="photo.jpg",
-                               content_type="image/jpeg")
+                form.add_field("files[]", body, filename="photo.jpg", content_type="image/jpeg")
                 form.add_field("owner", "bench")
                 start = time.perf_counter()
                 async with session.post(f"{url}/api/v1/ingest", data=form) as response:
@@ -101,10 +100,17 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL") or subprocess.run(
-        [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]
+    database_url = (
+        os.environ.get("DATABASE_URL")
+        or subprocess.run(
+            [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     gateway = None
     tag = uuid.uuid4().hex[:8]
@@ -127,10 +133,15 @@ async def main() -> None:
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
             "MIN_FREE_DISK_BYTES": "0",
         }
-        subprocess.run([sys.executable, str(ROOT / "scripts/migrate.py")], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env,
-                                   stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts/migrate.py")],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], env=env, stdout=subprocess.DEVNULL
+        )
         url = "http://127.0.0.1:18000"
     try:
         async with aiohttp.ClientSession() as session:
@@ -152,13 +163,17 @@ async def main() -> None:
             return sum(p.memory_info().rss for p in family) / 2**20
 
         bases = base_jpegs(8)
-        print(f"upload size: {statistics.mean(len(b) for b in bases) / 1000:.0f} kB, "
-              f"cores: {os.cpu_count()}, seconds per level: {args.seconds}")
+        print(
+            f"upload size: {statistics.mean(len(b) for b in bases) / 1000:.0f} kB, "
+            f"cores: {os.cpu_count()}, seconds per level: {args.seconds}"
+        )
         counter = [0]
         # Warm up connections, caches and the pool.
         await run_level(url, 4, 2.0, bases, counter)
-        print(f"{'conc':>5} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'errors':>6} {'rss before':>11} {'rss after':>10}")
+        print(
+            f"{'conc':>5} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'errors':>6} {'rss before':>11} {'rss after':>10}"
+        )
         for concurrency in args.concurrency:
             rss_before = rss()
             started = time.perf_counter()
@@ -167,9 +182,12 @@ async def main() -> None:
             )
             elapsed = time.perf_counter() - started
             rss_after = rss()
-            print(f"{concurrency:>5} {done / elapsed:>10.0f} {pct(latencies, 50):>8.1f} "
-                  f"{pct(latencies, 95):>8.1f} {pct(latencies, 99):>8.1f} {errors:>6} "
-                  f"{rss_before:>9.0f}MB {rss_after:>8.0f}MB", flush=True)
+            print(
+                f"{concurrency:>5} {done / elapsed:>10.0f} {pct(latencies, 50):>8.1f} "
+                f"{pct(latencies, 95):>8.1f} {pct(latencies, 99):>8.1f} {errors:>6} "
+                f"{rss_before:>9.0f}MB {rss_after:>8.0f}MB",
+                flush=True,
+            )
     finally:
         if gateway is not None:
             gateway.terminate()

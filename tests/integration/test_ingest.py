@@ -11,8 +11,8 @@ import aio_pika
 import asyncpg
 import orjson
 from aiohttp import FormData
-
 from common.storage import key_for
+
 from tests.conftest import make_jpeg, make_png, read_queue
 from tests.integration.conftest import Gateway
 
@@ -27,7 +27,9 @@ def form(*files: tuple[str, bytes], **fields: str) -> FormData:
 
 
 async def test_ingest_stores_records_and_publishes_when_one_or_five_images(
-    gateway: Gateway, db: asyncpg.Connection, storage_path: Path,
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    storage_path: Path,
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     for count in (1, 5):
@@ -67,7 +69,9 @@ async def test_ingest_stores_records_and_publishes_when_one_or_five_images(
 
 
 async def test_ingest_stores_once_and_publishes_once_when_same_image_arrives_concurrently(
-    gateway: Gateway, db: asyncpg.Connection, storage_path: Path,
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    storage_path: Path,
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     image = make_jpeg(7)
@@ -87,7 +91,9 @@ async def test_ingest_stores_once_and_publishes_once_when_same_image_arrives_con
 
 
 async def test_ingest_publishes_nothing_new_when_content_is_already_known(
-    gateway: Gateway, db: asyncpg.Connection, amqp: aio_pika.abc.AbstractRobustConnection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     image = make_jpeg(8)
     first = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", image)))
@@ -101,7 +107,9 @@ async def test_ingest_publishes_nothing_new_when_content_is_already_known(
 
 
 async def test_ingest_creates_json_uploads_when_object_and_array(
-    gateway: Gateway, db: asyncpg.Connection, amqp: aio_pika.abc.AbstractRobustConnection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     single = await gateway.client.post("/api/v1/ingest?owner=bob", json={"name": "x", "n": 1})
     assert single.status == 202, await single.text()
@@ -116,11 +124,14 @@ async def test_ingest_creates_json_uploads_when_object_and_array(
     )
     assert payload.status == 202
     assert await db.fetchval("SELECT count(*) FROM content WHERE kind = 'json'") == 7
-    assert await db.fetchval("SELECT owner FROM uploads WHERE job_id = $1",
-                             uuid.UUID((await single.json())["job_id"])) == "bob"
-    document = await db.fetchval(
-        "SELECT document FROM content WHERE document @> '{\"name\": \"x\"}'"
+    assert (
+        await db.fetchval(
+            "SELECT owner FROM uploads WHERE job_id = $1",
+            uuid.UUID((await single.json())["job_id"]),
+        )
+        == "bob"
     )
+    document = await db.fetchval('SELECT document FROM content WHERE document @> \'{"name": "x"}\'')
     assert orjson.loads(document) == {"name": "x", "n": 1}
     events = await read_queue(amqp, gateway.json_queue, expect=7)
     assert len(events) == 7
@@ -128,19 +139,24 @@ async def test_ingest_creates_json_uploads_when_object_and_array(
 
 
 async def test_ingest_accepts_mixed_files_and_payload_in_one_request(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     data = form(("a.png", make_png(1)), ("doc.json", b'{"from": "file"}'), payload='{"p": 1}')
     response = await gateway.client.post("/api/v1/ingest", data=data)
     assert response.status == 202, await response.text()
     kinds = await db.fetch("SELECT kind, mime_type FROM content ORDER BY kind")
     assert [(r["kind"], r["mime_type"]) for r in kinds] == [
-        ("image", "image/png"), ("json", "application/json"), ("json", "application/json")
+        ("image", "image/png"),
+        ("json", "application/json"),
+        ("json", "application/json"),
     ]
 
 
 async def test_ingest_replays_original_answer_when_idempotent_retry(
-    gateway: Gateway, db: asyncpg.Connection, amqp: aio_pika.abc.AbstractRobustConnection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     image = make_jpeg(11)
     first = await gateway.client.post(
@@ -157,7 +173,8 @@ async def test_ingest_replays_original_answer_when_idempotent_retry(
 
 
 async def test_ingest_answers_one_job_when_same_key_races(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     image = make_jpeg(12)
     responses = await asyncio.gather(
@@ -175,7 +192,9 @@ async def test_ingest_answers_one_job_when_same_key_races(
 
 
 async def test_ingest_conflicts_when_key_reused_for_different_request(
-    gateway: Gateway, db: asyncpg.Connection, storage_path: Path,
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    storage_path: Path,
 ) -> None:
     first = await gateway.client.post(
         "/api/v1/ingest", data=form(("a.jpg", make_jpeg(13)), idempotency_key="k-2")
@@ -195,12 +214,27 @@ async def test_ingest_conflicts_when_key_reused_for_different_request(
 
 
 async def test_ingest_scopes_idempotency_keys_per_caller(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     for owner in ("erin", "frank"):
         response = await gateway.client.post(
-            "/api/v1/ingest", data=form(("a.jpg", make_jpeg(15)), idempotency_key="shared",
-                                        owner=owner)
+            "/api/v1/ingest",
+            data=form(("a.jpg", make_jpeg(15)), idempotency_key="shared", owner=owner),
         )
         assert response.status == 202
     assert await db.fetchval("SELECT count(*) FROM jobs") == 2
+
+
+async def test_ingest_carries_one_trace_from_request_to_event_when_traced(
+    gateway: Gateway,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    response = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(16))))
+    job = await response.json()
+    status = await (await gateway.client.get(f"/api/v1/ingest/{job['job_id']}/status")).json()
+    trace_id = status["trace_id"]
+    assert trace_id is not None and len(trace_id) == 32
+    [event] = await read_queue(amqp, gateway.media_queue, expect=1)
+    assert event.headers is not None
+    assert str(event.headers["traceparent"]).split("-")[1] == trace_id

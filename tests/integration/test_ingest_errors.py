@@ -41,59 +41,138 @@ def raw(body: bytes, boundary: str = "XyZ") -> tuple[bytes, dict[str, str]]:
 CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
     ("no body", lambda: {}, 400, "nothing to ingest"),
     ("empty multipart", lambda: {"data": b"--XyZ--\r\n", "headers": raw(b"")[1]}, 400, "nothing"),
-    ("empty JSON body", lambda: {"data": b"  ", "headers": {"Content-Type": "application/json"}},
-     400, "empty"),
-    ("invalid JSON body",
-     lambda: {"data": b'{"a": 1,\n "b": }', "headers": {"Content-Type": "application/json"}},
-     400, "line 2 column"),
+    (
+        "empty JSON body",
+        lambda: {"data": b"  ", "headers": {"Content-Type": "application/json"}},
+        400,
+        "empty",
+    ),
+    (
+        "invalid JSON body",
+        lambda: {"data": b'{"a": 1,\n "b": }', "headers": {"Content-Type": "application/json"}},
+        400,
+        "line 2 column",
+    ),
     ("JSON scalar", lambda: {"json": 42}, 400, "must be a JSON object"),
     ("JSON array of scalars", lambda: {"json": [1, 2]}, 400, "[0] must be a JSON object"),
     ("empty JSON array", lambda: {"json": []}, 400, "empty JSON array"),
     ("JSON array too long", lambda: {"json": [{"i": i} for i in range(6)]}, 413, "limit"),
     ("JSON body too large", lambda: {"json": {"x": "y" * 5000}}, 413, "larger than"),
-    ("deeply nested JSON",
-     lambda: {"data": b"[" * 9000 + b"]" * 9000, "headers": {"Content-Type": "application/json"}},
-     413, "larger than"),
-    ("nested JSON within limits",
-     lambda: {"data": b'{"a":' + b"[" * 1500 + b"]" * 1500 + b"}",
-              "headers": {"Content-Type": "application/json"}}, 400, "invalid JSON"),
-    ("huge integer", lambda: {"data": b'{"n": 1' + b"0" * 400 + b"}",
-                              "headers": {"Content-Type": "application/json"}}, 400, "invalid JSON"),
-    ("unsupported content type", lambda: {"data": b"hello", "headers": {"Content-Type": "text/plain"}},
-     415, "unsupported request content type"),
-    ("text file", lambda: {"data": form(("notes.txt", b"just some text"))}, 415, "unsupported type"),
-    ("executable disguised as jpg",
-     lambda: {"data": form(("cat.jpg", b"\x7fELF\x02\x01\x01" + b"\x00" * 100))}, 415, "unsupported"),
+    (
+        "deeply nested JSON",
+        lambda: {
+            "data": b"[" * 9000 + b"]" * 9000,
+            "headers": {"Content-Type": "application/json"},
+        },
+        413,
+        "larger than",
+    ),
+    (
+        "nested JSON within limits",
+        lambda: {
+            "data": b'{"a":' + b"[" * 1500 + b"]" * 1500 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "invalid JSON",
+    ),
+    (
+        "huge integer",
+        lambda: {
+            "data": b'{"n": 1' + b"0" * 400 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "invalid JSON",
+    ),
+    (
+        "unsupported content type",
+        lambda: {"data": b"hello", "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported request content type",
+    ),
+    (
+        "text file",
+        lambda: {"data": form(("notes.txt", b"just some text"))},
+        415,
+        "unsupported type",
+    ),
+    (
+        "executable disguised as jpg",
+        lambda: {"data": form(("cat.jpg", b"\x7fELF\x02\x01\x01" + b"\x00" * 100))},
+        415,
+        "unsupported",
+    ),
     ("empty file", lambda: {"data": form(("empty.jpg", b""))}, 400, "is empty"),
     ("image too large", lambda: {"data": form(("big.jpg", BIG_JPEG))}, 413, "larger than"),
-    ("too many files", lambda: {"data": form(*((f"{i}.jpg", make_jpeg(i)) for i in range(4)))},
-     413, "too many files"),
-    ("bad file after good ones",
-     lambda: {"data": form(("a.jpg", make_jpeg(50)), ("b.jpg", make_jpeg(51)), ("c.txt", b"text"))},
-     415, "unsupported"),
-    ("oversized file after a good one",
-     lambda: {"data": form(("a.jpg", make_jpeg(52)), ("big.jpg", BIG_JPEG))}, 413, "larger"),
-    ("invalid payload", lambda: {"data": form(("a.jpg", make_jpeg(53)), payload="{nope")},
-     400, "invalid JSON in payload"),
-    ("unknown field", lambda: {"data": multipart([("file[]", make_jpeg(54), "a.jpg")])},
-     400, "unknown form field"),
-    ("bad owner", lambda: {"data": form(("a.jpg", make_jpeg(55)), owner="../../etc")}, 400, "owner"),
-    ("field too long", lambda: {"data": form(("a.jpg", make_jpeg(56)), comments="c" * 400)},
-     413, "larger than"),
-    ("bad idempotency key",
-     lambda: {"data": form(("a.jpg", make_jpeg(57)), idempotency_key="has space")}, 400,
-     "idempotency_key"),
-    ("truncated multipart",
-     lambda: {"data": b'--XyZ\r\nContent-Disposition: form-data; name="files[]"; filename="a.jpg"'
-                      b"\r\n\r\n" + make_jpeg(58)[:500], "headers": raw(b"")[1]},
-     400, "malformed"),
+    (
+        "too many files",
+        lambda: {"data": form(*((f"{i}.jpg", make_jpeg(i)) for i in range(4)))},
+        413,
+        "too many files",
+    ),
+    (
+        "bad file after good ones",
+        lambda: {
+            "data": form(("a.jpg", make_jpeg(50)), ("b.jpg", make_jpeg(51)), ("c.txt", b"text"))
+        },
+        415,
+        "unsupported",
+    ),
+    (
+        "oversized file after a good one",
+        lambda: {"data": form(("a.jpg", make_jpeg(52)), ("big.jpg", BIG_JPEG))},
+        413,
+        "larger",
+    ),
+    (
+        "invalid payload",
+        lambda: {"data": form(("a.jpg", make_jpeg(53)), payload="{nope")},
+        400,
+        "invalid JSON in payload",
+    ),
+    (
+        "unknown field",
+        lambda: {"data": multipart([("file[]", make_jpeg(54), "a.jpg")])},
+        400,
+        "unknown form field",
+    ),
+    (
+        "bad owner",
+        lambda: {"data": form(("a.jpg", make_jpeg(55)), owner="../../etc")},
+        400,
+        "owner",
+    ),
+    (
+        "field too long",
+        lambda: {"data": form(("a.jpg", make_jpeg(56)), comments="c" * 400)},
+        413,
+        "larger than",
+    ),
+    (
+        "bad idempotency key",
+        lambda: {"data": form(("a.jpg", make_jpeg(57)), idempotency_key="has space")},
+        400,
+        "idempotency_key",
+    ),
+    (
+        "truncated multipart",
+        lambda: {
+            "data": b'--XyZ\r\nContent-Disposition: form-data; name="files[]"; filename="a.jpg"'
+            b"\r\n\r\n" + make_jpeg(58)[:500],
+            "headers": raw(b"")[1],
+        },
+        400,
+        "malformed",
+    ),
     ("garbage multipart", lambda: {"data": b"\x00\xff" * 100, "headers": raw(b"")[1]}, 400, ""),
     ("urlencoded unknown field", lambda: {"data": {"nope": "1"}}, 400, "unknown form field"),
 ]
 
 
-@pytest.mark.parametrize(("case", "request_kwargs", "status", "message"), CASES,
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "message"), CASES, ids=[c[0] for c in CASES]
+)
 async def test_ingest_refuses_cleanly_when_input_is_bad(
     start_gateway: Callable[..., Any],
     db: asyncpg.Connection,
@@ -121,7 +200,8 @@ async def test_ingest_refuses_cleanly_when_input_is_bad(
 
 
 async def test_ingest_answers_503_with_retry_after_when_disk_is_low(
-    start_gateway: Callable[..., Any], db: asyncpg.Connection,
+    start_gateway: Callable[..., Any],
+    db: asyncpg.Connection,
 ) -> None:
     async with start_gateway(min_free_disk_bytes=2**62) as gateway:
         response = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(1))))
@@ -132,7 +212,8 @@ async def test_ingest_answers_503_with_retry_after_when_disk_is_low(
 
 
 async def test_ingest_answers_503_when_outbox_lags_and_recovers_when_it_drains(
-    start_gateway: Callable[..., Any], db: asyncpg.Connection,
+    start_gateway: Callable[..., Any],
+    db: asyncpg.Connection,
 ) -> None:
     async with start_gateway(outbox_max_lag_seconds=30, outbox_relay_enabled=False) as gateway:
         await db.execute(
@@ -151,10 +232,12 @@ async def test_ingest_answers_503_when_outbox_lags_and_recovers_when_it_drains(
 
 
 async def test_ingest_cleans_temp_files_when_client_disconnects_mid_upload(
-    gateway: Gateway, storage_path: Path, db: asyncpg.Connection,
+    gateway: Gateway,
+    storage_path: Path,
+    db: asyncpg.Connection,
 ) -> None:
     host, port = gateway.client.host, gateway.client.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _, writer = await asyncio.open_connection(host, port)
     head = (
         b'--XyZ\r\nContent-Disposition: form-data; name="files[]"; filename="a.jpg"\r\n\r\n'
         + make_jpeg(3, size=(300, 300))[:20000]

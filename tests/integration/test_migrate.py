@@ -10,9 +10,9 @@ import uuid
 
 import asyncpg
 import pytest
-
 from common.migrate import load_migrations, migrate
 from common.vectors import ModelMismatch, index_name, register_model
+
 from tests.conftest import DATABASE_URL, _admin, _with_db
 
 
@@ -32,8 +32,11 @@ async def test_migrate_is_safe_when_run_by_several_processes_at_once(empty_datab
     env = {**os.environ, "DATABASE_URL": empty_database, "LOG_LEVEL": "WARNING"}
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "scripts/migrate.py", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "scripts/migrate.py",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(3)
     ]
@@ -70,16 +73,22 @@ async def test_register_model_indexes_each_dimension_when_two_models_coexist(
                     """INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key,
                                             first_job_id)
                        VALUES ($1, $2, 'image', 'image/png', 1, 'k', $3)""",
-                    cid, uuid.uuid4().hex * 2, job,
+                    cid,
+                    uuid.uuid4().hex * 2,
+                    job,
                 )
                 vector = "[" + ",".join(["0"] * (dim - 1) + [str(i + 1)]) + "]"
                 await conn.execute(
                     "INSERT INTO embeddings (content_id, model_id, embedding)"
-                    " VALUES ($1, $2, $3::vector)", cid, model, vector,
+                    " VALUES ($1, $2, $3::vector)",
+                    cid,
+                    model,
+                    vector,
                 )
         await conn.execute("SET enable_seqscan = off")
         plan = "\n".join(
-            r[0] for r in await conn.fetch(
+            r[0]
+            for r in await conn.fetch(
                 "EXPLAIN SELECT content_id FROM embeddings WHERE model_id = 'efficientnet-lite2'"
                 " ORDER BY embedding::vector(1280) <=> $1::vector(1280) LIMIT 2",
                 "[" + ",".join(["1"] * 1280) + "]",
@@ -96,11 +105,15 @@ def test_migrate_script_creates_database_when_missing() -> None:
     try:
         result = subprocess.run(
             [sys.executable, "scripts/migrate.py", "--create-database"],
-            env=env, capture_output=True, text=True, timeout=120,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         assert "migrations applied: 1" in result.stdout
     finally:
+
         async def drop() -> None:
             conn = await _admin()
             await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -38,7 +38,9 @@ async def test_health_shows_every_section_when_healthy(gateway: Gateway) -> None
     assert body["queues"][gateway.media_queue]["depth"] == 1
     assert body["queues"][gateway.media_queue]["dlq_depth"] == 0
     assert body["workers"]["embedder"] == {
-        "consumers": 0, "num_workers": 0, "queues": [gateway.media_queue]
+        "consumers": 0,
+        "num_workers": 0,
+        "queues": [gateway.media_queue],
     }
     assert body["system"]["memory_rss_mb"] > 0
     assert {"cpu_percent", "uptime_seconds"} <= set(body["system"])
@@ -52,8 +54,14 @@ async def test_metrics_exposes_ingest_latency_outbox_lag_and_queue_depth(
     assert response.status == 200
     assert response.content_type == "text/plain"
     text = await response.text()
-    for name in ("ingest_latency_seconds_bucket", "outbox_lag_seconds", "outbox_pending",
-                 "queue_depth{", "dlq_depth{", "db_query_duration_seconds"):
+    for name in (
+        "ingest_latency_seconds_bucket",
+        "outbox_lag_seconds",
+        "outbox_pending",
+        "queue_depth{",
+        "dlq_depth{",
+        "db_query_duration_seconds",
+    ):
         assert name in text, name
 
 

@@ -14,18 +14,24 @@ from typing import Any
 import aio_pika
 import asyncpg
 import orjson
-
 from common.bus import Bus
 from common.db import open_pool
 from common.messages import MediaIngested
 from common.outbox import OutboxRelay, add_events
+
 from tests.conftest import BusNames, read_queue
 
 
 async def _fill_outbox(database_url: str, count: int) -> set[str]:
     events = [
-        MediaIngested(content_id=uuid.uuid4(), job_id=uuid.uuid4(), sha256="0" * 64,
-                      kind="image", mime_type="image/jpeg", size_bytes=1)
+        MediaIngested(
+            content_id=uuid.uuid4(),
+            job_id=uuid.uuid4(),
+            sha256="0" * 64,
+            kind="image",
+            mime_type="image/jpeg",
+            size_bytes=1,
+        )
         for _ in range(count)
     ]
     conn = await asyncpg.connect(database_url)
@@ -38,8 +44,11 @@ async def _fill_outbox(database_url: str, count: int) -> set[str]:
 
 
 async def test_relay_publishes_every_event_when_killed_mid_run_and_restarted(
-    settings_factory: Callable[..., Any], bus_names: BusNames, database_url: str,
-    db: asyncpg.Connection, amqp: aio_pika.abc.AbstractRobustConnection,
+    settings_factory: Callable[..., Any],
+    bus_names: BusNames,
+    database_url: str,
+    db: asyncpg.Connection,
+    amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     settings = settings_factory()
     # Declare the queues first, as every service does at start.
@@ -84,7 +93,9 @@ async def test_relay_publishes_every_event_when_killed_mid_run_and_restarted(
 
 
 async def test_two_relays_never_publish_a_row_twice_when_running_together(
-    settings_factory: Callable[..., Any], bus_names: BusNames, database_url: str,
+    settings_factory: Callable[..., Any],
+    bus_names: BusNames,
+    database_url: str,
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     settings = settings_factory()
@@ -113,8 +124,11 @@ async def test_two_relays_never_publish_a_row_twice_when_running_together(
 
 
 async def test_relay_carries_trace_context_when_publishing(
-    settings_factory: Callable[..., Any], bus_names: BusNames, database_url: str,
-    amqp: aio_pika.abc.AbstractRobustConnection, db: asyncpg.Connection,
+    settings_factory: Callable[..., Any],
+    bus_names: BusNames,
+    database_url: str,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    db: asyncpg.Connection,
 ) -> None:
     settings = settings_factory()
     await _fill_outbox(database_url, 1)

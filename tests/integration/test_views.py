@@ -13,7 +13,8 @@ from tests.integration.test_ingest import form
 
 
 async def test_status_derives_from_content_stages_when_processing_advances(
-    gateway: Gateway, db: asyncpg.Connection,
+    gateway: Gateway,
+    db: asyncpg.Connection,
 ) -> None:
     images = [make_jpeg(i) for i in range(3)]
     response = await gateway.client.post(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from gateway.errors import ApiError
 from gateway.intake import (
     check_idempotency_key,
@@ -16,6 +15,7 @@ from gateway.intake import (
 )
 from gateway.settings import GatewaySettings
 from gateway.status import job_status, upload_status
+
 from tests.conftest import make_jpeg, make_png
 
 SETTINGS = GatewaySettings(max_json_items=3)
@@ -29,8 +29,11 @@ SETTINGS = GatewaySettings(max_json_items=3)
         (b"GIF89a" + b"\x00" * 20, "image", "image/gif"),
         (b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 20, "image", "image/webp"),
         (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 20, "video", "video/mp4"),
-        (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm",
-         "video", "video/webm"),
+        (
+            b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm",
+            "video",
+            "video/webm",
+        ),
         (b'  \n{"a": 1}', "json", "application/json"),
         (b"\xef\xbb\xbf[1]", "json", "application/json"),
     ],

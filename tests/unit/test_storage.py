@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from common.storage import FileSystemStorage, StorageError, key_for
 
 

@@ -56,7 +56,7 @@ class Bus:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await declare_all(channel, self.settings, self.specs)
                 self._exchange = await channel.get_exchange(self.settings.bus_exchange)
-            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as error:
+            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as error:
                 # A declaration refused (PRECONDITION_FAILED: the queue exists with other
                 # arguments) is an operator error; it is logged loudly and retried like an outage.
                 log.error("bus connect failed", error=str(error) or repr(error), retry_in=delay)
@@ -131,7 +131,7 @@ class Bus:
                 return int(result.message_count or 0), int(result.consumer_count or 0)
             finally:
                 await channel.close()
-        except (aio_pika.exceptions.AMQPError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aio_pika.exceptions.AMQPError, OSError):
             return None
 
     async def close(self) -> None:

@@ -93,7 +93,8 @@ class Consumer(Generic[E]):
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
-        attempt = int(headers.get(ATTEMPT_HEADER, 1))  # type: ignore[call-overload]
+        raw_attempt = headers.get(ATTEMPT_HEADER, 1)
+        attempt = int(raw_attempt) if isinstance(raw_attempt, int | str) else 1
         parent = propagate.extract({k: str(v) for k, v in headers.items()})
         token = otel_context.attach(parent)
         start = time.perf_counter()
@@ -123,7 +124,7 @@ class Consumer(Generic[E]):
             await self.handler(event, Delivery(attempt, headers, routing_key))
         except Permanent as error:
             return await self._park(message, headers, _error_text(error), attempt)
-        except Exception as error:  # noqa: BLE001 - anything unexpected is treated as transient
+        except Exception as error:
             if attempt >= self.max_attempts:
                 text = f"gave up after {attempt} attempts: {_error_text(error)}"
                 return await self._park(message, headers, text, attempt)
@@ -144,7 +145,7 @@ class Consumer(Generic[E]):
                 headers=headers,
                 to_queue=True,
             )
-        except Exception as error:  # noqa: BLE001 - the original stays unacked and returns
+        except Exception as error:
             log.error("could not forward message", target=queue, error=_error_text(error))
             await message.nack(requeue=True)
             return False
@@ -175,5 +176,3 @@ class Consumer(Generic[E]):
         headers.setdefault(ORIGIN_ROUTING_KEY_HEADER, message.routing_key or "")
         ok = await self._forward(message, self.spec.parking, headers)
         return "dead_lettered" if ok else "requeued"
-
-

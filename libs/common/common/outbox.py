@@ -45,7 +45,10 @@ async def add_events(conn: asyncpg.Connection, events: list[Event]) -> None:
     await conn.executemany(
         "INSERT INTO outbox (message_id, routing_key, body, headers)"
         " VALUES ($1, $2, $3, $4::text::jsonb)",
-        [(e.message_id, e.routing_key, e.to_bytes(), orjson.dumps(headers).decode()) for e in events],
+        [
+            (e.message_id, e.routing_key, e.to_bytes(), orjson.dumps(headers).decode())
+            for e in events
+        ],
     )
 
 

@@ -78,7 +78,7 @@ class FileWriter:
         self._storage = storage
         self._hash = hashlib.sha256()
         self.temp_path = storage.root / "tmp" / f"{uuid.uuid4().hex}.part"
-        self._file = open(self.temp_path, "xb")  # noqa: SIM115 - closed by commit/abort
+        self._file = open(self.temp_path, "xb")
         self.head = b""
         self.size = 0
 
@@ -187,8 +187,10 @@ class FileSystemStorage:
 
     async def link(self, key: str, link_path: str) -> None:
         """Point `link_path` (relative to the root) at the object; idempotent and atomic."""
-        target = self.path(key)
-        link = self.path(link_path)
+        await asyncio.to_thread(self._link, self.path(key), self.path(link_path))
+
+    @staticmethod
+    def _link(target: Path, link: Path) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
         os.symlink(os.path.relpath(target, link.parent), temp)

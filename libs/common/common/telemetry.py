@@ -7,6 +7,7 @@ variable) is set; otherwise they are still created, so trace ids reach logs and 
 from __future__ import annotations
 
 import os
+import warnings
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -40,9 +41,13 @@ def configure_telemetry(service: str) -> None:
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    AioHttpServerInstrumentor().instrument()
+    with warnings.catch_warnings():
+        # The instrumentation subclasses web.Application, which aiohttp discourages with a
+        # DeprecationWarning at class creation; nothing we can act on.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        AioHttpServerInstrumentor().instrument()
     AioPikaInstrumentor().instrument()
-    AsyncPGInstrumentor().instrument()
+    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
 
 
 def current_trace_id() -> str | None:

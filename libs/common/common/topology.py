@@ -57,9 +57,7 @@ async def declare_queue(
     exchange = await channel.declare_exchange(
         settings.bus_exchange, ExchangeType.TOPIC, durable=True
     )
-    await channel.declare_queue(
-        spec.parking, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    await channel.declare_queue(spec.parking, durable=True, arguments={"x-queue-type": "quorum"})
     for tier, delay in enumerate(settings.bus_retry_delays, start=1):
         # One TTL per delay queue: per-message TTLs only expire at the head.
         await channel.declare_queue(

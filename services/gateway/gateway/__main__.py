@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.settings import load_settings
+
 from gateway.server import run
 from gateway.settings import GatewaySettings
 

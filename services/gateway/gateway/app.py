@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-
 from common.bus import Bus
 from common.db import open_pool
 from common.dlq import DeadLetterRecorder
 from common.outbox import OutboxRelay
 from common.storage import open_storage
+
 from gateway.batcher import IngestBatcher
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
@@ -52,7 +52,9 @@ def build_app(settings: GatewaySettings) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
-    storage = open_storage(settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync)
+    storage = open_storage(
+        settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync
+    )
     removed = storage.remove_stale_temp()
     if removed:
         log.info("removed stale temp files", count=removed)

@@ -11,8 +11,8 @@ import asyncio
 
 import asyncpg
 import structlog
-
 from common.db import timed
+
 from gateway.repo import IngestRecord, IngestRequest, write_ingests
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,7 @@ class IngestBatcher:
         try:
             async with timed("ingest_batch"), self.pool.acquire() as conn:
                 records = await write_ingests(conn, [request for request, _ in batch])
-        except Exception as error:  # noqa: BLE001 - handed to the waiting requests
+        except Exception as error:
             if len(batch) == 1:
                 _, future = batch[0]
                 if not future.done():

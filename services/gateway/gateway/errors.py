@@ -38,7 +38,7 @@ class ApiError(Exception):
 
 
 def request_id(request: web.Request) -> str:
-    return request.get(REQUEST_ID, "")
+    return str(request.get(REQUEST_ID, ""))
 
 
 def error_response(
@@ -101,5 +101,3 @@ class AccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return True
-
-

@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 from aiohttp import BodyPartReader, web
-
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
+
 from gateway.deps import DEPS, INGEST_LATENCY, Deps
 from gateway.errors import ApiError, request_id
 from gateway.intake import (
@@ -64,7 +64,9 @@ class Intake:
 
     def _count(self, more: int) -> None:
         if len(self.entries) + more > self.settings.max_json_items:
-            raise ApiError(413, f"too many uploads in one request (limit {self.settings.max_json_items})")
+            raise ApiError(
+                413, f"too many uploads in one request (limit {self.settings.max_json_items})"
+            )
 
     def add_json(self, data: bytes, what: str, filename: str | None) -> None:
         documents = json_documents(parse_json(data, what), what, self.settings)
@@ -112,8 +114,14 @@ class Intake:
             if isinstance(entry, _Media):
                 sha = entry.writer.sha256
                 uploads.append(
-                    NewUpload(sha, entry.kind, entry.mime_type, entry.writer.size, key_for(sha),
-                              entry.filename)
+                    NewUpload(
+                        sha,
+                        entry.kind,
+                        entry.mime_type,
+                        entry.writer.size,
+                        key_for(sha),
+                        entry.filename,
+                    )
                 )
             else:
                 doc, filename = entry
@@ -125,9 +133,7 @@ class Intake:
 
     async def place(self) -> None:
         """Make media durable under their content names (inside the ingest transaction)."""
-        await asyncio.gather(
-            *(e.writer.commit() for e in self.entries if isinstance(e, _Media))
-        )
+        await asyncio.gather(*(e.writer.commit() for e in self.entries if isinstance(e, _Media)))
 
     def abort(self) -> None:
         for entry in self.entries:
@@ -267,7 +273,9 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
         raise ApiError(400, f"malformed request body: {error}") from None
     except OSError as error:  # ENOSPC and friends while writing to storage
         raise ApiError(
-            503, "storage cannot accept the upload now", {"reason": str(error)},
+            503,
+            "storage cannot accept the upload now",
+            {"reason": str(error)},
             headers={"Retry-After": str(intake.settings.retry_after_seconds)},
         ) from None
 
@@ -306,12 +314,12 @@ async def _record(
         return web.json_response(hit.response, status=202, headers=_location(hit.job_id))
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
         raise ApiError(
-            503, "database unavailable", {"reason": str(error)},
+            503,
+            "database unavailable",
+            {"reason": str(error)},
             headers={"Retry-After": str(deps.settings.retry_after_seconds)},
         ) from None
-    return web.json_response(
-        _response(record, rid), status=202, headers=_location(record.job_id)
-    )
+    return web.json_response(_response(record, rid), status=202, headers=_location(record.job_id))
 
 
 def _location(job_id: object) -> dict[str, str]:

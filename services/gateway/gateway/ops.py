@@ -29,7 +29,7 @@ async def _database(deps: Deps) -> dict[str, Any]:
     try:
         await asyncio.wait_for(pool.fetchval("SELECT 1"), _PROBE_TIMEOUT)
         status = "ok"
-    except Exception as error:  # noqa: BLE001 - any failure means "down" here
+    except Exception as error:
         return {"status": "down", "error": str(error) or type(error).__name__}
     return {
         "status": status,

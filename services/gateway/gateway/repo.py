@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import asyncpg
 import orjson
-
 from common.messages import Event, JsonIngested, MediaIngested
 from common.outbox import trace_headers
 
@@ -56,7 +55,7 @@ def _event_for(content_id: uuid.UUID, job_id: uuid.UUID, item: NewUpload) -> Eve
         content_id=content_id,
         job_id=job_id,
         sha256=item.sha256,
-        kind=item.kind,  # type: ignore[arg-type]
+        kind=item.kind,
         mime_type=item.mime_type,
         size_bytes=item.size_bytes,
     )
@@ -222,11 +221,11 @@ async def _claim_idempotency_key(
     raise IdempotencyHit(row["job_id"], row["request_hash"], row["response"])
 
 
-async def job_with_uploads(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> list[
-    asyncpg.Record
-]:
+async def job_with_uploads(
+    conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID
+) -> list[asyncpg.Record]:
     """The job's uploads joined with their content; empty when the job is unknown."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT j.id AS job_id, j.owner, j.trace_id, j.created_at, j.request_id,
                   u.id AS upload_id, u.filename, u.position,
                   c.id AS content_id, c.sha256, c.kind, c.mime_type, c.size_bytes,
@@ -235,6 +234,7 @@ async def job_with_uploads(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid
            WHERE j.id = $1 ORDER BY u.position""",
         job_id,
     )
+    return rows
 
 
 async def upload_with_content(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from common.settings import CommonSettings
+from pydantic import Field
 
 MB = 1024 * 1024
 

@@ -161,7 +161,13 @@ async def _read_text(part: BodyPartReader, limit: int) -> str:
 async def _read_multipart(request: web.Request, intake: Intake) -> None:
     settings = intake.settings
     reader = await request.multipart()
+    # Every file, a few fields, and some slack: thousands of tiny parts are refused early.
+    max_parts = settings.max_files_per_request + 2 * (len(TEXT_FIELDS) + 1)
+    parts = 0
     while (part := await reader.next()) is not None:
+        parts += 1
+        if parts > max_parts:
+            raise ApiError(413, f"too many parts in the form (limit {max_parts})")
         if not isinstance(part, BodyPartReader):
             raise ApiError(400, "nested multipart bodies are not supported")
         name = part.name or ""

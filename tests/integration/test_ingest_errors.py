@@ -166,8 +166,12 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         "malformed",
     ),
     ("garbage multipart", lambda: {"data": b"\x00\xff" * 100, "headers": raw(b"")[1]}, 400, ""),
-    ("thousands of form parts",
-     lambda: {"data": multipart([("owner", b"x", "x")] * 2000)}, 413, "too many parts"),
+    (
+        "thousands of form parts",
+        lambda: {"data": multipart([("owner", b"x", "x")] * 2000)},
+        413,
+        "too many parts",
+    ),
     ("urlencoded unknown field", lambda: {"data": {"nope": "1"}}, 400, "unknown form field"),
 ]
 

@@ -10,6 +10,7 @@ from gateway.intake import (
     clean_filename,
     fingerprint,
     json_documents,
+    parse_disposition,
     parse_json,
     sniff,
 )
@@ -124,3 +125,25 @@ def test_upload_status_follows_stage(kind: str, stage: str, expected: str) -> No
 )
 def test_job_status_derives_from_upload_statuses(statuses: list[str], expected: str) -> None:
     assert job_status(statuses) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('form-data; name="files[]"; filename="a.jpg"', ("files[]", "a.jpg")),
+        ("form-data; name=owner", ("owner", None)),
+        ('form-data; name="f"; filename="say \\"hi\\"; ok.jpg"', ("f", 'say "hi"; ok.jpg')),
+        (
+            'form-data; name="f"; filename="x.jpg"; filename*=UTF-8\'\'%C3%A9t%C3%A9.jpg',
+            ("f", "été.jpg"),
+        ),
+        ("form-data; NAME=\"f\"; filename*=bogus''x.jpg", ("f", "x.jpg")),
+        ("form-data", (None, None)),
+        ("", (None, None)),
+        ('form-data; name="f"; filename=""', ("f", "")),
+    ],
+)
+def test_parse_disposition_reads_name_and_filename_when_given(
+    header: str, expected: tuple[str | None, str | None]
+) -> None:
+    assert parse_disposition(header) == expected

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
 
@@ -26,6 +26,7 @@ from gateway.intake import (
     fingerprint,
     json_documents,
     limit_for,
+    parse_disposition,
     parse_json,
     sniff,
     too_large,
@@ -73,11 +74,11 @@ class Intake:
         self._count(len(documents))
         self.entries.extend((doc, filename) for doc in documents)
 
-    async def add_file(self, part: BodyPartReader) -> None:
+    async def add_file(self, part: BodyPartReader, raw_filename: str | None) -> None:
         files = sum(isinstance(e, _Media) for e in self.entries)
         if files >= self.settings.max_files_per_request:
             raise ApiError(413, f"too many files (limit {self.settings.max_files_per_request})")
-        filename = clean_filename(part.filename)
+        filename = clean_filename(raw_filename)
         label = f"file {filename!r}" if filename else "file"
         head = bytearray()
         while len(head) < SNIFF_BYTES and (chunk := await part.read_chunk(CHUNK)):
@@ -150,12 +151,12 @@ async def _read_bounded(part: BodyPartReader, budget: int, label: str, limit: in
     return bytes(data)
 
 
-async def _read_text(part: BodyPartReader, limit: int) -> str:
-    data = await _read_bounded(part, limit, f"field {part.name!r}", limit)
+async def _read_text(part: BodyPartReader, name: str, limit: int) -> str:
+    data = await _read_bounded(part, limit, f"field {name!r}", limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, f"field {part.name!r} is not valid UTF-8") from None
+        raise ApiError(400, f"field {name!r} is not valid UTF-8") from None
 
 
 async def _read_multipart(request: web.Request, intake: Intake) -> None:
@@ -170,11 +171,12 @@ async def _read_multipart(request: web.Request, intake: Intake) -> None:
             raise ApiError(413, f"too many parts in the form (limit {max_parts})")
         if not isinstance(part, BodyPartReader):
             raise ApiError(400, "nested multipart bodies are not supported")
-        name = part.name or ""
+        name, filename = parse_disposition(part.headers.get(hdrs.CONTENT_DISPOSITION, ""))
+        name = name or ""
         if name in FILE_FIELDS:
-            await intake.add_file(part)
+            await intake.add_file(part, filename)
         elif name in TEXT_FIELDS:
-            intake.fields[name] = await _read_text(part, settings.max_field_bytes)
+            intake.fields[name] = await _read_text(part, name, settings.max_field_bytes)
         elif name == "payload":
             limit = settings.max_json_bytes
             data = await _read_bounded(part, limit, "payload", limit)

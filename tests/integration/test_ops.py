@@ -50,6 +50,7 @@ async def test_metrics_exposes_ingest_latency_outbox_lag_and_queue_depth(
     gateway: Gateway,
 ) -> None:
     await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(2))))
+    await gateway.deps.backpressure.refresh()
     response = await gateway.client.get("/metrics")
     assert response.status == 200
     assert response.content_type == "text/plain"
@@ -61,6 +62,7 @@ async def test_metrics_exposes_ingest_latency_outbox_lag_and_queue_depth(
         "queue_depth{",
         "dlq_depth{",
         "db_query_duration_seconds",
+        'oldest_unfinished_seconds{stage="ingested"}',
     ):
         assert name in text, name
 

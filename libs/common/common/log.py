@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 from common.settings import CommonSettings
@@ -21,6 +22,11 @@ def _add_trace_ids(
     return event_dict
 
 
+def _dumps(value: object, **_: object) -> str:
+    # orjson: several times faster than json for the access log line of every request.
+    return orjson.dumps(value, default=str).decode()
+
+
 def configure_logging(settings: CommonSettings, service: str) -> None:
     """Route structlog and the standard library's loggers to one stream."""
     level = logging.DEBUG if settings.debug else getattr(logging, settings.log_level)
@@ -31,7 +37,9 @@ def configure_logging(settings: CommonSettings, service: str) -> None:
         _add_trace_ids,
     ]
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if settings.debug else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer()
+        if settings.debug
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],

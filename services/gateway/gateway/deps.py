@@ -26,6 +26,12 @@ INGEST_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 STORAGE_FREE = Gauge("storage_free_bytes", "Free bytes where content is stored.")
+OLDEST_UNFINISHED = Gauge(
+    "oldest_unfinished_seconds",
+    "Age of the oldest content still waiting in a stage, by stage.",
+    ["stage"],
+)
+UNFINISHED_STAGES = ("ingested", "embedded")
 
 
 class Backpressure:
@@ -46,6 +52,14 @@ class Backpressure:
         self.outbox = await outbox_state(self.pool)
         OUTBOX_PENDING.set(self.outbox.pending)
         OUTBOX_LAG.set(self.outbox.lag_seconds)
+        rows = await self.pool.fetch(
+            """SELECT stage, extract(epoch FROM now() - min(stage_updated_at)) AS age
+               FROM content WHERE stage = ANY($1::text[]) GROUP BY stage""",
+            list(UNFINISHED_STAGES),
+        )
+        ages = {row["stage"]: float(row["age"]) for row in rows}
+        for stage in UNFINISHED_STAGES:
+            OLDEST_UNFINISHED.labels(stage).set(ages.get(stage, 0.0))
 
     async def run(self, interval: float = 1.0) -> None:
         while True:

@@ -1,0 +1,1 @@
+"""The MammothBox embedder: image and text embeddings, media facts, near-duplicates."""

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from common.migrate import migrate
 from common.telemetry import configure_telemetry
-from common.topology import QueueSpec, queue_specs
+from common.topology import QueueSpec, queue_specs, text_rpc_queue
 from PIL import Image
 
 DATABASE_URL = os.environ.get(
@@ -120,6 +120,7 @@ async def bus_names(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterato
     for spec in specs:
         for name in (spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))):
             await channel.queue_delete(name)
+    await channel.queue_delete(text_rpc_queue(prefix))
     await channel.exchange_delete(exchange)
     await channel.close()
 

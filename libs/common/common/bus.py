@@ -119,6 +119,12 @@ class Bus:
         # mandatory: an unroutable event is an error to retry, never a silent drop.
         await exchange.publish(message, routing_key=routing_key, mandatory=True)
 
+    async def reply(self, reply_to: str, message: aio_pika.Message) -> None:
+        """Answer an RPC request (direct reply-to names are routed by the default exchange)."""
+        if not self.connected or self._channel is None:
+            raise BusUnavailable("bus not connected")
+        await self._channel.default_exchange.publish(message, routing_key=reply_to)
+
     async def queue_stats(self, name: str) -> tuple[int, int] | None:
         """(messages, consumers) of a queue, or None when it cannot be read."""
         if self.connection is None or not self.connected:

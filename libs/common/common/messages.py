@@ -43,4 +43,35 @@ class JsonIngested(Event):
     size_bytes: int
 
 
-EVENTS: dict[str, type[Event]] = {cls.routing_key: cls for cls in (MediaIngested, JsonIngested)}
+class MediaEmbedded(Event):
+    """Content has its embedding, media facts, thumbnail and pHash."""
+
+    routing_key: ClassVar[str] = "media.embedded.v1"
+    content_id: uuid.UUID
+    job_id: uuid.UUID
+    kind: Literal["image", "video"]
+    model_id: str
+    near_duplicate_of: uuid.UUID | None = None
+
+
+class TextEmbedRequest(BaseModel):
+    """An RPC request to the embedder: texts in, one vector per text out."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    texts: list[str] = Field(min_length=1, max_length=256)
+
+
+class TextEmbedReply(BaseModel):
+    """The embedder's answer: vectors (or an error), with the model that made them."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model_id: str | None = None
+    vectors: list[list[float]] = Field(default_factory=list)
+    error: str | None = None
+
+
+EVENTS: dict[str, type[Event]] = {
+    cls.routing_key: cls for cls in (MediaIngested, JsonIngested, MediaEmbedded)
+}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
-from common.messages import JsonIngested, MediaIngested
+from common.messages import JsonIngested, MediaEmbedded, MediaIngested
 from common.settings import CommonSettings
 
 ATTEMPT_HEADER = "x-attempt"
@@ -42,7 +42,20 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
     return (
         QueueSpec("embedder", f"{prefix}embedder.media-ingested", (MediaIngested.routing_key,)),
         QueueSpec("schemer", f"{prefix}schemer.json-ingested", (JsonIngested.routing_key,)),
+        # Declared now so that embedded media wait for the clusterer and analyzer to exist.
+        QueueSpec("clusterer", f"{prefix}clusterer.media-embedded", (MediaEmbedded.routing_key,)),
+        QueueSpec(
+            "analyzer",
+            f"{prefix}analyzer.media-embedded",
+            (MediaEmbedded.routing_key,),
+            fails_content=False,  # the analysis enriches; its failure does not fail the media
+        ),
     )
+
+
+def text_rpc_queue(prefix: str = "") -> str:
+    """The embedder's text-embedding RPC queue (outside the retry and dead-letter machinery)."""
+    return f"{prefix}embedder.text-rpc"
 
 
 def spec_of(specs: tuple[QueueSpec, ...], service: str) -> QueueSpec:

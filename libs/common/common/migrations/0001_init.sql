@@ -71,7 +71,7 @@ CREATE TABLE content (
     format          text,
     duration_s      real,
     exif            jsonb,
-    phash           bigint,
+    phash           bit(64),      -- perceptual hash; near-duplicates by Hamming distance
     near_duplicate_of uuid REFERENCES content (id),
     thumbnail_key   text,
     -- analysis (analyzer); off the critical path, so it has its own marker, not a stage
@@ -86,6 +86,9 @@ CREATE TABLE content (
     CHECK (kind = 'json' OR storage_key IS NOT NULL)
 );
 CREATE INDEX content_tags_gin ON content USING gin (tags);
+-- Near-duplicate lookup by Hamming distance through an index, not a scan.
+CREATE INDEX content_phash_hnsw ON content USING hnsw (phash bit_hamming_ops)
+    WHERE phash IS NOT NULL;
 CREATE INDEX content_cluster_idx ON content (cluster_id) WHERE cluster_id IS NOT NULL;
 -- The reconciler and the "oldest unfinished item" metrics look for work stuck in a stage.
 CREATE INDEX content_unfinished_idx ON content (stage, stage_updated_at)

@@ -44,10 +44,10 @@ async def serve_probes(ready: ReadyCheck, host: str, port: int) -> AsyncIterator
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
     bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    sockets = getattr(site._server, "sockets", None)
+    if sockets:
+        bound = sockets[0].getsockname()[1]
     try:
         yield bound
     finally:

@@ -1,0 +1,104 @@
+"""Wiring: pool, bus, storage, model, decoders, batcher, consumers, probes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from common.bus import Bus
+from common.consumer import Consumer, Delivery
+from common.db import open_pool
+from common.messages import MediaIngested
+from common.probes import serve_probes
+from common.storage import open_storage
+from common.topology import spec_of
+from common.vectors import register_model
+
+from embedder.batching import ModelBatcher
+from embedder.decoder_pool import DecoderPool
+from embedder.handlers import EmbedderDeps, handle_ingested
+from embedder.model import OnnxModel
+from embedder.rpc import TextRpcServer
+from embedder.settings import EmbedderSettings
+
+log = structlog.get_logger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
+    """Start everything the embedder needs; stop it all when the block ends."""
+    model = OnnxModel(
+        settings.model_path,
+        providers=settings.onnx_providers,
+        threads=settings.intra_op_threads,
+        variant=settings.model_variant,
+    )
+    storage = open_storage(settings.storage_backend, settings.storage_path)
+    decoders = DecoderPool(
+        model.manifest.preprocess,
+        workers=settings.decode_workers,
+        memory_limit_bytes=settings.decode_memory_mb * 2**20,
+        timeout_s=settings.decode_timeout_s,
+        thumbnail_size=settings.thumbnail_size,
+        max_pixels=settings.max_image_pixels,
+        video_max_frames=settings.video_max_frames,
+    )
+    batcher = ModelBatcher(
+        model, max_batch=settings.max_batch_size, max_wait=settings.max_batch_wait_ms / 1000
+    )
+    batcher.start()
+    async with open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            await register_model(conn, model.model_id, model.dim)
+        bus = Bus(settings)
+        await bus.start(wait=10)
+        deps = EmbedderDeps(
+            settings, pool, bus, storage, decoders, batcher, model.model_id, model.dim
+        )
+        started = asyncio.create_task(_consume(deps))
+
+        async def ready() -> dict[str, bool]:
+            try:
+                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+                database = True
+            except Exception:
+                database = False
+            return {"database": database, "bus": bus.connected, "model": True}
+
+        try:
+            async with serve_probes(ready, settings.worker_http_host, settings.worker_http_port):
+                yield deps
+        finally:
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+            await bus.close()
+            await batcher.close()
+            await decoders.close()
+
+
+async def _consume(deps: EmbedderDeps) -> None:
+    await deps.bus.wait_connected(timeout=float("inf"))
+    await TextRpcServer(deps.bus, deps.batcher, deps.model_id).start()
+    spec = spec_of(deps.bus.specs, "embedder")
+
+    async def handler(event: MediaIngested, delivery: Delivery) -> None:
+        await handle_ingested(deps, event, delivery)
+
+    consumer = Consumer(
+        deps.bus,
+        spec,
+        MediaIngested,
+        handler,
+        service="embedder",
+        # Enough in flight to fill a batch while the previous one runs.
+        prefetch=max(deps.settings.max_batch_size * 2, deps.settings.worker_threads),
+    )
+    await consumer.start()
+    log.info("embedder consuming", queue=spec.name, model=deps.model_id)
+
+
+async def serve(settings: EmbedderSettings) -> None:
+    async with running(settings):
+        await asyncio.Event().wait()

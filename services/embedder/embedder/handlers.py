@@ -1,0 +1,123 @@
+"""media.ingested -> decode once -> embed (micro-batched) -> write by CAS -> media.embedded."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+import structlog
+from common.bus import Bus
+from common.consumer import Delivery, Permanent
+from common.messages import MediaEmbedded, MediaIngested
+from common.storage import FileSystemStorage
+
+from embedder import repo
+from embedder.batching import ModelBatcher
+from embedder.decode import Decoded, DecodedVideo, DecodeError
+from embedder.decoder_pool import DecoderPool
+from embedder.settings import EmbedderSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedderDeps:
+    settings: EmbedderSettings
+    pool: asyncpg.Pool
+    bus: Bus
+    storage: FileSystemStorage
+    decoders: DecoderPool
+    batcher: ModelBatcher
+    model_id: str
+    dim: int
+
+
+def _mean_direction(vectors: list[np.ndarray]) -> np.ndarray:
+    mean = np.mean(np.stack(vectors), axis=0)
+    norm = float(np.linalg.norm(mean))
+    result: np.ndarray = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return result
+
+
+async def _publish(deps: EmbedderDeps, event: MediaIngested, near: uuid.UUID | None) -> None:
+    out = MediaEmbedded(
+        content_id=event.content_id,
+        job_id=event.job_id,
+        kind=event.kind,
+        model_id=deps.model_id,
+        near_duplicate_of=near,
+    )
+    await deps.bus.publish(out.routing_key, out.to_bytes(), message_id=str(out.message_id))
+
+
+async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: Delivery) -> None:
+    """Embed one piece of content; redelivery and duplicates are harmless."""
+    row = await repo.content(deps.pool, event.content_id)
+    if row is None:
+        raise Permanent(f"content {event.content_id} does not exist")
+    if row.stage in ("embedded", "clustered"):
+        # Done before (a crash between commit and publish, or a redelivery): publish again.
+        await _publish(deps, event, row.near_duplicate_of)
+        return
+    if row.stage != "ingested" or row.storage_key is None:
+        return  # failed already, or not media: nothing to do
+    path = str(deps.storage.path(row.storage_key))
+    try:
+        decoded = await deps.decoders.decode(path, event.kind)
+    except DecodeError as error:
+        await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {error}")
+        raise Permanent(f"cannot decode {event.kind}: {error}") from None
+    result = await _embed(deps, event.content_id, decoded)
+    near = await repo.near_duplicate(
+        deps.pool, event.content_id, result.phash, deps.settings.near_duplicate_distance
+    )
+    async with deps.pool.acquire() as conn:
+        advanced = await repo.save(conn, result, near)
+    if not advanced:
+        # A concurrent delivery finished first; publish what it recorded.
+        current = await repo.content(deps.pool, event.content_id)
+        near = current.near_duplicate_of if current else near
+    await _publish(deps, event, near)
+
+
+async def _embed(
+    deps: EmbedderDeps, content_id: uuid.UUID, decoded: Decoded | DecodedVideo
+) -> repo.Embedded:
+    thumbnail = await deps.storage.put(_chunks(decoded.thumbnail))
+    frames: tuple[tuple[float, np.ndarray], ...] = ()
+    duration = None
+    if isinstance(decoded, DecodedVideo):
+        vectors = list(
+            await asyncio.gather(*(deps.batcher.embed_image(p) for _, p in decoded.frames))
+        )
+        if not vectors:
+            raise Permanent("the video has no decodable frames")
+        frames = tuple((ts, vec) for (ts, _), vec in zip(decoded.frames, vectors, strict=True))
+        embedding = _mean_direction(vectors)
+        duration = decoded.duration
+        exif: dict[str, object] = {}
+    else:
+        embedding = await deps.batcher.embed_image(decoded.pixels)
+        exif = dict(decoded.exif)
+    return repo.Embedded(
+        content_id=content_id,
+        model_id=deps.model_id,
+        dim=deps.dim,
+        embedding=embedding,
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        exif=exif,
+        phash=decoded.phash,
+        thumbnail_key=thumbnail.key,
+        duration_s=duration,
+        frames=frames,
+    )
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -1,0 +1,51 @@
+"""Embedder settings: the common ones plus the model, batching and decoding limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from common.settings import CommonSettings
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+
+class EmbedderSettings(CommonSettings):
+    """Environment variables read by the embedder."""
+
+    model_dir: Path = Path("models")
+    embedding_model: str = "clip-vit-base-patch32"  # a folder under MODEL_DIR
+    model_variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    # Tried in order, kept where onnxruntime has them: CUDA when usable, else the CPU.
+    onnx_providers: Annotated[tuple[str, ...], NoDecode] = ("cuda", "cpu")
+    intra_op_threads: int = Field(2, ge=1, le=256)
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000)
+
+    decode_workers: int = Field(2, ge=1, le=256)
+    decode_memory_mb: int = Field(1024, ge=64)
+    decode_timeout_s: float = Field(30.0, gt=0)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    thumbnail_size: int = Field(256, ge=16, le=4096)
+    video_max_frames: int = Field(8, ge=1, le=256)
+
+    near_duplicate_distance: int = Field(8, ge=0, le=64)
+    worker_http_host: str = "0.0.0.0"
+    worker_http_port: int = Field(8081, ge=0, le=65535)
+
+    @field_validator("onnx_providers", mode="before")
+    @classmethod
+    def _providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+        if not value:
+            raise ValueError("needs at least one provider")
+        unknown = {str(p) for p in value} - {"cuda", "tensorrt", "cpu"}  # type: ignore[attr-defined]
+        if unknown:
+            raise ValueError(f"unknown providers: {sorted(unknown)}")
+        return value
+
+    @property
+    def model_path(self) -> Path:
+        return self.model_dir / self.embedding_model

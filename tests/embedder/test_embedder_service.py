@@ -1,0 +1,204 @@
+"""The embedder end to end: gateway -> media.ingested -> embedder -> media.embedded."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from typing import Any
+
+import aio_pika
+import asyncpg
+import numpy as np
+import orjson
+from common.embed_client import TextEmbedClient
+from common.messages import MediaIngested
+from embedder.handlers import EmbedderDeps
+from embedder.model import OnnxModel
+from PIL import Image
+from prometheus_client import REGISTRY
+from skimage import data as samples
+
+from tests.conftest import make_jpeg, read_queue
+from tests.integration.conftest import Gateway
+from tests.integration.test_ingest import form
+
+
+def jpeg_of(array: np.ndarray, quality: int = 90, scale: float = 1.0) -> bytes:
+    image = Image.fromarray(array).convert("RGB")
+    if scale != 1.0:
+        image = image.resize((int(image.width * scale), int(image.height * scale)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def upload(gateway: Gateway, *files: tuple[str, bytes]) -> list[str]:
+    response = await gateway.client.post("/api/v1/ingest", data=form(*files))
+    assert response.status == 202, await response.text()
+    ids: list[str] = (await response.json())["system_ids"]
+    return ids
+
+
+async def content_of(db: asyncpg.Connection, upload_id: str) -> asyncpg.Record:
+    row = await db.fetchrow(
+        "SELECT c.* FROM uploads u JOIN content c ON c.id = u.content_id WHERE u.id = $1",
+        uuid.UUID(upload_id),
+    )
+    assert row is not None
+    return row
+
+
+async def wait_stage(
+    db: asyncpg.Connection, upload_ids: list[str], stages: set[str], timeout: float = 30
+) -> list[asyncpg.Record]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        rows = [await content_of(db, u) for u in upload_ids]
+        if all(r["stage"] in stages for r in rows):
+            return rows
+        assert asyncio.get_running_loop().time() < deadline, [r["stage"] for r in rows]
+        await asyncio.sleep(0.1)
+
+
+async def test_embedder_embeds_and_publishes_when_image_is_ingested(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    [upload_id] = await upload(gateway, ("cat.jpg", jpeg_of(samples.chelsea())))
+    [row] = await wait_stage(db, [upload_id], {"embedded"})
+    assert (row["width"], row["height"], row["format"]) == (451, 300, "JPEG")
+    assert row["phash"] is not None and len(row["phash"]) == 64  # bits
+    thumbnail = embedder.storage.path(row["thumbnail_key"]).read_bytes()
+    with Image.open(io.BytesIO(thumbnail)) as image:
+        assert image.format == "JPEG" and max(image.size) == 256
+    vector = await db.fetchval(
+        "SELECT embedding::text FROM embeddings WHERE content_id = $1 AND model_id = $2",
+        row["id"],
+        embedder.model_id,
+    )
+    values = np.array(orjson.loads(vector), dtype=np.float32)
+    assert values.shape == (embedder.dim,)
+    assert abs(float(np.linalg.norm(values)) - 1.0) < 1e-4
+    [event] = await read_queue(amqp, embedder.bus.specs[2].name, expect=1)
+    body = orjson.loads(event.body)
+    assert event.routing_key == "media.embedded.v1"
+    assert body["content_id"] == str(row["id"]) and body["model_id"] == embedder.model_id
+    status = await (await gateway.client.get(f"/api/v1/objects/{upload_id}")).json()
+    assert status["stage"] == "embedded" and status["status"] == "processing"
+
+
+async def test_embedder_batches_images_when_many_arrive_at_once(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+) -> None:
+    count_before = metric("embedder_batch_size_count", input="image")
+    sum_before = metric("embedder_batch_size_sum", input="image")
+    ids = await upload(gateway, *((f"{i}.jpg", make_jpeg(i, size=(64, 48))) for i in range(20)))
+    await wait_stage(db, ids, {"embedded"})
+    batches = metric("embedder_batch_size_count", input="image") - count_before
+    images = metric("embedder_batch_size_sum", input="image") - sum_before
+    assert images == 20
+    assert batches < 20, "every image went through the model alone"
+
+
+async def test_embedder_runs_model_once_when_same_bytes_uploaded_twice_and_redelivered(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    before = metric("embedder_items_total", input="image")
+    image = make_jpeg(77)
+    first = await upload(gateway, ("a.jpg", image))
+    second = await upload(gateway, ("b.jpg", image))
+    await wait_stage(db, first + second, {"embedded"})
+    row = await content_of(db, first[0])
+    # A redelivered event (a crash after commit, say) re-publishes without a second run.
+    again = MediaIngested(
+        content_id=row["id"],
+        job_id=row["first_job_id"],
+        sha256=row["sha256"],
+        kind="image",
+        mime_type="image/jpeg",
+        size_bytes=row["size_bytes"],
+    )
+    await embedder.bus.publish(again.routing_key, again.to_bytes(), message_id="redelivered")
+    events = await read_queue(amqp, embedder.bus.specs[2].name, expect=2, settle=0.5)
+    assert len(events) == 2
+    assert metric("embedder_items_total", input="image") - before == 1
+
+
+async def test_embedder_labels_near_duplicates_when_photo_is_reencoded_or_resized(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+) -> None:
+    photo = samples.chelsea()
+    [original] = await upload(gateway, ("cat.jpg", jpeg_of(photo, quality=95)))
+    await wait_stage(db, [original], {"embedded"})
+    copies = await upload(
+        gateway,
+        ("cat-q60.jpg", jpeg_of(photo, quality=60)),
+        ("cat-half.jpg", jpeg_of(photo, quality=90, scale=0.5)),
+    )
+    others = await upload(
+        gateway,
+        ("coffee.jpg", jpeg_of(samples.coffee())),
+        ("astronaut.jpg", jpeg_of(samples.astronaut())),
+    )
+    rows = await wait_stage(db, copies + others, {"embedded"})
+    original_id = (await content_of(db, original))["id"]
+    assert [r["near_duplicate_of"] for r in rows[:2]] == [original_id, original_id]
+    assert [r["near_duplicate_of"] for r in rows[2:]] == [None, None]
+
+
+def bomb_png() -> bytes:
+    image = Image.new("1", (20_000, 20_000))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+async def test_embedder_fails_bad_images_permanently_while_good_ones_succeed(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+) -> None:
+    good = make_jpeg(5, size=(80, 60))
+    truncated = make_jpeg(6, size=(300, 300))[:2000]
+    corrupt = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 20
+    bad = [("truncated.jpg", truncated), ("corrupt.jpg", corrupt), ("bomb.png", bomb_png())]
+    ids = await upload(gateway, ("good.jpg", good), *bad, ("good2.jpg", make_jpeg(8)))
+    rows = await wait_stage(db, ids, {"embedded", "failed"})
+    assert [r["stage"] for r in rows] == ["embedded", "failed", "failed", "failed", "embedded"]
+    for row in rows[1:4]:
+        assert row["error"].startswith("cannot decode image")
+    deadline = asyncio.get_running_loop().time() + 10
+    while await db.fetchval("SELECT count(*) FROM dead_letters") < 3:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    letters = await db.fetch("SELECT error, attempts, content_id FROM dead_letters")
+    assert {r["content_id"] for r in letters} == {r["id"] for r in rows[1:4]}
+    assert all(r["attempts"] == 1 for r in letters)  # permanent: never retried
+
+
+async def test_text_rpc_answers_with_the_models_own_vector_when_asked(
+    embedder: EmbedderDeps,
+    tiny_clip_dir: Any,
+) -> None:
+    client = TextEmbedClient(embedder.bus, timeout=10)
+    model_id, vectors = await client.embed(["a black cat on a sofa", "coffee"])
+    direct = OnnxModel(tiny_clip_dir / "clip-tiny", providers=("cpu",)).embed_texts(
+        ["a black cat on a sofa", "coffee"]
+    )
+    assert model_id == embedder.model_id
+    assert vectors.shape == direct.shape
+    np.testing.assert_allclose(vectors, direct, atol=1e-5)

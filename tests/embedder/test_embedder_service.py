@@ -202,3 +202,53 @@ async def test_text_rpc_answers_with_the_models_own_vector_when_asked(
     assert model_id == embedder.model_id
     assert vectors.shape == direct.shape
     np.testing.assert_allclose(vectors, direct, atol=1e-5)
+
+
+async def test_embedder_embeds_keyframes_when_video_is_ingested(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+    tmp_path: Any,
+) -> None:
+    from tests.embedder.test_images import make_video
+
+    path = tmp_path / "clip.mp4"
+    make_video(path, gop=12)
+    [upload_id] = await upload(gateway, ("clip.mp4", path.read_bytes()))
+    [row] = await wait_stage(db, [upload_id], {"embedded"})
+    assert row["kind"] == "video" and row["mime_type"] == "video/mp4"
+    assert (row["width"], row["height"]) == (64, 48)
+    assert abs(row["duration_s"] - 2.0) < 0.1
+    frames = await db.fetch(
+        "SELECT timestamp_s, embedding::text AS v FROM video_frames WHERE content_id = $1"
+        " ORDER BY frame_index",
+        row["id"],
+    )
+    assert len(frames) >= 2
+    assert [f["timestamp_s"] for f in frames] == sorted(f["timestamp_s"] for f in frames)
+    overall = await db.fetchval(
+        "SELECT embedding::text FROM embeddings WHERE content_id = $1", row["id"]
+    )
+    vector = np.array(orjson.loads(overall), dtype=np.float32)
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
+
+
+async def test_worker_probes_report_model_and_provider_when_running(
+    embedder: EmbedderDeps,
+) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        base = f"http://127.0.0.1:{embedder.probe_port}"
+        async with session.get(f"{base}/live") as live:
+            assert live.status == 200
+        async with session.get(f"{base}/ready") as ready:
+            assert ready.status == 200
+        async with session.get(f"{base}/health") as health:
+            body = await health.json()
+            assert body["model_id"] == embedder.model_id
+            assert body["provider"] == "CPUExecutionProvider"
+        async with session.get(f"{base}/metrics") as metrics:
+            text = await metrics.text()
+            assert "embedder_batch_size_bucket" in text
+            assert "jobs_processed_total" in text

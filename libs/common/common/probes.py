@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+Info = Callable[[], dict[str, Any]]
 
 
-def probe_app(ready: ReadyCheck) -> web.Application:
-    """/live (process up), /ready (every check true) and /metrics (Prometheus text)."""
+def probe_app(ready: ReadyCheck, info: Info) -> web.Application:
+    """/live, /ready (every check true), /health (what the worker runs) and /metrics."""
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -24,6 +26,11 @@ def probe_app(ready: ReadyCheck) -> web.Application:
             {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
         )
 
+    async def health(_: web.Request) -> web.Response:
+        checks = await ready()
+        status = "healthy" if all(checks.values()) else "degraded"
+        return web.json_response({"status": status, "checks": checks, **info()})
+
     async def metrics(_: web.Request) -> web.Response:
         response = web.Response(body=generate_latest())
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -33,14 +40,15 @@ def probe_app(ready: ReadyCheck) -> web.Application:
     app = web.Application()
     app.router.add_get("/live", live)
     app.router.add_get("/ready", readiness)
+    app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     return app
 
 
 @asynccontextmanager
-async def serve_probes(ready: ReadyCheck, host: str, port: int) -> AsyncIterator[int]:
+async def serve_probes(ready: ReadyCheck, info: Info, host: str, port: int) -> AsyncIterator[int]:
     """Serve the probe app while the block runs; yields the bound port (0 picks one)."""
-    runner = web.AppRunner(probe_app(ready), access_log=None)
+    runner = web.AppRunner(probe_app(ready, info), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import structlog
 from common.bus import Bus
@@ -67,9 +68,23 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
                 database = False
             return {"database": database, "bus": bus.connected, "model": True}
 
+        def info() -> dict[str, object]:
+            return {
+                "service": "embedder",
+                "model_id": model.model_id,
+                "embedding_dim": model.dim,
+                "variant": settings.model_variant,
+                "provider": model.provider,
+                "text_search": model.text is not None,
+                "max_batch_size": settings.max_batch_size,
+                "decode_workers": settings.decode_workers,
+            }
+
         try:
-            async with serve_probes(ready, settings.worker_http_host, settings.worker_http_port):
-                yield deps
+            async with serve_probes(
+                ready, info, settings.worker_http_host, settings.worker_http_port
+            ) as port:
+                yield replace(deps, probe_port=port)
         finally:
             started.cancel()
             await asyncio.gather(started, return_exceptions=True)

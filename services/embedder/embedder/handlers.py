@@ -34,6 +34,7 @@ class EmbedderDeps:
     batcher: ModelBatcher
     model_id: str
     dim: int
+    probe_port: int = 0
 
 
 def _mean_direction(vectors: list[np.ndarray]) -> np.ndarray:

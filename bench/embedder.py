@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Embedder throughput: ONNX beside PyTorch eager for the same weights, int8 and its accuracy
+cost, and images/s through the whole service (decode included), in one run.
+
+Models (no hub on these machines): CLIP ViT-B/32 with random weights (the architecture, hence
+the speed, of openai/clip-vit-base-patch32) and EfficientNet-Lite2 with its real ImageNet
+weights (for accuracy on real photos).
+
+    .venv/bin/python bench/embedder.py [--threads 2] [--seconds 3] [--service-images 200]
+"""
+
+from __future__ import annotations
+
+import sys
+
+# This file is named like the `embedder` package; keep its folder off the import path.
+sys.path = [p for p in sys.path if not p.endswith("/bench")]
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from skimage import data as samples
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from embedder.export import (  # noqa: E402
+    ClipImageFeatures,
+    ImageEncoder,
+    efficientnet_lite2,
+    export_image_encoder,
+    export_onnx,
+    quantize_int8,
+)
+from embedder.manifest import Manifest, Preprocess  # noqa: E402
+from embedder.preprocess import to_model_input  # noqa: E402
+
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry",
+          "retina", "hubble_deep_field", "colorwheel", "skin"]
+
+
+def photos() -> list[Image.Image]:
+    found = []
+    for name in PHOTOS:
+        try:
+            found.append(Image.fromarray(getattr(samples, name)()).convert("RGB"))
+        except Exception:  # noqa: BLE001 - a sample missing from this skimage version
+            continue
+    return found
+
+
+def variants(image: Image.Image, rng: random.Random, count: int) -> list[Image.Image]:
+    """Crops, flips and rescales of one photo: neighbours that should stay neighbours."""
+    out = []
+    for _ in range(count):
+        w, h = image.size
+        scale = rng.uniform(0.6, 0.95)
+        cw, ch = int(w * scale), int(h * scale)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = image.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out.append(crop)
+    return out
+
+
+def clip_b32(directory: Path) -> tuple[torch.nn.Module, Manifest]:
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig()).eval()  # the default config is ViT-B/32, 512-d
+    encoder = ImageEncoder(ClipImageFeatures(clip)).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    export_onnx(encoder, {"pixel_values": torch.randn(2, 3, 224, 224)}, directory / "vision.onnx")
+    quantize_int8(directory / "vision.onnx", directory / "vision_int8.onnx")
+    from embedder.export import clip_preprocess
+
+    manifest = Manifest(model_id="bench/clip-vit-b32-random", source="random",
+                        embedding_dim=512, preprocess=clip_preprocess(224))
+    manifest = manifest.model_copy(update={"files": manifest.files.model_copy(
+        update={"vision_int8": "vision_int8.onnx"})})
+    manifest.write(directory)
+    return encoder, manifest
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def rate(run, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    run(batch)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done < 2 * len(batch):
+        run(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - start)
+
+
+def speed(name: str, module: torch.nn.Module, directory: Path, size: int, threads: int,
+          seconds: float) -> None:
+    torch.set_num_threads(threads)
+    fp32, int8 = session(directory / "vision.onnx", threads), session(
+        directory / "vision_int8.onnx", threads)
+    print(f"\n{name}: images/s on the CPU, {threads} threads")
+    print(f"{'batch':>5} {'torch fp32':>11} {'onnx fp32':>10} {'onnx int8':>10} "
+          f"{'fp32/torch':>11} {'int8/torch':>11}")
+    for batch_size in (1, 8, 32):
+        batch = np.random.default_rng(0).standard_normal(
+            (batch_size, 3, size, size)).astype(np.float32)
+        with torch.inference_mode():
+            eager = rate(lambda b: module(torch.from_numpy(b)), batch, seconds)
+        onnx32 = rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, seconds)
+        onnx8 = rate(lambda b: int8.run(None, {"pixel_values": b}), batch, seconds)
+        print(f"{batch_size:>5} {eager:>11.1f} {onnx32:>10.1f} {onnx8:>10.1f} "
+              f"{onnx32 / eager:>10.2f}x {onnx8 / eager:>10.2f}x", flush=True)
+
+
+def accuracy(name: str, directory: Path, preprocess: Preprocess, threads: int) -> None:
+    rng = random.Random(1)
+    images, source = [], []
+    for index, photo in enumerate(photos()):
+        for image in [photo, *variants(photo, rng, 5)]:
+            images.append(image)
+            source.append(index)
+    batch = np.stack([to_model_input(image, preprocess) for image in images])
+    fp32 = session(directory / "vision.onnx", threads).run(None, {"pixel_values": batch})[0]
+    int8 = session(directory / "vision_int8.onnx", threads).run(None, {"pixel_values": batch})[0]
+    cosine = np.sum(fp32 * int8, axis=1)
+
+    def neighbours(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argmax(similarity, axis=1)
+
+    n32, n8 = neighbours(fp32), neighbours(int8)
+    agreement = float(np.mean(n32 == n8))
+    origin = np.asarray(source)
+    same_photo = float(np.mean(origin[n32] == origin[n8]))
+    correct = float(np.mean(origin[n32] == origin)), float(np.mean(origin[n8] == origin))
+    print(f"\n{name} int8 vs fp32 on {len(images)} real photos and their crops/flips: "
+          f"cosine mean {cosine.mean():.4f} min {cosine.min():.4f}; nearest neighbour: "
+          f"same image {agreement:.3f}, from the same photo {same_photo:.3f}; "
+          f"neighbour is a variant of the same photo: fp32 {correct[0]:.3f}, "
+          f"int8 {correct[1]:.3f}")
+
+
+def photo_jpegs(count: int) -> list[bytes]:
+    """Distinct ~640x480 JPEGs cut from real photos: realistic decode work."""
+    rng = random.Random(2)
+    sources = photos()
+    out = []
+    for i in range(count):
+        image = variants(sources[i % len(sources)], rng, 1)[0].resize((640, 480))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85, comment=f"bench {i}".encode())
+        out.append(buffer.getvalue())
+    return out
+
+
+async def service_rate(models: Path, name: str, count: int, threads: int) -> float:
+    """Images/s from publishing media.ingested to every content row reaching `embedded`."""
+    import asyncpg
+
+    from common.bus import Bus
+    from common.messages import MediaIngested
+    from common.migrate import migrate
+    from common.storage import FileSystemStorage
+    from embedder.app import running
+    from embedder.settings import EmbedderSettings
+
+    base = os.environ.get("DATABASE_URL") or subprocess.run(
+        [sys.executable, str(ROOT / "scripts/localdb.py"), "start"], capture_output=True,
+        text=True, check=True).stdout.strip().splitlines()[-1]
+    tag = uuid.uuid4().hex[:8]
+    admin_url = base.rsplit("/", 1)[0] + "/postgres"
+    database = base.rsplit("/", 1)[0] + f"/mb_bench_{tag}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f"CREATE DATABASE mb_bench_{tag}")
+    await admin.close()
+    storage_path = Path(tempfile.mkdtemp(prefix="mb-bench-"))
+    settings = EmbedderSettings(
+        database_url=database, storage_path=storage_path, bus_exchange=f"bench-{tag}",
+        bus_queue_prefix=f"bench-{tag}.", model_dir=models, embedding_model=name,
+        onnx_providers=("cpu",), intra_op_threads=threads, max_batch_size=32,
+        decode_workers=2, worker_http_port=0,
+    )
+    try:
+        await migrate(database)
+        storage = FileSystemStorage(storage_path, fsync=False)
+        conn = await asyncpg.connect(database)
+        job = uuid.uuid4()
+        await conn.execute("INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'bench', 'b')",
+                           job)
+        events = []
+        for jpeg in photo_jpegs(count):
+            stored = await storage.put(_once(jpeg))
+            cid = uuid.uuid4()
+            await conn.execute(
+                """INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key,
+                                        first_job_id)
+                   VALUES ($1, $2, 'image', 'image/jpeg', $3, $4, $5)""",
+                cid, stored.sha256, stored.size, stored.key, job)
+            events.append(MediaIngested(content_id=cid, job_id=job, sha256=stored.sha256,
+                                        kind="image", mime_type="image/jpeg",
+                                        size_bytes=stored.size))
+        async with running(settings) as deps:
+            await deps.bus.wait_connected(10)
+            start = time.perf_counter()
+            for event in events:
+                await deps.bus.publish(event.routing_key, event.to_bytes(),
+                                       message_id=str(event.message_id))
+            while await conn.fetchval(
+                    "SELECT count(*) FROM content WHERE stage = 'ingested'") > 0:
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            failed = await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'failed'")
+            if failed:
+                print(f"warning: {failed} images failed")
+        await conn.close()
+        return count / elapsed
+    finally:
+        bus = Bus(settings)
+        await bus.start(wait=5)
+        if bus.connection is not None:
+            channel = await bus.connection.channel()
+            for spec in bus.specs:
+                for queue in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
+                    await channel.queue_delete(queue)
+            await channel.queue_delete(f"bench-{tag}.embedder.text-rpc")
+            await channel.exchange_delete(f"bench-{tag}")
+        await bus.close()
+        admin = await asyncpg.connect(admin_url)
+        await admin.execute(f"DROP DATABASE IF EXISTS mb_bench_{tag} WITH (FORCE)")
+        await admin.close()
+        subprocess.run(["rm", "-rf", str(storage_path)], check=False)
+
+
+async def _once(data: bytes):  # type: ignore[no-untyped-def]
+    yield data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--service-images", type=int, default=200)
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}, onnxruntime {ort.__version__}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp)
+        clip, clip_manifest = clip_b32(models / "clip-b32")
+        export_image_encoder(models / "lite2", fp16=False)
+        lite2 = ImageEncoder(efficientnet_lite2()).eval()
+        speed("CLIP ViT-B/32 (random weights)", clip, models / "clip-b32", 224, args.threads,
+              args.seconds)
+        speed("EfficientNet-Lite2 (ImageNet weights)", lite2, models / "lite2", 260,
+              args.threads, args.seconds)
+        accuracy("EfficientNet-Lite2", models / "lite2", Manifest.read(models / "lite2").preprocess,
+                 args.threads)
+        accuracy("CLIP ViT-B/32 (random weights)", models / "clip-b32", clip_manifest.preprocess,
+                 args.threads)
+        # Model-only at the service's batch size, then the whole service on the same model.
+        batch = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+        fp32 = session(models / "clip-b32" / "vision.onnx", args.threads)
+        model_only = rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, args.seconds)
+        del fp32
+        whole = asyncio.run(service_rate(models, "clip-b32", args.service_images, args.threads))
+        print(f"\nCLIP ViT-B/32 fp32, batch 32: model only {model_only:.1f} images/s; whole "
+              f"service (decode, thumbnail, pHash, writes; {args.service_images} JPEGs "
+              f"640x480) {whole:.1f} images/s = {whole / model_only:.0%} of model-only")
+
+
+if __name__ == "__main__":
+    main()

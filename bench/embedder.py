@@ -47,8 +47,18 @@ from embedder.export import (  # noqa: E402
 from embedder.manifest import Manifest, Preprocess  # noqa: E402
 from embedder.preprocess import to_model_input  # noqa: E402
 
-PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry",
-          "retina", "hubble_deep_field", "colorwheel", "skin"]
+PHOTOS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "cat",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "colorwheel",
+    "skin",
+]
 
 
 def photos() -> list[Image.Image]:
@@ -56,7 +66,7 @@ def photos() -> list[Image.Image]:
     for name in PHOTOS:
         try:
             found.append(Image.fromarray(getattr(samples, name)()).convert("RGB"))
-        except Exception:  # noqa: BLE001 - a sample missing from this skimage version
+        except Exception:
             continue
     return found
 
@@ -87,10 +97,15 @@ def clip_b32(directory: Path) -> tuple[torch.nn.Module, Manifest]:
     quantize_int8(directory / "vision.onnx", directory / "vision_int8.onnx")
     from embedder.export import clip_preprocess
 
-    manifest = Manifest(model_id="bench/clip-vit-b32-random", source="random",
-                        embedding_dim=512, preprocess=clip_preprocess(224))
-    manifest = manifest.model_copy(update={"files": manifest.files.model_copy(
-        update={"vision_int8": "vision_int8.onnx"})})
+    manifest = Manifest(
+        model_id="bench/clip-vit-b32-random",
+        source="random",
+        embedding_dim=512,
+        preprocess=clip_preprocess(224),
+    )
+    manifest = manifest.model_copy(
+        update={"files": manifest.files.model_copy(update={"vision_int8": "vision_int8.onnx"})}
+    )
     manifest.write(directory)
     return encoder, manifest
 
@@ -111,23 +126,32 @@ def rate(run, batch: np.ndarray, seconds: float) -> float:  # type: ignore[no-un
     return done / (time.perf_counter() - start)
 
 
-def speed(name: str, module: torch.nn.Module, directory: Path, size: int, threads: int,
-          seconds: float) -> None:
+def speed(
+    name: str, module: torch.nn.Module, directory: Path, size: int, threads: int, seconds: float
+) -> None:
     torch.set_num_threads(threads)
-    fp32, int8 = session(directory / "vision.onnx", threads), session(
-        directory / "vision_int8.onnx", threads)
+    fp32, int8 = (
+        session(directory / "vision.onnx", threads),
+        session(directory / "vision_int8.onnx", threads),
+    )
     print(f"\n{name}: images/s on the CPU, {threads} threads")
-    print(f"{'batch':>5} {'torch fp32':>11} {'onnx fp32':>10} {'onnx int8':>10} "
-          f"{'fp32/torch':>11} {'int8/torch':>11}")
+    print(
+        f"{'batch':>5} {'torch fp32':>11} {'onnx fp32':>10} {'onnx int8':>10} "
+        f"{'fp32/torch':>11} {'int8/torch':>11}"
+    )
     for batch_size in (1, 8, 32):
-        batch = np.random.default_rng(0).standard_normal(
-            (batch_size, 3, size, size)).astype(np.float32)
+        batch = (
+            np.random.default_rng(0).standard_normal((batch_size, 3, size, size)).astype(np.float32)
+        )
         with torch.inference_mode():
             eager = rate(lambda b: module(torch.from_numpy(b)), batch, seconds)
         onnx32 = rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, seconds)
         onnx8 = rate(lambda b: int8.run(None, {"pixel_values": b}), batch, seconds)
-        print(f"{batch_size:>5} {eager:>11.1f} {onnx32:>10.1f} {onnx8:>10.1f} "
-              f"{onnx32 / eager:>10.2f}x {onnx8 / eager:>10.2f}x", flush=True)
+        print(
+            f"{batch_size:>5} {eager:>11.1f} {onnx32:>10.1f} {onnx8:>10.1f} "
+            f"{onnx32 / eager:>10.2f}x {onnx8 / eager:>10.2f}x",
+            flush=True,
+        )
 
 
 def accuracy(name: str, directory: Path, preprocess: Preprocess, threads: int) -> None:
@@ -152,11 +176,13 @@ def accuracy(name: str, directory: Path, preprocess: Preprocess, threads: int) -
     origin = np.asarray(source)
     same_photo = float(np.mean(origin[n32] == origin[n8]))
     correct = float(np.mean(origin[n32] == origin)), float(np.mean(origin[n8] == origin))
-    print(f"\n{name} int8 vs fp32 on {len(images)} real photos and their crops/flips: "
-          f"cosine mean {cosine.mean():.4f} min {cosine.min():.4f}; nearest neighbour: "
-          f"same image {agreement:.3f}, from the same photo {same_photo:.3f}; "
-          f"neighbour is a variant of the same photo: fp32 {correct[0]:.3f}, "
-          f"int8 {correct[1]:.3f}")
+    print(
+        f"\n{name} int8 vs fp32 on {len(images)} real photos and their crops/flips: "
+        f"cosine mean {cosine.mean():.4f} min {cosine.min():.4f}; nearest neighbour: "
+        f"same image {agreement:.3f}, from the same photo {same_photo:.3f}; "
+        f"neighbour is a variant of the same photo: fp32 {correct[0]:.3f}, "
+        f"int8 {correct[1]:.3f}"
+    )
 
 
 def photo_jpegs(count: int) -> list[bytes]:
@@ -177,7 +203,6 @@ async def service_rate(
 ) -> float:
     """Images/s from publishing media.ingested to every content row reaching `embedded`."""
     import asyncpg
-
     from common.bus import Bus
     from common.messages import MediaIngested
     from common.migrate import migrate
@@ -185,9 +210,17 @@ async def service_rate(
     from embedder.app import running
     from embedder.settings import EmbedderSettings
 
-    base = os.environ.get("DATABASE_URL") or subprocess.run(
-        [sys.executable, str(ROOT / "scripts/localdb.py"), "start"], capture_output=True,
-        text=True, check=True).stdout.strip().splitlines()[-1]
+    base = (
+        os.environ.get("DATABASE_URL")
+        or subprocess.run(
+            [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     tag = uuid.uuid4().hex[:8]
     admin_url = base.rsplit("/", 1)[0] + "/postgres"
     database = base.rsplit("/", 1)[0] + f"/mb_bench_{tag}"
@@ -196,18 +229,27 @@ async def service_rate(
     await admin.close()
     storage_path = Path(tempfile.mkdtemp(prefix="mb-bench-"))
     settings = EmbedderSettings(
-        database_url=database, storage_path=storage_path, bus_exchange=f"bench-{tag}",
-        bus_queue_prefix=f"bench-{tag}.", model_dir=models, embedding_model=name,
-        onnx_providers=("cpu",), intra_op_threads=threads, max_batch_size=32,
-        max_batch_wait_ms=batch_wait_ms, decode_workers=decode_workers, worker_http_port=0,
+        database_url=database,
+        storage_path=storage_path,
+        bus_exchange=f"bench-{tag}",
+        bus_queue_prefix=f"bench-{tag}.",
+        model_dir=models,
+        embedding_model=name,
+        onnx_providers=("cpu",),
+        intra_op_threads=threads,
+        max_batch_size=32,
+        max_batch_wait_ms=batch_wait_ms,
+        decode_workers=decode_workers,
+        worker_http_port=0,
     )
     try:
         await migrate(database)
         storage = FileSystemStorage(storage_path, fsync=False)
         conn = await asyncpg.connect(database)
         job = uuid.uuid4()
-        await conn.execute("INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'bench', 'b')",
-                           job)
+        await conn.execute(
+            "INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'bench', 'b')", job
+        )
         events = []
         for jpeg in photo_jpegs(count):
             stored = await storage.put(_once(jpeg))
@@ -216,18 +258,30 @@ async def service_rate(
                 """INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key,
                                         first_job_id)
                    VALUES ($1, $2, 'image', 'image/jpeg', $3, $4, $5)""",
-                cid, stored.sha256, stored.size, stored.key, job)
-            events.append(MediaIngested(content_id=cid, job_id=job, sha256=stored.sha256,
-                                        kind="image", mime_type="image/jpeg",
-                                        size_bytes=stored.size))
+                cid,
+                stored.sha256,
+                stored.size,
+                stored.key,
+                job,
+            )
+            events.append(
+                MediaIngested(
+                    content_id=cid,
+                    job_id=job,
+                    sha256=stored.sha256,
+                    kind="image",
+                    mime_type="image/jpeg",
+                    size_bytes=stored.size,
+                )
+            )
         async with running(settings) as deps:
             await deps.bus.wait_connected(10)
             start = time.perf_counter()
             for event in events:
-                await deps.bus.publish(event.routing_key, event.to_bytes(),
-                                       message_id=str(event.message_id))
-            while await conn.fetchval(
-                    "SELECT count(*) FROM content WHERE stage = 'ingested'") > 0:
+                await deps.bus.publish(
+                    event.routing_key, event.to_bytes(), message_id=str(event.message_id)
+                )
+            while await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'ingested'") > 0:
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
             failed = await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'failed'")
@@ -270,31 +324,68 @@ def main() -> None:
         models = Path(tmp)
         clip, clip_manifest = clip_b32(models / "clip-b32")
         if args.service_only:
-            whole = asyncio.run(service_rate(models, "clip-b32", args.service_images,
-                                             args.threads, args.decode_workers,
-                                             args.batch_wait_ms))
+            whole = asyncio.run(
+                service_rate(
+                    models,
+                    "clip-b32",
+                    args.service_images,
+                    args.threads,
+                    args.decode_workers,
+                    args.batch_wait_ms,
+                )
+            )
             print(f"whole service: {whole:.1f} images/s")
             return
         export_image_encoder(models / "lite2", fp16=False)
         lite2 = ImageEncoder(efficientnet_lite2()).eval()
-        speed("CLIP ViT-B/32 (random weights)", clip, models / "clip-b32", 224, args.threads,
-              args.seconds)
-        speed("EfficientNet-Lite2 (ImageNet weights)", lite2, models / "lite2", 260,
-              args.threads, args.seconds)
-        accuracy("EfficientNet-Lite2", models / "lite2", Manifest.read(models / "lite2").preprocess,
-                 args.threads)
-        accuracy("CLIP ViT-B/32 (random weights)", models / "clip-b32", clip_manifest.preprocess,
-                 args.threads)
+        speed(
+            "CLIP ViT-B/32 (random weights)",
+            clip,
+            models / "clip-b32",
+            224,
+            args.threads,
+            args.seconds,
+        )
+        speed(
+            "EfficientNet-Lite2 (ImageNet weights)",
+            lite2,
+            models / "lite2",
+            260,
+            args.threads,
+            args.seconds,
+        )
+        accuracy(
+            "EfficientNet-Lite2",
+            models / "lite2",
+            Manifest.read(models / "lite2").preprocess,
+            args.threads,
+        )
+        accuracy(
+            "CLIP ViT-B/32 (random weights)",
+            models / "clip-b32",
+            clip_manifest.preprocess,
+            args.threads,
+        )
         # Model-only at the service's batch size, then the whole service on the same model.
         batch = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
         fp32 = session(models / "clip-b32" / "vision.onnx", args.threads)
         model_only = rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, args.seconds)
         del fp32
-        whole = asyncio.run(service_rate(models, "clip-b32", args.service_images, args.threads,
-                                         args.decode_workers, args.batch_wait_ms))
-        print(f"\nCLIP ViT-B/32 fp32, batch 32: model only {model_only:.1f} images/s; whole "
-              f"service (decode, thumbnail, pHash, writes; {args.service_images} JPEGs "
-              f"640x480) {whole:.1f} images/s = {whole / model_only:.0%} of model-only")
+        whole = asyncio.run(
+            service_rate(
+                models,
+                "clip-b32",
+                args.service_images,
+                args.threads,
+                args.decode_workers,
+                args.batch_wait_ms,
+            )
+        )
+        print(
+            f"\nCLIP ViT-B/32 fp32, batch 32: model only {model_only:.1f} images/s; whole "
+            f"service (decode, thumbnail, pHash, writes; {args.service_images} JPEGs "
+            f"640x480) {whole:.1f} images/s = {whole / model_only:.0%} of model-only"
+        )
 
 
 if __name__ == "__main__":

@@ -368,9 +368,11 @@ def main() -> None:
         )
         # Model-only at the service's batch size, then the whole service on the same model.
         batch = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
-        fp32 = session(models / "clip-b32" / "vision.onnx", args.threads)
-        model_only = rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, args.seconds)
-        del fp32
+        clip_fp32 = session(models / "clip-b32" / "vision.onnx", args.threads)
+        model_only = rate(
+            lambda b: clip_fp32.run(None, {"pixel_values": b}), batch, args.seconds
+        )
+        del clip_fp32  # free its threads and memory before the service loads its own
         whole = asyncio.run(
             service_rate(
                 models,

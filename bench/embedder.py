@@ -36,7 +36,7 @@ from skimage import data as samples
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from embedder.export import (  # noqa: E402
+from embedder.export import (
     ClipImageFeatures,
     ImageEncoder,
     efficientnet_lite2,
@@ -44,8 +44,8 @@ from embedder.export import (  # noqa: E402
     export_onnx,
     quantize_int8,
 )
-from embedder.manifest import Manifest, Preprocess  # noqa: E402
-from embedder.preprocess import to_model_input  # noqa: E402
+from embedder.manifest import Manifest, Preprocess
+from embedder.preprocess import to_model_input
 
 PHOTOS = [
     "astronaut",
@@ -310,6 +310,12 @@ async def _once(data: bytes):  # type: ignore[no-untyped-def]
     yield data
 
 
+def onnx_rate(path: Path, batch: np.ndarray, args: argparse.Namespace) -> float:
+    """Model-only images/s; the session is gone before the service loads its own."""
+    fp32 = session(path, args.threads)
+    return rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, args.seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -368,11 +374,7 @@ def main() -> None:
         )
         # Model-only at the service's batch size, then the whole service on the same model.
         batch = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
-        clip_fp32 = session(models / "clip-b32" / "vision.onnx", args.threads)
-        model_only = rate(
-            lambda b: clip_fp32.run(None, {"pixel_values": b}), batch, args.seconds
-        )
-        del clip_fp32  # free its threads and memory before the service loads its own
+        model_only = onnx_rate(models / "clip-b32" / "vision.onnx", batch, args)
         whole = asyncio.run(
             service_rate(
                 models,

@@ -59,6 +59,11 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
             settings, pool, bus, storage, decoders, batcher, model.model_id, model.dim
         )
         started = asyncio.create_task(_consume(deps))
+        # With the broker up, consumers and the RPC queue exist before anyone is told we run;
+        # without it they start when it comes (the probes say not ready meanwhile).
+        await asyncio.wait({started}, timeout=10)
+        if started.done() and started.exception() is not None:
+            raise RuntimeError("the embedder could not start consuming") from started.exception()
 
         async def ready() -> dict[str, bool]:
             try:
@@ -66,7 +71,8 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
                 database = True
             except Exception:
                 database = False
-            return {"database": database, "bus": bus.connected, "model": True}
+            consuming = started.done() and not started.cancelled() and not started.exception()
+            return {"database": database, "bus": bus.connected, "consuming": consuming}
 
         def info() -> dict[str, object]:
             return {

@@ -36,11 +36,10 @@ from skimage import data as samples
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from embedder.efficientnet import efficientnet_lite2, export_image_encoder
 from embedder.export import (
     ClipImageFeatures,
     ImageEncoder,
-    efficientnet_lite2,
-    export_image_encoder,
     export_onnx,
     quantize_int8,
 )

@@ -13,7 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
-from embedder.export import export_image_encoder, quiet_export_logs
+from embedder.efficientnet import export_image_encoder
+from embedder.export import quiet_export_logs
 
 
 def main() -> None:

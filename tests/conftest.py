@@ -179,22 +179,28 @@ def storage_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings_factory(
-    database_url: str, bus_names: BusNames, storage_path: Path
-) -> Callable[..., Any]:
+def common_settings(database_url: str, bus_names: BusNames, storage_path: Path) -> dict[str, Any]:
+    """Settings every service gets in a test: its database, exchange, queues and storage."""
+    return {
+        "database_url": database_url,
+        "rabbitmq_url": RABBITMQ_URL,
+        "storage_path": storage_path,
+        "bus_exchange": bus_names.exchange,
+        "bus_queue_prefix": bus_names.prefix,
+        "bus_retry_delays": (0.05, 0.1),
+        "db_pool_size": 2,
+        "db_max_overflow": 8,
+    }
+
+
+@pytest.fixture
+def settings_factory(common_settings: dict[str, Any]) -> Callable[..., Any]:
     """Gateway settings pointing at this test's database, exchange and storage."""
     from gateway.settings import GatewaySettings
 
     def make(**overrides: Any) -> GatewaySettings:
         values: dict[str, Any] = {
-            "database_url": database_url,
-            "rabbitmq_url": RABBITMQ_URL,
-            "storage_path": storage_path,
-            "bus_exchange": bus_names.exchange,
-            "bus_queue_prefix": bus_names.prefix,
-            "bus_retry_delays": (0.05, 0.1),
-            "db_pool_size": 2,
-            "db_max_overflow": 8,
+            **common_settings,
             "min_free_disk_bytes": 0,
             "storage_fsync": False,
         }

@@ -11,8 +11,6 @@ from embedder.app import running
 from embedder.handlers import EmbedderDeps
 from embedder.settings import EmbedderSettings
 
-from tests.conftest import RABBITMQ_URL, BusNames
-
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -26,18 +24,11 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def embedder_settings(
-    database_url: str, bus_names: BusNames, storage_path: Path, tiny_clip_dir: Path
+    common_settings: dict[str, Any], tiny_clip_dir: Path
 ) -> Callable[..., EmbedderSettings]:
     def make(**overrides: Any) -> EmbedderSettings:
         values: dict[str, Any] = {
-            "database_url": database_url,
-            "rabbitmq_url": RABBITMQ_URL,
-            "storage_path": storage_path,
-            "bus_exchange": bus_names.exchange,
-            "bus_queue_prefix": bus_names.prefix,
-            "bus_retry_delays": (0.05, 0.1),
-            "db_pool_size": 2,
-            "db_max_overflow": 8,
+            **common_settings,
             "model_dir": tiny_clip_dir,
             "embedding_model": "clip-tiny",
             "onnx_providers": ("cpu",),

@@ -202,6 +202,7 @@ async def service_rate(
 ) -> float:
     """Images/s from publishing media.ingested to every content row reaching `embedded`."""
     import asyncpg
+
     from common.bus import Bus
     from common.messages import MediaIngested
     from common.migrate import migrate

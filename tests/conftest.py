@@ -20,10 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 import pytest
+from PIL import Image
+
 from common.migrate import migrate
 from common.telemetry import configure_telemetry
 from common.topology import QueueSpec, queue_specs, text_rpc_queue
-from PIL import Image
 
 DATABASE_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from embedder.app import running
 from embedder.handlers import EmbedderDeps
 from embedder.settings import EmbedderSettings

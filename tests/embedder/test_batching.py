@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+
 from embedder.batching import ModelBatcher
 from embedder.model import OnnxModel
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from embedder.decode import Decoded, DecodedVideo, DecodeError, decode_image
 from embedder.decoder_pool import DecoderPool, PoolClosed
 from embedder.manifest import Preprocess
-from PIL import Image
 
 MiB = 2**20
 CLIP = Preprocess(

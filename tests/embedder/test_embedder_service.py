@@ -11,14 +11,14 @@ import aio_pika
 import asyncpg
 import numpy as np
 import orjson
-from common.embed_client import TextEmbedClient
-from common.messages import MediaIngested
-from embedder.handlers import EmbedderDeps
-from embedder.model import OnnxModel
 from PIL import Image
 from prometheus_client import REGISTRY
 from skimage import data as samples
 
+from common.embed_client import TextEmbedClient
+from common.messages import MediaIngested
+from embedder.handlers import EmbedderDeps
+from embedder.model import OnnxModel
 from tests.conftest import make_jpeg, read_queue
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
@@ -259,6 +259,7 @@ async def test_text_rpc_times_out_and_request_expires_when_no_embedder_serves(
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     import pytest
+
     from common.embed_client import EmbedError
     from common.topology import text_rpc_queue
 

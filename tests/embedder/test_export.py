@@ -12,13 +12,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from embedder import efficientnet, export
-from embedder.manifest import Manifest, Preprocess
 from numpy.typing import NDArray
 from PIL import Image
 from skimage import data
 from tokenizers import Tokenizer
 from transformers import CLIPModel
+
+from embedder import efficientnet, export
+from embedder.manifest import Manifest, Preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [

@@ -14,15 +14,16 @@ import av
 import numpy as np
 import pytest
 import transformers
+from PIL import Image
+from skimage import data as skdata
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import BPE
+
 from embedder.decode import DecodeError, decode_image, decode_video, decode_video_keyframes
 from embedder.manifest import Preprocess
 from embedder.phash import dct2, hamming, phash_bits
 from embedder.preprocess import MAX_EXACT_ASPECT, batch, to_model_input
 from embedder.tokenize import TextTokenizer
-from PIL import Image
-from skimage import data as skdata
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
-from tokenizers.models import BPE
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+
 from common.topology import QueueSpec
 from gateway.app import build_app
 from gateway.deps import DEPS, Deps
-
 from tests.conftest import BusNames
 
 

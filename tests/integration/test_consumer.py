@@ -10,10 +10,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+
 from common.bus import Bus
 from common.consumer import Consumer, Delivery, Permanent, Retryable
 from common.messages import MediaIngested
-
 from tests.conftest import make_jpeg
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form

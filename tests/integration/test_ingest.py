@@ -11,8 +11,8 @@ import aio_pika
 import asyncpg
 import orjson
 from aiohttp import FormData
-from common.storage import key_for
 
+from common.storage import key_for
 from tests.conftest import make_jpeg, make_png, read_queue
 from tests.integration.conftest import Gateway
 

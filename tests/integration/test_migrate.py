@@ -10,9 +10,9 @@ import uuid
 
 import asyncpg
 import pytest
+
 from common.migrate import load_migrations, migrate
 from common.vectors import ModelMismatch, index_name, register_model
-
 from tests.conftest import DATABASE_URL, _admin, _with_db
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import aio_pika
 import asyncpg
 import orjson
+
 from common.bus import Bus
 from common.db import open_pool
 from common.messages import MediaIngested
 from common.outbox import OutboxRelay, add_events
-
 from tests.conftest import BusNames, read_queue
 
 

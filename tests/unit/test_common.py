@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pydantic import ValidationError
+
 from common.dlq import describe_death
 from common.messages import MediaIngested
 from common.settings import CommonSettings, describe_error, load_settings
-from pydantic import ValidationError
 
 
 def test_settings_map_pool_size_and_overflow_when_set(monkeypatch: pytest.MonkeyPatch) -> None:

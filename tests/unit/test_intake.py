@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from gateway.errors import ApiError
 from gateway.intake import (
     check_idempotency_key,
@@ -16,7 +17,6 @@ from gateway.intake import (
 )
 from gateway.settings import GatewaySettings
 from gateway.status import job_status, upload_status
-
 from tests.conftest import make_jpeg, make_png
 
 SETTINGS = GatewaySettings(max_json_items=3)

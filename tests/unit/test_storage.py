@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from common.storage import FileSystemStorage, StorageError, key_for
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import uvloop
+
 from common.log import configure_logging
 from common.settings import load_settings
 from common.telemetry import configure_telemetry
-
 from embedder.app import serve
 from embedder.settings import EmbedderSettings
 

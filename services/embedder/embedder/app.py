@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import structlog
+
 from common.bus import Bus
 from common.consumer import Consumer, Delivery
 from common.db import open_pool
@@ -16,7 +17,6 @@ from common.probes import serve_probes
 from common.storage import open_storage
 from common.topology import spec_of
 from common.vectors import register_model
-
 from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
 from embedder.handlers import EmbedderDeps, handle_ingested

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import asyncpg
 import numpy as np
 import structlog
+
 from common.bus import Bus
 from common.consumer import Delivery, Permanent
 from common.messages import MediaEmbedded, MediaIngested
 from common.storage import FileSystemStorage
-
 from embedder import repo
 from embedder.batching import ModelBatcher
 from embedder.decode import Decoded, DecodedVideo, DecodeError

@@ -11,11 +11,11 @@ import asyncio
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
 from common.bus import Bus
 from common.messages import TextEmbedReply, TextEmbedRequest
 from common.topology import text_rpc_queue
-from pydantic import ValidationError
-
 from embedder.batching import ModelBatcher
 from embedder.model import TextSearchUnavailable
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from common.settings import CommonSettings
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
+
+from common.settings import CommonSettings
 
 
 class EmbedderSettings(CommonSettings):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from common.settings import load_settings
-
 from gateway.server import run
 from gateway.settings import GatewaySettings
 

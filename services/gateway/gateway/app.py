@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+
 from common.bus import Bus
 from common.db import open_pool
 from common.dlq import DeadLetterRecorder
 from common.outbox import OutboxRelay
 from common.storage import open_storage
-
 from gateway.batcher import IngestBatcher
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context

@@ -11,8 +11,8 @@ import asyncio
 
 import asyncpg
 import structlog
-from common.db import timed
 
+from common.db import timed
 from gateway.repo import IngestRecord, IngestRequest, write_ingests
 
 log = structlog.get_logger(__name__)

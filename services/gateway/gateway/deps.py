@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge, Histogram
+
 from common.bus import Bus
 from common.outbox import OUTBOX_LAG, OUTBOX_PENDING, OutboxRelay, OutboxState, outbox_state
 from common.storage import FileSystemStorage
-from prometheus_client import Gauge, Histogram
-
 from gateway.batcher import IngestBatcher
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings

@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 from aiohttp import BodyPartReader, hdrs, web
+
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
-
 from gateway.deps import DEPS, INGEST_LATENCY, Deps
 from gateway.errors import ApiError, request_id
 from gateway.intake import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import uvloop
+
 from common.bus import Bus
 from common.db import open_pool
 from common.log import configure_logging

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+
 from common.messages import Event, JsonIngested, MediaIngested
 from common.outbox import trace_headers
 

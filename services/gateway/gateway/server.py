@@ -8,9 +8,9 @@ import sys
 
 import uvloop
 from aiohttp import web
+
 from common.log import configure_logging
 from common.telemetry import configure_telemetry
-
 from gateway.app import build_app
 from gateway.errors import AccessLogger
 from gateway.settings import GatewaySettings

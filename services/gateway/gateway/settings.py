@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from common.settings import CommonSettings
 from pydantic import Field
+
+from common.settings import CommonSettings
 
 MB = 1024 * 1024
 

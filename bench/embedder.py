@@ -289,8 +289,10 @@ async def service_rate(
             batches = REGISTRY.get_sample_value("embedder_batch_size_count", {"input": "image"})
             items = REGISTRY.get_sample_value("embedder_batch_size_sum", {"input": "image"})
             if batches:
-                print(f"service: {items:.0f} images in {batches:.0f} batches "
-                      f"(mean {items / batches:.1f})")
+                print(
+                    f"service: {items:.0f} images in {batches:.0f} batches "
+                    f"(mean {items / batches:.1f})"
+                )
             failed = await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'failed'")
             if failed:
                 print(f"warning: {failed} images failed")

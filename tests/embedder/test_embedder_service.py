@@ -276,3 +276,37 @@ async def test_text_rpc_times_out_and_request_expires_when_no_embedder_serves(
     queue = await channel.declare_queue(name, passive=True)
     assert queue.declaration_result.message_count == 0  # expired, never answered late
     await channel.close()
+
+
+async def test_text_query_finds_the_image_it_describes_when_model_has_known_meaning(
+    gateway: Gateway,
+    embedder_settings: Any,
+    db: asyncpg.Connection,
+    tmp_path: Any,
+) -> None:
+    from embedder.app import running
+    from embedder.colour_model import export_colour_model
+
+    export_colour_model(tmp_path / "models" / "colour")
+    settings = embedder_settings(model_dir=tmp_path / "models", embedding_model="colour")
+    solid = {"red": (220, 20, 30), "green": (20, 200, 40), "blue": (30, 40, 210)}
+    files = []
+    for name, rgb in solid.items():
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), rgb).save(buffer, "PNG")
+        files.append((f"{name}.png", buffer.getvalue()))
+    async with running(settings) as deps:
+        ids = await upload(gateway, *files)
+        rows = await wait_stage(db, ids, {"embedded"})
+        by_colour = {name: row["id"] for name, row in zip(solid, rows, strict=True)}
+        client = TextEmbedClient(deps.bus, timeout=10)
+        for query, expected in (("a red photo", "red"), ("BLUE", "blue"), ("green", "green")):
+            model_id, [vector] = await client.embed([query])
+            literal = "[" + ",".join(str(float(v)) for v in vector) + "]"
+            nearest = await db.fetchval(
+                """SELECT content_id FROM embeddings WHERE model_id = $1
+                   ORDER BY embedding::vector(10) <=> $2::vector(10) LIMIT 1""",
+                model_id,
+                literal,
+            )
+            assert nearest == by_colour[expected], query

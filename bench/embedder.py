@@ -36,7 +36,7 @@ from skimage import data as samples
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from embedder.efficientnet import efficientnet_lite2, export_image_encoder
+from embedder.efficientnet import SAMPLE_PHOTOS, efficientnet_lite2, export_image_encoder
 from embedder.export import (
     ClipImageFeatures,
     ImageEncoder,
@@ -46,17 +46,8 @@ from embedder.export import (
 from embedder.manifest import Manifest, Preprocess
 from embedder.preprocess import to_model_input
 
-# The colour photos scikit-image ships without a download ("cat" is "chelsea" again).
-PHOTOS = [
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "immunohistochemistry",
-    "retina",
-    "hubble_deep_field",
-    "colorwheel",
-]
+# The colour photos scikit-image ships without a download, as used for int8 calibration.
+PHOTOS = [*SAMPLE_PHOTOS, "colorwheel"]
 
 
 def photos() -> list[Image.Image]:
@@ -324,6 +315,20 @@ def onnx_rate(path: Path, batch: np.ndarray, args: argparse.Namespace) -> float:
     return rate(lambda b: fp32.run(None, {"pixel_values": b}), batch, args.seconds)
 
 
+def whole_service(models: Path, args: argparse.Namespace) -> float:
+    """Images/s through the embedder service on the CLIP ViT-B/32 export."""
+    return asyncio.run(
+        service_rate(
+            models,
+            "clip-b32",
+            args.service_images,
+            args.threads,
+            args.decode_workers,
+            args.batch_wait_ms,
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -338,17 +343,7 @@ def main() -> None:
         models = Path(tmp)
         clip, clip_manifest = clip_b32(models / "clip-b32")
         if args.service_only:
-            whole = asyncio.run(
-                service_rate(
-                    models,
-                    "clip-b32",
-                    args.service_images,
-                    args.threads,
-                    args.decode_workers,
-                    args.batch_wait_ms,
-                )
-            )
-            print(f"whole service: {whole:.1f} images/s")
+            print(f"whole service: {whole_service(models, args):.1f} images/s")
             return
         export_image_encoder(models / "lite2", fp16=False)
         lite2 = ImageEncoder(efficientnet_lite2()).eval()
@@ -383,16 +378,7 @@ def main() -> None:
         # Model-only at the service's batch size, then the whole service on the same model.
         batch = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
         model_only = onnx_rate(models / "clip-b32" / "vision.onnx", batch, args)
-        whole = asyncio.run(
-            service_rate(
-                models,
-                "clip-b32",
-                args.service_images,
-                args.threads,
-                args.decode_workers,
-                args.batch_wait_ms,
-            )
-        )
+        whole = whole_service(models, args)
         print(
             f"\nCLIP ViT-B/32 fp32, batch 32: model only {model_only:.1f} images/s; whole "
             f"service (decode, thumbnail, pHash, writes; {args.service_images} JPEGs "

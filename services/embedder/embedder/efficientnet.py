@@ -138,6 +138,18 @@ def lite2_preprocess() -> Preprocess:
     )
 
 
+# The colour photos scikit-image ships (others would need a download; "cat" is "chelsea").
+SAMPLE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+)
+
+
 def calibration_pixels(count_per_photo: int = 3, seed: int = 7) -> np.ndarray:
     """Model inputs for calibration: random crops of scikit-image's sample photos."""
     import random
@@ -149,17 +161,7 @@ def calibration_pixels(count_per_photo: int = 3, seed: int = 7) -> np.ndarray:
 
     rng = random.Random(seed)
     pixels = []
-    # The colour photos scikit-image ships (others would need a download).
-    photos = (
-        "astronaut",
-        "chelsea",
-        "coffee",
-        "rocket",
-        "immunohistochemistry",
-        "retina",
-        "hubble_deep_field",
-    )
-    for name in photos:
+    for name in SAMPLE_PHOTOS:
         photo = Image.fromarray(getattr(samples, name)()).convert("RGB")
         for _ in range(count_per_photo):
             w, h = photo.size

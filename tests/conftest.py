@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 from PIL import Image
 
+from common.messages import MediaIngested
 from common.migrate import migrate
 from common.telemetry import configure_telemetry
 from common.topology import QueueSpec, queue_specs, text_rpc_queue
@@ -124,6 +125,19 @@ async def bus_names(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterato
     await channel.queue_delete(text_rpc_queue(prefix))
     await channel.exchange_delete(exchange)
     await channel.close()
+
+
+def media_event(**overrides: Any) -> MediaIngested:
+    """A valid media.ingested event for content that need not exist."""
+    values: dict[str, Any] = {
+        "content_id": uuid.uuid4(),
+        "job_id": uuid.uuid4(),
+        "sha256": "a" * 64,
+        "kind": "image",
+        "mime_type": "image/png",
+        "size_bytes": 1,
+    }
+    return MediaIngested(**(values | overrides))
 
 
 def make_jpeg(seed: int, size: tuple[int, int] = (96, 96), quality: int = 90) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +13,7 @@ import orjson
 from common.bus import Bus
 from common.consumer import Consumer, Delivery, Permanent, Retryable
 from common.messages import MediaIngested
-from tests.conftest import make_jpeg
+from tests.conftest import make_jpeg, media_event
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
 
@@ -150,14 +149,7 @@ async def test_consumer_ignores_unknown_fields_when_version_is_the_same(
     async def handler(event: MediaIngested, delivery: Delivery) -> None:
         got.append(event)
 
-    event = MediaIngested(
-        content_id=uuid.uuid4(),
-        job_id=uuid.uuid4(),
-        sha256="a" * 64,
-        kind="image",
-        mime_type="image/png",
-        size_bytes=3,
-    )
+    event = media_event()
     body = orjson.dumps({**orjson.loads(event.to_bytes()), "added_in_a_later_release": True})
     async with consuming(gateway, handler):
         await gateway.deps.bus.publish("media.ingested.v1", body, message_id="m-1")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,23 +16,12 @@ import orjson
 
 from common.bus import Bus
 from common.db import open_pool
-from common.messages import MediaIngested
 from common.outbox import OutboxRelay, add_events
-from tests.conftest import BusNames, read_queue
+from tests.conftest import BusNames, media_event, read_queue
 
 
 async def _fill_outbox(database_url: str, count: int) -> set[str]:
-    events = [
-        MediaIngested(
-            content_id=uuid.uuid4(),
-            job_id=uuid.uuid4(),
-            sha256="0" * 64,
-            kind="image",
-            mime_type="image/jpeg",
-            size_bytes=1,
-        )
-        for _ in range(count)
-    ]
+    events = [media_event() for _ in range(count)]
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from pydantic import ValidationError
 
 from common.dlq import describe_death
 from common.messages import MediaIngested
 from common.settings import CommonSettings, describe_error, load_settings
+from tests.conftest import media_event
 
 
 def test_settings_map_pool_size_and_overflow_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,14 +46,7 @@ def test_describe_death_reads_our_headers_or_the_brokers_when_parked() -> None:
 
 
 def test_messages_are_frozen_and_ignore_unknown_fields_when_parsed() -> None:
-    event = MediaIngested(
-        content_id=uuid.uuid4(),
-        job_id=uuid.uuid4(),
-        sha256="a" * 64,
-        kind="image",
-        mime_type="image/png",
-        size_bytes=1,
-    )
+    event = media_event()
     parsed = MediaIngested.model_validate_json(event.to_bytes()[:-1] + b', "extra": 1}')
     assert parsed == event
     with pytest.raises(ValidationError):

@@ -25,7 +25,7 @@ from PIL import Image
 from common.messages import MediaIngested
 from common.migrate import migrate
 from common.telemetry import configure_telemetry
-from common.topology import QueueSpec, queue_specs, text_rpc_queue
+from common.topology import QueueSpec, cluster_command_queue, queue_specs, text_rpc_queue
 
 DATABASE_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator"
@@ -123,6 +123,7 @@ async def bus_names(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterato
         for name in (spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))):
             await channel.queue_delete(name)
     await channel.queue_delete(text_rpc_queue(prefix))
+    await channel.queue_delete(cluster_command_queue(prefix))
     await channel.exchange_delete(exchange)
     await channel.close()
 

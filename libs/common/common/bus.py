@@ -101,10 +101,12 @@ class Bus:
         message_id: str,
         headers: Mapping[str, Any] | None = None,
         to_queue: bool = False,
+        mandatory: bool = True,
     ) -> None:
         """Publish persistently and wait for the broker's confirm; raise if it is refused.
 
         With `to_queue` the routing key names a queue and the default exchange is used.
+        `mandatory=False` is for notifications that no consumer may be bound to yet.
         """
         if not self.connected or self._channel is None or self._exchange is None:
             raise BusUnavailable("bus not connected")
@@ -117,7 +119,7 @@ class Bus:
         )
         exchange = self._channel.default_exchange if to_queue else self._exchange
         # mandatory: an unroutable event is an error to retry, never a silent drop.
-        await exchange.publish(message, routing_key=routing_key, mandatory=True)
+        await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
 
     async def reply(self, reply_to: str, message: aio_pika.Message) -> None:
         """Answer an RPC request (direct reply-to names are routed by the default exchange)."""

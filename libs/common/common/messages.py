@@ -54,6 +54,47 @@ class MediaEmbedded(Event):
     near_duplicate_of: uuid.UUID | None = None
 
 
+class MediaRecluster(MediaEmbedded):
+    """Content taken out of a cluster (reject, re-evaluation) to be filed again as if new.
+
+    Bound only to the clusterer's queue: the analyzer has nothing to redo.
+    """
+
+    routing_key: ClassVar[str] = "media.recluster.v1"
+
+
+class MediaUploaded(Event):
+    """Another upload of media already stored: the clusterer adds its link to the folder."""
+
+    routing_key: ClassVar[str] = "media.uploaded.v1"
+    upload_id: uuid.UUID
+    content_id: uuid.UUID
+    job_id: uuid.UUID
+
+
+class MediaClustered(Event):
+    """Content is filed in a cluster (its folder holds a link per upload)."""
+
+    routing_key: ClassVar[str] = "media.clustered.v1"
+    content_id: uuid.UUID
+    job_id: uuid.UUID
+    cluster_id: uuid.UUID
+    model_id: str
+    new_cluster: bool = False
+
+
+class MediaAnalyzed(Event):
+    """The analyzer stored its analysis; the clusterer names provisional clusters from it."""
+
+    routing_key: ClassVar[str] = "media.analyzed.v1"
+    content_id: uuid.UUID
+    job_id: uuid.UUID
+    vlm_model: str = Field(max_length=200)
+    suggested_cluster_name: str | None = Field(None, max_length=500)
+    primary_category: str | None = Field(None, max_length=500)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
 class TextEmbedRequest(BaseModel):
     """An RPC request to the embedder: texts in, one vector per text out."""
 
@@ -73,5 +114,14 @@ class TextEmbedReply(BaseModel):
 
 
 EVENTS: dict[str, type[Event]] = {
-    cls.routing_key: cls for cls in (MediaIngested, JsonIngested, MediaEmbedded)
+    cls.routing_key: cls
+    for cls in (
+        MediaIngested,
+        JsonIngested,
+        MediaEmbedded,
+        MediaRecluster,
+        MediaUploaded,
+        MediaClustered,
+        MediaAnalyzed,
+    )
 }

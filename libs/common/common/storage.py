@@ -59,6 +59,8 @@ class Storage(Protocol):
     def path(self, key: str) -> Path: ...
     async def link(self, key: str, link_path: str) -> None: ...
     async def delete(self, key: str) -> None: ...
+    async def list_folder(self, folder: str) -> list[str]: ...
+    async def delete_folder(self, folder: str) -> None: ...
     async def stat(self, key: str) -> ObjectStat | None: ...
     def free_bytes(self) -> int: ...
     def writable(self) -> bool: ...
@@ -200,6 +202,27 @@ class FileSystemStorage:
         path = self.path(key)
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
+
+    async def list_folder(self, folder: str) -> list[str]:
+        """Names of the links directly in a folder (not sub-folders); empty when absent."""
+        path = self.path(folder)
+
+        def names() -> list[str]:
+            try:
+                return sorted(
+                    entry.name
+                    for entry in os.scandir(path)
+                    if entry.is_symlink() and not entry.name.startswith(".")
+                )
+            except FileNotFoundError:
+                return []
+
+        return await asyncio.to_thread(names)
+
+    async def delete_folder(self, folder: str) -> None:
+        """Remove a folder of links (links only: rmtree never follows them)."""
+        path = self.path(folder)
+        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
     async def stat(self, key: str) -> ObjectStat | None:
         try:

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
-from common.messages import JsonIngested, MediaEmbedded, MediaIngested
+from common.messages import (
+    JsonIngested,
+    MediaAnalyzed,
+    MediaEmbedded,
+    MediaIngested,
+    MediaRecluster,
+    MediaUploaded,
+)
 from common.settings import CommonSettings
 
 ATTEMPT_HEADER = "x-attempt"
@@ -42,8 +49,25 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
     return (
         QueueSpec("embedder", f"{prefix}embedder.media-ingested", (MediaIngested.routing_key,)),
         QueueSpec("schemer", f"{prefix}schemer.json-ingested", (JsonIngested.routing_key,)),
-        # Declared now so that embedded media wait for the clusterer and analyzer to exist.
-        QueueSpec("clusterer", f"{prefix}clusterer.media-embedded", (MediaEmbedded.routing_key,)),
+        QueueSpec(
+            "clusterer",
+            f"{prefix}clusterer.media-embedded",
+            (MediaEmbedded.routing_key, MediaRecluster.routing_key),
+        ),
+        # A later upload of stored content only needs its link; a failure there is not the
+        # content's failure, and neither is a failure to name a cluster.
+        QueueSpec(
+            "clusterer",
+            f"{prefix}clusterer.media-uploaded",
+            (MediaUploaded.routing_key,),
+            fails_content=False,
+        ),
+        QueueSpec(
+            "clusterer",
+            f"{prefix}clusterer.media-analyzed",
+            (MediaAnalyzed.routing_key,),
+            fails_content=False,
+        ),
         QueueSpec(
             "analyzer",
             f"{prefix}analyzer.media-embedded",
@@ -58,9 +82,20 @@ def text_rpc_queue(prefix: str = "") -> str:
     return f"{prefix}embedder.text-rpc"
 
 
-def spec_of(specs: tuple[QueueSpec, ...], service: str) -> QueueSpec:
-    """The (first) queue of a service."""
-    return next(s for s in specs if s.service == service)
+def cluster_command_queue(prefix: str = "") -> str:
+    """The clusterer's admin command RPC queue (the gateway waits for each answer)."""
+    return f"{prefix}clusterer.commands"
+
+
+def spec_of(
+    specs: tuple[QueueSpec, ...], service: str, routing_key: str | None = None
+) -> QueueSpec:
+    """The queue of a service (the one bound to `routing_key`, if given)."""
+    return next(
+        s
+        for s in specs
+        if s.service == service and (routing_key is None or routing_key in s.routing_keys)
+    )
 
 
 async def declare_queue(

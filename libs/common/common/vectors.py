@@ -19,6 +19,17 @@ class ModelMismatch(ValueError):
     """A model id is already registered with another dimension."""
 
 
+def model_literal(model_id: str) -> str:
+    """A validated model id as an SQL string literal, to inline where a partial index applies.
+
+    Partial indexes are matched at plan time, so `model_id = $1` in a prepared statement
+    (a generic plan) cannot use them; the regex admits no quote or backslash.
+    """
+    if not _MODEL_ID.match(model_id):
+        raise ValueError(f"invalid model id: {model_id!r}")
+    return f"'{model_id}'"
+
+
 def index_name(table: str, model_id: str) -> str:
     """A stable, valid identifier for a model's index on a table."""
     slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")[:30]
@@ -26,8 +37,10 @@ def index_name(table: str, model_id: str) -> str:
     return f"{table}_hnsw_{slug}_{digest}"
 
 
-async def register_model(conn: asyncpg.Connection, model_id: str, dim: int) -> None:
-    """Record a model and create its indexes on embeddings and cluster centroids."""
+async def register_model(
+    conn: asyncpg.Connection, model_id: str, dim: int, cluster_threshold: float | None = None
+) -> None:
+    """Record a model (and its manifest's cluster threshold); create its vector indexes."""
     if not _MODEL_ID.match(model_id):
         raise ValueError(f"invalid model id: {model_id!r}")
     if not 0 < dim <= 16000:
@@ -40,6 +53,12 @@ async def register_model(conn: asyncpg.Connection, model_id: str, dim: int) -> N
     )
     if existing != dim:
         raise ModelMismatch(f"model {model_id} is registered with dimension {existing}, not {dim}")
+    await conn.execute(
+        "UPDATE models SET cluster_threshold = $2 WHERE id = $1 AND"
+        " cluster_threshold IS DISTINCT FROM $2",
+        model_id,
+        cluster_threshold,
+    )
     literal = model_id.replace("'", "''")  # the regex above already excludes quotes
     # HNSW indexes at most 2,000 dimensions of `vector`; larger models use halfvec (4,000).
     cast = f"vector({dim})" if dim <= 2000 else f"halfvec({dim})"

@@ -52,7 +52,7 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
     batcher.start()
     async with open_pool(settings) as pool:
         async with pool.acquire() as conn:
-            await register_model(conn, model.model_id, model.dim)
+            await register_model(conn, model.model_id, model.dim, model.manifest.cluster_threshold)
         bus = Bus(settings)
         await bus.start(wait=10)
         deps = EmbedderDeps(

@@ -13,14 +13,22 @@ from common.bus import Bus
 from common.db import open_pool
 from common.dlq import DeadLetterRecorder
 from common.outbox import OutboxRelay
+from common.rpc import RpcClient
 from common.storage import open_storage
+from common.topology import cluster_command_queue
 from gateway.batcher import IngestBatcher
+from gateway.clusters import handle_cluster, handle_clusters, handle_patch_cluster
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
 from gateway.ingest import handle_ingest
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
 from gateway.settings import GatewaySettings
-from gateway.views import handle_job_status, handle_object, handle_object_content
+from gateway.views import (
+    handle_job_status,
+    handle_object,
+    handle_object_content,
+    handle_object_thumbnail,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +51,10 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/ingest/{job_id}/status", handle_job_status)
     app.router.add_get("/api/v1/objects/{object_id}", handle_object)
     app.router.add_get("/api/v1/objects/{object_id}/content", handle_object_content)
+    app.router.add_get("/api/v1/objects/{object_id}/thumbnail", handle_object_thumbnail)
+    app.router.add_get("/api/v1/clusters", handle_clusters)
+    app.router.add_get("/api/v1/clusters/{cluster_id}", handle_cluster)
+    app.router.add_patch("/api/v1/clusters/{cluster_id}", handle_patch_cluster)
     app.router.add_get("/live", handle_live)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/health", handle_health)
@@ -71,7 +83,14 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
             recorder = DeadLetterRecorder(bus, pool, bus.specs)
             tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))
         try:
-            yield Deps(settings, pool, bus, storage, backpressure, relay, IngestBatcher(pool))
+            commands = RpcClient(
+                bus,
+                cluster_command_queue(settings.bus_queue_prefix),
+                timeout=settings.cluster_command_timeout_s,
+            )
+            yield Deps(
+                settings, pool, bus, storage, backpressure, relay, IngestBatcher(pool), commands
+            )
         finally:
             for task in tasks:
                 task.cancel()

@@ -13,6 +13,7 @@ from prometheus_client import Gauge, Histogram
 
 from common.bus import Bus
 from common.outbox import OUTBOX_LAG, OUTBOX_PENDING, OutboxRelay, OutboxState, outbox_state
+from common.rpc import RpcClient
 from common.storage import FileSystemStorage
 from gateway.batcher import IngestBatcher
 from gateway.errors import ApiError
@@ -100,6 +101,7 @@ class Deps:
     backpressure: Backpressure
     relay: OutboxRelay | None
     batcher: IngestBatcher
+    cluster_commands: RpcClient
     started_at: float = field(default_factory=time.time)
 
     def wake_relay(self) -> None:

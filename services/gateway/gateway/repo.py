@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from common.messages import Event, JsonIngested, MediaIngested
+from common.messages import Event, JsonIngested, MediaIngested, MediaUploaded
 from common.outbox import trace_headers
 
 
@@ -104,12 +104,25 @@ WITH job AS (
     FROM unnest($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[], $18::text[],
                 $19::int[]) AS t(id, job_id, sha256, owner, filename, comments, position)
     JOIN c ON c.sha256 = t.sha256
+    RETURNING id, job_id, content_id
 ), o AS (
     INSERT INTO outbox (message_id, routing_key, body, headers)
     SELECT e.message_id, e.routing_key, e.body, e.headers::jsonb
     FROM unnest($20::uuid[], $21::text[], $22::bytea[], $23::text[], $24::uuid[])
          AS e(message_id, routing_key, body, headers, content_id)
     JOIN c ON c.id = e.content_id
+), d AS (
+    -- A new upload of media stored before needs only its link in the cluster's folder.
+    INSERT INTO outbox (message_id, routing_key, body, headers)
+    SELECT x.mid, $26,
+           convert_to(json_build_object('message_id', x.mid, 'schema_version', 1,
+                                        'upload_id', x.id, 'content_id', x.content_id,
+                                        'job_id', x.job_id)::text, 'UTF8'),
+           h.headers::jsonb
+    FROM (SELECT gen_random_uuid() AS mid, u.id, u.job_id, u.content_id
+          FROM u JOIN c ON c.id = u.content_id
+          WHERE c.kind <> 'json' AND c.id <> ALL($5::uuid[])) AS x
+    JOIN unnest($1::uuid[], $25::text[]) AS h(job_id, headers) ON h.job_id = x.job_id
 )
 SELECT id::text AS key, created_at, NULL AS kind, NULL AS stage FROM job
 UNION ALL
@@ -120,9 +133,10 @@ SELECT sha256, NULL, kind, stage FROM c
 async def write_ingests(
     conn: asyncpg.Connection | asyncpg.Pool, requests: list[IngestRequest]
 ) -> list[IngestRecord]:
-    """Record requests in one statement: jobs, content (deduplicated by sha256), uploads and
-    events for new content. Exact duplicates are decided by the unique key on content.sha256,
-    within the batch and against concurrent writers, never by a race between workers.
+    """Record requests in one statement: jobs, content (deduplicated by sha256), uploads,
+    events for new content and a media.uploaded event for each new upload of stored media.
+    Exact duplicates are decided by the unique key on content.sha256, within the batch and
+    against concurrent writers, never by a race between workers.
     """
     content: dict[str, tuple[uuid.UUID, NewUpload, uuid.UUID]] = {}
     for request in requests:
@@ -159,6 +173,8 @@ async def write_ingests(
         [e.to_bytes() for e, _, _ in events],
         [h for _, _, h in events],
         [cid for _, cid, _ in events],
+        [r.headers for r in requests],
+        MediaUploaded.routing_key,
     )
     created = {row["key"]: row["created_at"] for row in rows if row["created_at"] is not None}
     stages = {row["key"]: (row["kind"], row["stage"]) for row in rows if row["kind"] is not None}

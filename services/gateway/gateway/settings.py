@@ -31,6 +31,9 @@ class GatewaySettings(CommonSettings):
     outbox_max_pending: int = Field(100_000, ge=1)
     retry_after_seconds: int = Field(5, ge=1)
 
+    # PATCH /api/v1/clusters/{id} waits this long for the clusterer to carry the command out.
+    cluster_command_timeout_s: float = Field(30.0, gt=0, le=600)
+
     # The relay may run in every gateway pod (rows are claimed with SKIP LOCKED) or apart.
     outbox_relay_enabled: bool = True
     dlq_recorder_enabled: bool = True

@@ -115,6 +115,25 @@ async def handle_object_content(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def handle_object_thumbnail(request: web.Request) -> web.StreamResponse:
+    """The 256-px JPEG thumbnail the embedder made; 404 until there is one."""
+    deps = request.app[DEPS]
+    upload_id = parse_id(request, "object_id", "object id")
+    row = await deps.pool.fetchrow(
+        """SELECT c.thumbnail_key FROM uploads u JOIN content c ON c.id = u.content_id
+           WHERE u.id = $1""",
+        upload_id,
+    )
+    if row is None:
+        raise ApiError(404, "object not found")
+    if row["thumbnail_key"] is None:
+        raise ApiError(404, "this object has no thumbnail (yet)")
+    path = deps.storage.path(row["thumbnail_key"])
+    if not path.is_file():
+        raise ApiError(410, "the stored thumbnail is missing")
+    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+
+
 def _disposition(filename: str) -> str:
     from urllib.parse import quote
 

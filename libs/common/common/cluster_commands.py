@@ -1,0 +1,68 @@
+"""Admin commands on clusters: the gateway validates and sends them, the clusterer runs them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ClusterName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Rename(_Action):
+    action: Literal["rename"]
+    name: ClusterName
+
+
+class Merge(_Action):
+    """Move the members of `source_ids` into this cluster and remove the sources."""
+
+    action: Literal["merge"]
+    source_ids: list[uuid.UUID] = Field(min_length=1, max_length=100)
+
+
+class UpdateThreshold(_Action):
+    """Change the similarity a newcomer needs; optionally refile members below it."""
+
+    action: Literal["update_threshold"]
+    threshold: float = Field(gt=0, le=1)
+    reevaluate: bool = False
+
+
+class Confirm(_Action):
+    action: Literal["confirm"]
+
+
+class Reject(_Action):
+    """Dissolve the cluster; its members are filed again as if they had just arrived."""
+
+    action: Literal["reject"]
+
+
+Change = Annotated[
+    Rename | Merge | UpdateThreshold | Confirm | Reject, Field(discriminator="action")
+]
+
+
+class ClusterCommand(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    cluster_id: uuid.UUID
+    actor: str = Field(min_length=1, max_length=200)
+    change: Change
+
+
+class ClusterCommandReply(BaseModel):
+    """HTTP-like status: 200 with the cluster, or 404/409/400 with an error."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    status: int
+    cluster: dict[str, Any] | None = None
+    error: str | None = None
+    details: dict[str, Any] | None = None

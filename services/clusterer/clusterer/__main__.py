@@ -1,0 +1,49 @@
+"""python -m clusterer: file media into clusters.
+
+`python -m clusterer rebuild-folders [--from-scratch]` rebuilds the folders from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import uvloop
+
+from clusterer.app import serve
+from clusterer.folders import rebuild
+from clusterer.settings import ClustererSettings
+from common.db import open_pool
+from common.log import configure_logging
+from common.settings import load_settings
+from common.storage import open_storage
+from common.telemetry import configure_telemetry
+
+
+async def _rebuild(settings: ClustererSettings, from_scratch: bool) -> None:
+    storage = open_storage(settings.storage_backend, settings.storage_path)
+    async with open_pool(settings) as pool:
+        count = await rebuild(pool, storage, from_scratch=from_scratch)
+    print(f"rebuilt the folders of {count} clusters")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m clusterer")
+    sub = parser.add_subparsers(dest="command")
+    rebuild_parser = sub.add_parser("rebuild-folders", help="rebuild cluster folders from the DB")
+    rebuild_parser.add_argument(
+        "--from-scratch", action="store_true", help="remove each folder first, then recreate it"
+    )
+    args = parser.parse_args()
+    settings = load_settings(ClustererSettings)
+    configure_logging(settings, "clusterer")
+    uvloop.install()
+    if args.command == "rebuild-folders":
+        asyncio.run(_rebuild(settings, args.from_scratch))
+        return
+    configure_telemetry("clusterer")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Admin commands (rename, merge, update_threshold, confirm, reject), run for the gateway.
+
+Each command is one transaction. Folders that lose members are recorded in `folder_syncs` in
+that transaction and synced after the commit; content to be filed again gets a
+media.recluster event through the outbox, so a crash at any point strands nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+from pydantic import ValidationError
+
+from clusterer import folders, repo
+from clusterer.handlers import ClustererDeps
+from common.cluster_commands import (
+    ClusterCommand,
+    ClusterCommandReply,
+    Confirm,
+    Merge,
+    Reject,
+    Rename,
+    UpdateThreshold,
+)
+from common.clusters import CLUSTER_COLUMNS, cluster_json
+from common.messages import Event, MediaRecluster
+from common.outbox import add_events
+
+log = structlog.get_logger(__name__)
+
+
+class CommandError(Exception):
+    def __init__(self, status: int, error: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.details = details
+
+
+async def answer(deps: ClustererDeps, body: bytes) -> bytes:
+    """The RPC entry point: a command in, a reply out (never an exception)."""
+    try:
+        command = ClusterCommand.model_validate_json(body)
+    except ValidationError as error:
+        reply = ClusterCommandReply(
+            status=400, error=f"invalid command: {error.errors()[0]['msg']}"
+        )
+        return reply.model_dump_json().encode()
+    try:
+        cluster = await run(deps, command)
+        reply = ClusterCommandReply(status=200, cluster=cluster)
+    except CommandError as error:
+        reply = ClusterCommandReply(status=error.status, error=error.error, details=error.details)
+    except Exception as error:
+        log.exception("cluster command failed", command=command.change.action)
+        reply = ClusterCommandReply(status=500, error=f"command failed: {type(error).__name__}")
+    return reply.model_dump_json().encode()
+
+
+async def run(deps: ClustererDeps, command: ClusterCommand) -> dict[str, Any]:
+    """Carry out one command; the cluster afterwards (for reject: what became of it)."""
+    change = command.change
+    syncs: list[uuid.UUID] = []
+    result: dict[str, Any]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        target = await _lock(conn, [command.cluster_id])
+        details: dict[str, Any]
+        if isinstance(change, Rename):
+            details = await _rename(conn, command.cluster_id, change)
+        elif isinstance(change, Confirm):
+            await conn.execute(
+                "UPDATE clusters SET provisional = false, updated_at = now() WHERE id = $1",
+                command.cluster_id,
+            )
+            details = {}
+        elif isinstance(change, UpdateThreshold):
+            details = await _update_threshold(conn, target[0], change)
+            syncs = [command.cluster_id] if details["refiled"] else []
+        elif isinstance(change, Merge):
+            details = await _merge(conn, target[0], change)
+            syncs = [command.cluster_id, *change.source_ids]
+        else:
+            assert isinstance(change, Reject)
+            details = await _reject(conn, command.cluster_id)
+            syncs = [command.cluster_id]
+        await folders.request_sync(conn, syncs)
+        await repo.audit(
+            conn,
+            command.actor,
+            f"cluster.{change.action}",
+            "cluster",
+            command.cluster_id,
+            {**change.model_dump(mode="json"), **details},
+        )
+        row = await conn.fetchrow(
+            f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = $1", command.cluster_id
+        )
+        result = {"cluster": cluster_json(row) if row else None, **details}
+    deps.relay.wake()
+    if syncs:
+        await folders.run_pending_syncs(deps.pool, deps.storage, syncs)
+    return result
+
+
+async def _lock(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """Lock clusters in id order (one order: concurrent commands never deadlock); 404 if any
+    is unknown."""
+    rows = await conn.fetch(
+        "SELECT id, model_id, threshold, member_count FROM clusters"
+        " WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        ids,
+    )
+    found = {r["id"] for r in rows}
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise CommandError(404, "cluster not found", {"missing": missing})
+    by_id = {r["id"]: r for r in rows}
+    return [by_id[i] for i in ids]
+
+
+async def _rename(
+    conn: asyncpg.Connection, cluster_id: uuid.UUID, change: Rename
+) -> dict[str, Any]:
+    try:
+        async with conn.transaction():  # a savepoint: the 409 must not poison the command
+            await conn.execute(
+                """UPDATE clusters SET name = $2, name_source = 'admin', updated_at = now()
+                   WHERE id = $1""",
+                cluster_id,
+                change.name,
+            )
+    except asyncpg.UniqueViolationError:
+        raise CommandError(409, "another cluster has this name", {"name": change.name}) from None
+    return {}
+
+
+async def _recompute(conn: asyncpg.Connection, cluster_id: uuid.UUID, model_id: str) -> int:
+    """Centroid from the members' embeddings; the cluster goes when it has none left."""
+    row = await conn.fetchrow(
+        """WITH m AS (
+               SELECT sum(e.embedding) AS total, count(*) AS n
+               FROM content c JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
+               WHERE c.cluster_id = $1
+           )
+           UPDATE clusters SET centroid_sum = m.total, centroid = l2_normalize(m.total),
+                               member_count = m.n, updated_at = now()
+           FROM m WHERE clusters.id = $1
+           RETURNING member_count""",
+        cluster_id,
+        model_id,
+    )
+    count = int(row["member_count"]) if row else 0
+    if count == 0:
+        await conn.execute("DELETE FROM clusters WHERE id = $1", cluster_id)
+    return count
+
+
+async def _refile(conn: asyncpg.Connection, content_ids: list[uuid.UUID], model_id: str) -> None:
+    """Take content out of its cluster and ask for it to be filed again as if new."""
+    rows = await conn.fetch(
+        """UPDATE content SET cluster_id = NULL, stage = 'embedded', stage_updated_at = now()
+           WHERE id = ANY($1::uuid[]) AND stage = 'clustered'
+           RETURNING id, first_job_id, kind, near_duplicate_of""",
+        content_ids,
+    )
+    events: list[Event] = [
+        MediaRecluster(
+            content_id=r["id"],
+            job_id=r["first_job_id"],
+            kind=r["kind"],
+            model_id=model_id,
+            near_duplicate_of=r["near_duplicate_of"],
+        )
+        for r in rows
+    ]
+    await add_events(conn, events)
+
+
+async def _update_threshold(
+    conn: asyncpg.Connection, cluster: asyncpg.Record, change: UpdateThreshold
+) -> dict[str, Any]:
+    await conn.execute(
+        "UPDATE clusters SET threshold = $2, updated_at = now() WHERE id = $1",
+        cluster["id"],
+        change.threshold,
+    )
+    if not change.reevaluate:
+        return {"refiled": 0}
+    # One pass against the current centroid; members below the new threshold are refiled.
+    below = await conn.fetch(
+        """SELECT c.id FROM content c
+           JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
+           JOIN clusters cl ON cl.id = c.cluster_id
+           WHERE c.cluster_id = $1 AND 1 - (e.embedding <=> cl.centroid) < $3""",
+        cluster["id"],
+        cluster["model_id"],
+        change.threshold,
+    )
+    ids = [r["id"] for r in below]
+    if ids:
+        await _refile(conn, ids, cluster["model_id"])
+        await _recompute(conn, cluster["id"], cluster["model_id"])
+    return {"refiled": len(ids)}
+
+
+async def _merge(conn: asyncpg.Connection, target: asyncpg.Record, change: Merge) -> dict[str, Any]:
+    sources_ids = list(dict.fromkeys(change.source_ids))
+    if target["id"] in sources_ids:
+        raise CommandError(400, "a cluster cannot be merged into itself")
+    sources = await _lock(conn, sources_ids)
+    other = [str(s["id"]) for s in sources if s["model_id"] != target["model_id"]]
+    if other:
+        raise CommandError(
+            409,
+            "clusters of different embedding models cannot be merged",
+            {"model_id": target["model_id"], "other_models": other},
+        )
+    moved = await conn.fetchval(
+        """WITH m AS (UPDATE content SET cluster_id = $1 WHERE cluster_id = ANY($2::uuid[])
+                      RETURNING 1)
+           SELECT count(*) FROM m""",
+        target["id"],
+        sources_ids,
+    )
+    await conn.execute("DELETE FROM clusters WHERE id = ANY($1::uuid[])", sources_ids)
+    count = await _recompute(conn, target["id"], target["model_id"])
+    return {"moved": int(moved), "member_count": count}
+
+
+async def _reject(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow("SELECT model_id FROM clusters WHERE id = $1", cluster_id)
+    assert row is not None
+    members = [
+        r["id"]
+        for r in await conn.fetch("SELECT id FROM content WHERE cluster_id = $1", cluster_id)
+    ]
+    await _refile(conn, members, row["model_id"])
+    await conn.execute("DELETE FROM clusters WHERE id = $1", cluster_id)
+    return {"rejected": True, "refiled": len(members)}

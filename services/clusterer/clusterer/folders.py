@@ -1,0 +1,148 @@
+"""Cluster folders: a view over the database made of links to the immutable stored files.
+
+`media/clusters/{cluster_id}/` holds one link per upload (and `thumbnails/` one per upload).
+Adding links (after an assignment, or for a new upload of stored content) holds the folder's
+advisory lock shared; bringing a whole folder in line with the database (after a merge, a
+reject or a re-evaluation, or a rebuild) holds it exclusively, so a sync never removes a link
+that an assignment has just made, and links never land in a folder being removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+
+from clusterer import repo
+from clusterer.logic import folder, link_name, thumbnail_name
+from common.storage import FileSystemStorage
+
+log = structlog.get_logger(__name__)
+
+THUMBNAILS = "thumbnails"
+
+
+@contextlib.asynccontextmanager
+async def _folder_lock(
+    pool: asyncpg.Pool, cluster_id: uuid.UUID, *, shared: bool
+) -> AsyncIterator[asyncpg.Connection]:
+    kind = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
+    async with pool.acquire() as conn:
+        await conn.execute(repo.folder_lock_sql(kind), str(cluster_id))
+        try:
+            yield conn
+        finally:
+            await conn.execute(
+                repo.folder_lock_sql(kind.replace("lock", "unlock")), str(cluster_id)
+            )
+
+
+async def _add(storage: FileSystemStorage, cluster_id: uuid.UUID, link: repo.Link) -> None:
+    base = folder(cluster_id)
+    await storage.link(
+        link.storage_key, f"{base}/{link_name(link.upload_id, link.filename, link.mime_type)}"
+    )
+    if link.thumbnail_key:
+        await storage.link(
+            link.thumbnail_key, f"{base}/{THUMBNAILS}/{thumbnail_name(link.upload_id)}"
+        )
+
+
+async def ensure_links(
+    pool: asyncpg.Pool, storage: FileSystemStorage, content_id: uuid.UUID
+) -> uuid.UUID | None:
+    """Link every upload of the content into its cluster's folder; its cluster, or None."""
+    for _ in range(10):
+        async with pool.acquire() as conn:
+            cluster_id = await repo.cluster_of(conn, content_id)
+        if cluster_id is None:
+            return None
+        async with _folder_lock(pool, cluster_id, shared=True) as conn:
+            # Under the lock the content cannot be moved out from under us unnoticed: a move
+            # commits first and then syncs this folder, which waits for us.
+            if await repo.cluster_of(conn, content_id) != cluster_id:
+                continue
+            for link in await repo.links_of_content(conn, content_id):
+                await _add(storage, cluster_id, link)
+            return cluster_id
+    raise RuntimeError(f"content {content_id} kept moving between clusters")
+
+
+async def sync_folder(
+    pool: asyncpg.Pool,
+    storage: FileSystemStorage,
+    cluster_id: uuid.UUID,
+    *,
+    from_scratch: bool = False,
+) -> None:
+    """Make one folder exactly what the database says: add missing links, remove others."""
+    base = folder(cluster_id)
+    async with _folder_lock(pool, cluster_id, shared=False) as conn:
+        if not await repo.cluster_exists(conn, cluster_id):
+            await storage.delete_folder(base)
+            return
+        if from_scratch:
+            await storage.delete_folder(base)
+        links = await repo.links_of_cluster(conn, cluster_id)
+        wanted = {link_name(k.upload_id, k.filename, k.mime_type): k for k in links}
+        wanted_thumbs = {thumbnail_name(k.upload_id) for k in links if k.thumbnail_key}
+        present = set(await storage.list_folder(base))
+        present_thumbs = set(await storage.list_folder(f"{base}/{THUMBNAILS}"))
+        for name in present - wanted.keys():
+            await storage.delete(f"{base}/{name}")
+        for name in present_thumbs - wanted_thumbs:
+            await storage.delete(f"{base}/{THUMBNAILS}/{name}")
+        for name, link in wanted.items():
+            if name not in present or (
+                link.thumbnail_key and thumbnail_name(link.upload_id) not in present_thumbs
+            ):
+                await _add(storage, cluster_id, link)
+
+
+async def request_sync(conn: asyncpg.Connection, cluster_ids: list[uuid.UUID]) -> None:
+    """Record, in the caller's transaction, that these folders must be synced."""
+    await conn.executemany(
+        """INSERT INTO folder_syncs (cluster_id) VALUES ($1)
+           ON CONFLICT (cluster_id) DO UPDATE SET requested_at = clock_timestamp()""",
+        [(c,) for c in cluster_ids],
+    )
+
+
+async def run_pending_syncs(
+    pool: asyncpg.Pool, storage: FileSystemStorage, cluster_ids: list[uuid.UUID] | None = None
+) -> int:
+    """Sync the folders waiting for it (these, or all); a request made meanwhile stays."""
+    rows = await pool.fetch(
+        "SELECT cluster_id, requested_at FROM folder_syncs"
+        + (" WHERE cluster_id = ANY($1::uuid[])" if cluster_ids is not None else ""),
+        *([cluster_ids] if cluster_ids is not None else []),
+    )
+    for row in rows:
+        await sync_folder(pool, storage, row["cluster_id"])
+        await pool.execute(
+            "DELETE FROM folder_syncs WHERE cluster_id = $1 AND requested_at <= $2",
+            row["cluster_id"],
+            row["requested_at"],
+        )
+    return len(rows)
+
+
+async def rebuild(pool: asyncpg.Pool, storage: FileSystemStorage, *, from_scratch: bool) -> int:
+    """Bring every folder in line with the database; folders of unknown clusters go."""
+    ids = {r["id"] for r in await pool.fetch("SELECT id FROM clusters")}
+    on_disk = set()
+    root = storage.path("media/clusters")
+    if root.is_dir():
+        for entry in await asyncio.to_thread(lambda: list(root.iterdir())):
+            try:
+                on_disk.add(uuid.UUID(entry.name))
+            except ValueError:
+                log.warning("not a cluster folder; left alone", path=str(entry))
+    for cluster_id in sorted(ids | on_disk):
+        await sync_folder(pool, storage, cluster_id, from_scratch=from_scratch)
+    await pool.execute("DELETE FROM folder_syncs WHERE cluster_id <> ALL($1::uuid[])", list(ids))
+    return len(ids)

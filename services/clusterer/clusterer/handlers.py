@@ -1,0 +1,199 @@
+"""media.embedded -> nearest centroid or a new provisional cluster -> links -> media.clustered.
+
+Also: a later upload of stored media gets its link (media.uploaded), and a provisional
+cluster still carrying its placeholder takes the analyzer's suggested name (media.analyzed).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+from prometheus_client import Counter, Histogram
+
+from clusterer import folders, repo
+from clusterer.labels import Labeler
+from clusterer.logic import choose, clean_name, unique_name, untitled_name
+from clusterer.settings import ClustererSettings
+from common.bus import Bus
+from common.consumer import Delivery, Permanent, Retryable
+from common.messages import MediaAnalyzed, MediaClustered, MediaEmbedded, MediaUploaded
+from common.outbox import OutboxRelay
+from common.storage import FileSystemStorage
+
+log = structlog.get_logger(__name__)
+
+ASSIGNMENT_LATENCY = Histogram(
+    "cluster_assignment_seconds",
+    "Time to file one content in a cluster (nearest search, join or create, commit).",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CLUSTERS_CREATED = Counter("clusters_created_total", "Provisional clusters opened.")
+ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class ClustererDeps:
+    settings: ClustererSettings
+    pool: asyncpg.Pool
+    bus: Bus
+    storage: FileSystemStorage
+    labeler: Labeler
+    relay: OutboxRelay
+    models: ModelCache
+    probe_port: int = 0
+
+
+class ModelCache:
+    """Models by id with their effective threshold (CLUSTER_THRESHOLD set > manifest > default)."""
+
+    def __init__(self, settings: ClustererSettings) -> None:
+        self.settings = settings
+        self._models: dict[str, tuple[float, repo.Model]] = {}
+
+    async def get(self, pool: asyncpg.Pool, model_id: str) -> repo.Model:
+        cached = self._models.get(model_id)
+        if cached is not None and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        row = await repo.model(pool, model_id)
+        if row is None:
+            raise Permanent(f"unknown model {model_id!r}")
+        own = row["cluster_threshold"]
+        threshold = (
+            self.settings.cluster_threshold
+            if self.settings.threshold_is_explicit or own is None
+            else float(own)
+        )
+        model = repo.Model(model_id, int(row["dim"]), threshold)
+        self._models[model_id] = (time.monotonic(), model)
+        return model
+
+
+async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: Delivery) -> None:
+    """File one content; redelivery, recluster requests and races are harmless."""
+    model = await deps.models.get(deps.pool, event.model_id)
+    row = await repo.content_to_file(deps.pool, event.content_id, event.model_id)
+    if row is None:
+        raise Permanent(f"content {event.content_id} does not exist")
+    new_cluster = False
+    if row.stage == "embedded":
+        if row.embedding is None:
+            raise Permanent(f"content {event.content_id} has no {event.model_id} embedding")
+        start = time.perf_counter()
+        outcome = await _assign(deps, model, row.id, row.embedding)
+        ASSIGNMENT_LATENCY.labels(outcome).observe(time.perf_counter() - start)
+        new_cluster = outcome == "created"
+    elif row.stage != "clustered":
+        return  # failed, or not ours to file
+    # Filed now or before (a redelivery after a crash between commit and links): link, tell.
+    cluster_id = await folders.ensure_links(deps.pool, deps.storage, event.content_id)
+    if cluster_id is None:
+        raise Retryable(f"content {event.content_id} was taken out of its cluster meanwhile")
+    out = MediaClustered(
+        content_id=event.content_id,
+        job_id=event.job_id,
+        cluster_id=cluster_id,
+        model_id=event.model_id,
+        new_cluster=new_cluster,
+    )
+    await deps.bus.publish(
+        out.routing_key, out.to_bytes(), message_id=str(out.message_id), mandatory=False
+    )
+
+
+async def _assign(
+    deps: ClustererDeps, model: repo.Model, content_id: uuid.UUID, vector: NDArray[np.float32]
+) -> str:
+    """Join the nearest cluster that takes it, or open one; 'joined', 'created' or 'done'."""
+    placeholder: str | None = None
+    new_id = uuid.uuid4()
+    for _ in range(ATTEMPTS):
+        try:
+            async with deps.pool.acquire() as conn:
+                best = choose(await repo.nearest(conn, model, vector))
+                if best is not None:
+                    async with conn.transaction():
+                        await repo.join(conn, best.cluster_id, content_id, vector, best.similarity)
+                    return "joined"
+                if placeholder is None:
+                    # Outside any lock: the text RPC may take a while.
+                    placeholder = await deps.labeler.label(model.model_id, vector) or untitled_name(
+                        new_id
+                    )
+                async with conn.transaction():
+                    await repo.lock_create_path(conn, model.model_id)
+                    # Look again, exactly: a replica may have opened this kind's cluster
+                    # while we waited for the lock.
+                    best = choose(await repo.nearest(conn, model, vector, exact=True))
+                    if best is not None:
+                        await repo.join(conn, best.cluster_id, content_id, vector, best.similarity)
+                        return "joined"
+                    name = unique_name(placeholder, await repo.taken_names(conn, placeholder))
+                    await repo.create(conn, new_id, model, name, content_id, vector)
+            CLUSTERS_CREATED.inc()
+            log.info("cluster opened", cluster_id=str(new_id), name=name)
+            return "created"
+        except repo.ClusterGone:
+            continue  # merged away or rejected under us: choose again
+        except asyncpg.UniqueViolationError:
+            continue  # a name taken concurrently (a rename): choose a name again
+        except repo.AlreadyFiled:
+            return "done"
+    raise Retryable("could not file the content after several attempts")
+
+
+async def handle_uploaded(deps: ClustererDeps, event: MediaUploaded, delivery: Delivery) -> None:
+    """A new upload of stored media: its link goes where the content already is.
+
+    Content not filed yet needs nothing: filing links every upload committed before it.
+    """
+    await folders.ensure_links(deps.pool, deps.storage, event.content_id)
+
+
+async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: Delivery) -> None:
+    """Name a provisional cluster that still has its placeholder after the VLM's suggestion."""
+    suggestion = clean_name(event.suggested_cluster_name) or clean_name(event.primary_category)
+    if suggestion is None:
+        return
+    stage = await deps.pool.fetchval("SELECT stage FROM content WHERE id = $1", event.content_id)
+    if stage is None:
+        raise Permanent(f"content {event.content_id} does not exist")
+    if stage in ("ingested", "embedded"):
+        # The analysis overtook the filing; try again once the content has its cluster.
+        raise Retryable(f"content {event.content_id} is not filed yet")
+    for _ in range(ATTEMPTS):
+        try:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                cluster = await conn.fetchrow(
+                    """SELECT cl.id, cl.name FROM content c JOIN clusters cl ON cl.id = c.cluster_id
+                       WHERE c.id = $1 AND cl.provisional AND cl.name_source = 'placeholder'
+                       FOR UPDATE OF cl""",
+                    event.content_id,
+                )
+                if cluster is None:
+                    return  # named already (by the VLM or an admin), confirmed, or not filed
+                name = unique_name(suggestion, await repo.taken_names(conn, suggestion))
+                await conn.execute(
+                    """UPDATE clusters SET name = $2, name_source = 'vlm', updated_at = now()
+                       WHERE id = $1""",
+                    cluster["id"],
+                    name,
+                )
+                await repo.audit(
+                    conn,
+                    event.vlm_model,
+                    "cluster.name",
+                    "cluster",
+                    cluster["id"],
+                    {"from": cluster["name"], "to": name, "content_id": str(event.content_id)},
+                )
+            return
+        except asyncpg.UniqueViolationError:
+            continue
+    raise Retryable("could not find a free name")

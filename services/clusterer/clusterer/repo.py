@@ -1,0 +1,270 @@
+"""The clusterer's SQL: nearest centroids, atomic joins, the serialised create path, links."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from clusterer.logic import Candidate
+from common.vectors import model_literal
+
+
+class ClusterGone(Exception):
+    """The chosen cluster was merged away or rejected meanwhile: choose again."""
+
+
+class AlreadyFiled(Exception):
+    """The content left the `embedded` stage meanwhile (another delivery filed it)."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """An embedding model as the clusterer needs it: SQL fragments and its threshold."""
+
+    model_id: str
+    dim: int
+    threshold: float
+
+    @property
+    def literal(self) -> str:
+        # Inlined, not a parameter, so that the planner can match the model's partial index.
+        return model_literal(self.model_id)
+
+    @property
+    def cast(self) -> str:
+        return f"vector({self.dim})" if self.dim <= 2000 else f"halfvec({self.dim})"
+
+
+@dataclass(frozen=True)
+class ContentToFile:
+    id: uuid.UUID
+    stage: str
+    cluster_id: uuid.UUID | None
+    first_job_id: uuid.UUID
+    kind: str
+    embedding: NDArray[np.float32] | None
+
+
+@dataclass(frozen=True)
+class Link:
+    """One upload's place in a folder: what it points at."""
+
+    upload_id: uuid.UUID
+    filename: str | None
+    mime_type: str
+    storage_key: str
+    thumbnail_key: str | None
+
+
+async def model(conn: asyncpg.Connection | asyncpg.Pool, model_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, dim, cluster_threshold FROM models WHERE id = $1", model_id
+    )
+
+
+async def content_to_file(
+    conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID, model_id: str
+) -> ContentToFile | None:
+    row = await conn.fetchrow(
+        """SELECT c.id, c.stage, c.cluster_id, c.first_job_id, c.kind, e.embedding
+           FROM content c
+           LEFT JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
+           WHERE c.id = $1""",
+        content_id,
+        model_id,
+    )
+    if row is None:
+        return None
+    values = dict(row)
+    if values["embedding"] is not None:
+        embedding = values["embedding"]
+        values["embedding"] = np.asarray(
+            embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding, dtype=np.float32
+        )
+    return ContentToFile(**values)
+
+
+async def nearest(
+    conn: asyncpg.Connection,
+    model: Model,
+    vector: NDArray[np.float32],
+    *,
+    limit: int = 5,
+    exact: bool = False,
+) -> list[Candidate]:
+    """The clusters nearest to a vector: through the model's HNSW index, or exactly.
+
+    The exact form (no cast, so no index matches) is for the serialised create path, where
+    a cluster the approximate search missed would become a duplicate.
+    """
+    distance = (
+        "centroid <=> $1::vector"
+        if exact
+        else f"centroid::{model.cast} <=> $1::vector::{model.cast}"
+    )
+    rows = await conn.fetch(
+        f"""SELECT id, threshold, 1 - ({distance}) AS similarity
+            FROM clusters
+            WHERE model_id = {model.literal} AND centroid IS NOT NULL
+            ORDER BY {distance} LIMIT $2""",
+        vector,
+        limit,
+    )
+    return [Candidate(r["id"], float(r["similarity"]), float(r["threshold"])) for r in rows]
+
+
+async def lock_create_path(conn: asyncpg.Connection, model_id: str) -> None:
+    """Serialise opening clusters for one model (held until the transaction ends)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.cluster-create:' || $1, 0))",
+        model_id,
+    )
+
+
+async def _file_content(
+    conn: asyncpg.Connection, content_id: uuid.UUID, cluster_id: uuid.UUID
+) -> None:
+    filed = await conn.fetchval(
+        """UPDATE content SET cluster_id = $2, stage = 'clustered', stage_updated_at = now(),
+                              error = NULL
+           WHERE id = $1 AND stage = 'embedded' RETURNING 1""",
+        content_id,
+        cluster_id,
+    )
+    if not filed:
+        raise AlreadyFiled(str(content_id))
+
+
+async def join(
+    conn: asyncpg.Connection,
+    cluster_id: uuid.UUID,
+    content_id: uuid.UUID,
+    vector: NDArray[np.float32],
+    similarity: float,
+) -> None:
+    """Add the content to the cluster: sum and count in one row update, then the content's CAS.
+
+    Run inside a transaction. The row lock makes concurrent joins queue rather than lose
+    updates; the centroid is the normalised sum, so it is the exact mean direction.
+    """
+    updated = await conn.fetchval(
+        """UPDATE clusters
+           SET centroid_sum = centroid_sum + $2::vector,
+               centroid = l2_normalize(centroid_sum + $2::vector),
+               member_count = member_count + 1, updated_at = now()
+           WHERE id = $1 RETURNING 1""",
+        cluster_id,
+        vector,
+    )
+    if not updated:
+        raise ClusterGone(str(cluster_id))
+    await _file_content(conn, content_id, cluster_id)
+    await audit(
+        conn,
+        "clusterer",
+        "cluster.join",
+        "content",
+        content_id,
+        {"cluster_id": str(cluster_id), "similarity": round(similarity, 6)},
+    )
+
+
+async def taken_names(conn: asyncpg.Connection, base: str) -> set[str]:
+    """Names that `unique_name(base, ...)` must avoid."""
+    pattern = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " %"
+    rows = await conn.fetch(
+        "SELECT name FROM clusters WHERE name = $1 OR name LIKE $2", base, pattern
+    )
+    return {r["name"] for r in rows}
+
+
+async def create(
+    conn: asyncpg.Connection,
+    cluster_id: uuid.UUID,
+    model: Model,
+    name: str,
+    content_id: uuid.UUID,
+    vector: NDArray[np.float32],
+) -> None:
+    """Open a provisional cluster holding this one content (inside the create lock)."""
+    await conn.execute(
+        """INSERT INTO clusters (id, model_id, name, name_source, provisional, threshold,
+                                 centroid_sum, centroid, member_count)
+           VALUES ($1, $2, $3, 'placeholder', true, $4, $5::vector, l2_normalize($5::vector), 1)""",
+        cluster_id,
+        model.model_id,
+        name,
+        model.threshold,
+        vector,
+    )
+    await _file_content(conn, content_id, cluster_id)
+    await audit(
+        conn,
+        "clusterer",
+        "cluster.create",
+        "cluster",
+        cluster_id,
+        {"name": name, "first_member": str(content_id), "threshold": model.threshold},
+    )
+
+
+async def audit(
+    conn: asyncpg.Connection,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: uuid.UUID | str,
+    details: dict[str, Any],
+) -> None:
+    await conn.execute(
+        """INSERT INTO audit_log (actor, action, entity, entity_id, details)
+           VALUES ($1, $2, $3, $4, $5::text::jsonb)""",
+        actor,
+        action,
+        entity,
+        str(entity_id),
+        orjson.dumps(details).decode(),
+    )
+
+
+_LINK_COLUMNS = "u.id AS upload_id, u.filename, c.mime_type, c.storage_key, c.thumbnail_key"
+
+
+async def cluster_of(conn: asyncpg.Connection, content_id: uuid.UUID) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.fetchval(
+        "SELECT cluster_id FROM content WHERE id = $1", content_id
+    )
+    return value
+
+
+async def links_of_content(conn: asyncpg.Connection, content_id: uuid.UUID) -> list[Link]:
+    rows = await conn.fetch(
+        f"""SELECT {_LINK_COLUMNS} FROM uploads u JOIN content c ON c.id = u.content_id
+            WHERE c.id = $1 AND c.storage_key IS NOT NULL""",
+        content_id,
+    )
+    return [Link(**dict(r)) for r in rows]
+
+
+async def links_of_cluster(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> list[Link]:
+    rows = await conn.fetch(
+        f"""SELECT {_LINK_COLUMNS} FROM content c JOIN uploads u ON u.content_id = c.id
+            WHERE c.cluster_id = $1 AND c.storage_key IS NOT NULL""",
+        cluster_id,
+    )
+    return [Link(**dict(r)) for r in rows]
+
+
+async def cluster_exists(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM clusters WHERE id = $1", cluster_id))
+
+
+def folder_lock_sql(kind: str) -> str:
+    """SQL taking or releasing the session-level advisory lock of one folder."""
+    return f"SELECT {kind}(hashtextextended('mammothbox.folder:' || $1::text, 0))"

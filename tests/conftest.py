@@ -189,6 +189,16 @@ async def read_queue(
     return got
 
 
+@pytest.fixture(scope="session")
+def lite2_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EfficientNet-Lite2 with its ImageNet weights, exported once per run (MODEL_DIR)."""
+    from embedder.efficientnet import export_image_encoder
+
+    models = tmp_path_factory.mktemp("models")
+    export_image_encoder(models / "efficientnet-lite2")
+    return models
+
+
 @pytest.fixture
 def storage_path(tmp_path: Path) -> Path:
     return tmp_path / "storage"

@@ -33,7 +33,9 @@ async def upload(gateway: Gateway, *files: tuple[str, bytes]) -> list[str]:
     return ids
 
 
-async def wait_done(upload_ids: list[str], db: asyncpg.Connection, storage_path: Path) -> None:
+async def wait_done(
+    upload_ids: list[str], db: asyncpg.Connection, storage_path: Path, timeout: float = 30
+) -> None:
     async def done() -> bool:
         stages = await db.fetch(
             """SELECT c.stage FROM uploads u JOIN content c ON c.id = u.content_id
@@ -43,7 +45,7 @@ async def wait_done(upload_ids: list[str], db: asyncpg.Connection, storage_path:
         assert all(r["stage"] != "failed" for r in stages)
         return len(stages) == len(upload_ids) and all(r["stage"] == "clustered" for r in stages)
 
-    await wait_for(done, what="every upload clustered")
+    await wait_for(done, what="every upload clustered", timeout=timeout)
 
     async def linked() -> bool:
         # Links are made right after the commit that files the content.

@@ -243,10 +243,8 @@ def lite2() -> efficientnet.EfficientNetLite2:
 
 
 @pytest.fixture(scope="module")
-def lite2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "efficientnet-lite2"
-    efficientnet.export_image_encoder(out)
-    return out
+def lite2_dir(lite2_models: Path) -> Path:
+    return lite2_models / "efficientnet-lite2"
 
 
 def test_lite2_state_dict_loads_strictly_when_built() -> None:

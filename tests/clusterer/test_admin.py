@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from clusterer.folders import rebuild
 from clusterer.handlers import ClustererDeps
+from clusterer.repo import SEARCH_KEY_DRIFT
 from common.messages import MediaAnalyzed
 from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
@@ -59,10 +60,13 @@ async def assert_centroid_is_mean(db: asyncpg.Connection, cluster_id: object) ->
     mean = members.sum(axis=0)
     mean /= np.linalg.norm(mean)
     row = await db.fetchrow(
-        "SELECT centroid::text AS c, member_count FROM clusters WHERE id = $1", cluster_id
+        """SELECT l2_normalize(centroid_sum)::text AS c, centroid <=> centroid_sum AS drift,
+                  member_count FROM clusters WHERE id = $1""",
+        cluster_id,
     )
     assert row["member_count"] == len(rows)
     np.testing.assert_allclose(np.array(orjson.loads(row["c"])), mean, atol=1e-5)
+    assert row["drift"] <= SEARCH_KEY_DRIFT + 1e-6  # the HNSW search key follows closely
 
 
 async def test_admin_actions_work_end_to_end_when_sent_through_the_gateway(

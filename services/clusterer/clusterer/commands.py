@@ -194,7 +194,7 @@ async def _update_threshold(
         """SELECT c.id FROM content c
            JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
            JOIN clusters cl ON cl.id = c.cluster_id
-           WHERE c.cluster_id = $1 AND 1 - (e.embedding <=> cl.centroid) < $3""",
+           WHERE c.cluster_id = $1 AND 1 - (e.embedding <=> cl.centroid_sum) < $3""",
         cluster["id"],
         cluster["model_id"],
         change.threshold,

@@ -116,10 +116,12 @@ async def _assign(
     for _ in range(ATTEMPTS):
         try:
             async with deps.pool.acquire() as conn:
-                best = choose(await repo.nearest(conn, model, vector))
-                if best is not None:
-                    async with conn.transaction():
+                async with conn.transaction():
+                    await repo.prefer_index(conn)
+                    best = choose(await repo.nearest(conn, model, vector))
+                    if best is not None:
                         await repo.join(conn, best.cluster_id, content_id, vector, best.similarity)
+                if best is not None:
                     return "joined"
                 if placeholder is None:
                     # Outside any lock: the text RPC may take a while.

@@ -2,8 +2,8 @@
 # Bring MammothBox up on this machine and show it doing its job:
 #   installs into .venv, starts PostgreSQL + pgvector (unless DATABASE_URL is set) and RabbitMQ,
 #   migrates, exports an embedding model when none is there, starts every service (today: the
-#   gateway with its outbox relay and dead-letter recorder, and the embedder) in the
-#   background, then ingests a sample image and JSON and prints what became of them.
+#   gateway with its outbox relay and dead-letter recorder, the embedder and the clusterer) in
+#   the background, then ingests a sample image and JSON and prints what became of them.
 # Stop everything with scripts/down.sh. Logs: .run/*.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,7 @@ start() {  # name, command...
 }
 start gateway .venv/bin/python -m gateway
 WORKER_HTTP_PORT=${EMBEDDER_HTTP_PORT:-8081} start embedder .venv/bin/python -m embedder
+WORKER_HTTP_PORT=${CLUSTERER_HTTP_PORT:-8082} start clusterer .venv/bin/python -m clusterer
 
 base="http://127.0.0.1:$HTTP_PORT"
 for _ in $(seq 1 60); do
@@ -73,17 +74,20 @@ PY
 answer=$(curl -fsS -F "files[]=@$sample" -F 'payload=[{"name": "sample", "size": 3}]' -F owner=demo "$base/api/v1/ingest")
 echo "$answer"
 job=$(echo "$answer" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
-echo; echo "== waiting for the embedder"
+echo; echo "== waiting for the embedder and the clusterer"
 for _ in $(seq 1 120); do
-    curl -fsS "$base/api/v1/ingest/$job/status" | grep -q '"stage": "embedded"' && break
+    curl -fsS "$base/api/v1/ingest/$job/status" | grep -q '"stage": "clustered"' && break
     sleep 0.5
 done
-echo; echo "== status of job $job (images stop at 'embedded' until the clusterer exists)"
+echo; echo "== status of job $job (the image is done once clustered; JSON waits for the schemer)"
 curl -fsS "$base/api/v1/ingest/$job/status"; echo
 echo; echo "== health"
 curl -fsS "$base/health"; echo
 echo
 echo "== embedder"
 curl -fsS "http://127.0.0.1:${EMBEDDER_HTTP_PORT:-8081}/health"; echo
+echo
+echo "== clusters (folders of links under $STORAGE_PATH/media/clusters/)"
+curl -fsS "$base/api/v1/clusters"; echo
 echo
 echo "MammothBox is up at $base (API: POST /api/v1/ingest). Stop it with scripts/down.sh"

@@ -8,6 +8,7 @@ import io
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,22 +66,37 @@ async def clusterer(
 
 
 @pytest.fixture
+def start_embedder(
+    common_settings: dict[str, Any],
+) -> Callable[[Path, str], AbstractAsyncContextManager[EmbedderDeps]]:
+    """Start an embedder on the model MODEL_DIR/name; it stops when the block ends."""
+
+    @asynccontextmanager
+    async def start(model_dir: Path, name: str) -> AsyncIterator[EmbedderDeps]:
+        settings = EmbedderSettings(
+            **common_settings,
+            model_dir=model_dir,
+            embedding_model=name,
+            onnx_providers=("cpu",),
+            intra_op_threads=2,
+            max_batch_size=16,
+            max_batch_wait_ms=20,
+            decode_workers=2,
+            worker_http_port=0,
+        )
+        async with embedder_running(settings) as deps:
+            await deps.bus.wait_connected(10)
+            yield deps
+
+    return start
+
+
+@pytest.fixture
 async def colour_embedder(
-    common_settings: dict[str, Any], colour_models: Path
+    start_embedder: Callable[[Path, str], AbstractAsyncContextManager[EmbedderDeps]],
+    colour_models: Path,
 ) -> AsyncIterator[EmbedderDeps]:
-    settings = EmbedderSettings(
-        **common_settings,
-        model_dir=colour_models,
-        embedding_model="colour",
-        onnx_providers=("cpu",),
-        intra_op_threads=1,
-        max_batch_size=16,
-        max_batch_wait_ms=20,
-        decode_workers=1,
-        worker_http_port=0,
-    )
-    async with embedder_running(settings) as deps:
-        await deps.bus.wait_connected(10)
+    async with start_embedder(colour_models, "colour") as deps:
         yield deps
 
 

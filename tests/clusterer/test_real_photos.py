@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,12 @@ import asyncpg
 import pytest
 
 from clusterer.handlers import ClustererDeps
-from embedder.app import running as embedder_running
 from embedder.efficientnet import LITE2_CLUSTER_THRESHOLD
 from embedder.handlers import EmbedderDeps
 from embedder.manifest import Manifest
 from embedder.model import OnnxModel
 from embedder.preprocess import batch, to_model_input
 from embedder.sample_photos import calibrate_threshold, kind_photos
-from embedder.settings import EmbedderSettings
 from tests.clusterer.test_pipeline import upload, wait_done
 from tests.integration.conftest import Gateway
 
@@ -33,20 +32,10 @@ def png(image: Any) -> bytes:
 
 @pytest.fixture
 async def lite2_embedder(
-    common_settings: dict[str, Any], lite2_models: Path
+    start_embedder: Callable[[Path, str], AbstractAsyncContextManager[EmbedderDeps]],
+    lite2_models: Path,
 ) -> AsyncIterator[EmbedderDeps]:
-    settings = EmbedderSettings(
-        **common_settings,
-        model_dir=lite2_models,
-        embedding_model="efficientnet-lite2",
-        onnx_providers=("cpu",),
-        intra_op_threads=2,
-        max_batch_size=8,
-        decode_workers=2,
-        worker_http_port=0,
-    )
-    async with embedder_running(settings) as deps:
-        await deps.bus.wait_connected(10)
+    async with start_embedder(lite2_models, "efficientnet-lite2") as deps:
         yield deps
 
 

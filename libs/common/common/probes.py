@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from common.bus import Bus
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 Info = Callable[[], dict[str, Any]]
@@ -43,6 +47,20 @@ def probe_app(ready: ReadyCheck, info: Info) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+async def worker_checks(
+    pool: asyncpg.Pool, bus: Bus, consuming: asyncio.Task[None]
+) -> dict[str, bool]:
+    """What every worker's readiness needs: the database answers, the bus is connected, and
+    its consumers started (the task that starts them finished without an error)."""
+    try:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+        database = True
+    except Exception:
+        database = False
+    started = consuming.done() and not consuming.cancelled() and not consuming.exception()
+    return {"database": database, "bus": bus.connected, "consuming": started}
 
 
 @asynccontextmanager

@@ -70,6 +70,14 @@ class CommonSettings(BaseSettings):
         return self.db_pool_size + self.db_max_overflow
 
 
+def comma_separated(value: object, *, lower: bool = False) -> object:
+    """A tuple from `a, b,,c` (empty parts dropped); other values pass through as they are."""
+    if isinstance(value, str):
+        parts = (part.strip() for part in value.split(","))
+        return tuple(part.lower() if lower else part for part in parts if part)
+    return value
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import Gauge
@@ -27,7 +27,7 @@ from common.db import open_pool
 from common.embed_client import TextEmbedClient
 from common.messages import Event, MediaAnalyzed, MediaEmbedded, MediaUploaded
 from common.outbox import OutboxRelay
-from common.probes import serve_probes
+from common.probes import serve_probes, worker_checks
 from common.rpc import RpcServer
 from common.storage import open_storage
 from common.topology import cluster_command_queue, spec_of
@@ -67,18 +67,7 @@ async def running(settings: ClustererSettings) -> AsyncIterator[ClustererDeps]:
             raise RuntimeError("the clusterer could not start consuming") from started.exception()
 
         async def ready() -> dict[str, bool]:
-            try:
-                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
-                database = True
-            except Exception:
-                database = False
-            consuming = started.done() and not started.cancelled() and not started.exception()
-            return {
-                "database": database,
-                "bus": bus.connected,
-                "storage": storage.writable(),
-                "consuming": consuming,
-            }
+            return {**await worker_checks(pool, bus, started), "storage": storage.writable()}
 
         def info() -> dict[str, object]:
             return {
@@ -100,44 +89,26 @@ async def running(settings: ClustererSettings) -> AsyncIterator[ClustererDeps]:
             await bus.close()
 
 
-def _bind(
-    deps: ClustererDeps, handle: Callable[[ClustererDeps, E, Delivery], Awaitable[None]]
-) -> Callable[[E, Delivery], Awaitable[None]]:
+def _consumer(
+    deps: ClustererDeps,
+    model: type[E],
+    handle: Callable[[ClustererDeps, E, Delivery], Awaitable[None]],
+) -> Consumer[E]:
     async def handler(event: E, delivery: Delivery) -> None:
         await handle(deps, event, delivery)
 
-    return handler
+    spec = spec_of(deps.bus.specs, "clusterer", model.routing_key)
+    return Consumer(
+        deps.bus, spec, model, handler, service="clusterer", prefetch=deps.settings.worker_threads
+    )
 
 
 async def _consume(deps: ClustererDeps) -> None:
     await deps.bus.wait_connected(timeout=float("inf"))
-    specs = deps.bus.specs
-    prefetch = deps.settings.worker_threads
-    consumers: list[Consumer[MediaEmbedded] | Consumer[MediaUploaded] | Consumer[MediaAnalyzed]] = [
-        Consumer(
-            deps.bus,
-            spec_of(specs, "clusterer", MediaEmbedded.routing_key),
-            MediaEmbedded,
-            _bind(deps, handle_embedded),
-            service="clusterer",
-            prefetch=prefetch,
-        ),
-        Consumer(
-            deps.bus,
-            spec_of(specs, "clusterer", MediaUploaded.routing_key),
-            MediaUploaded,
-            _bind(deps, handle_uploaded),
-            service="clusterer",
-            prefetch=prefetch,
-        ),
-        Consumer(
-            deps.bus,
-            spec_of(specs, "clusterer", MediaAnalyzed.routing_key),
-            MediaAnalyzed,
-            _bind(deps, handle_analyzed),
-            service="clusterer",
-            prefetch=prefetch,
-        ),
+    consumers: list[Consumer[Any]] = [
+        _consumer(deps, MediaEmbedded, handle_embedded),
+        _consumer(deps, MediaUploaded, handle_uploaded),
+        _consumer(deps, MediaAnalyzed, handle_analyzed),
     ]
     for consumer in consumers:
         await consumer.start()

@@ -272,9 +272,6 @@ async def audit(
     )
 
 
-_LINK_COLUMNS = "u.id AS upload_id, u.filename, c.mime_type, c.storage_key, c.thumbnail_key"
-
-
 async def cluster_of(conn: asyncpg.Connection, content_id: uuid.UUID) -> uuid.UUID | None:
     value: uuid.UUID | None = await conn.fetchval(
         "SELECT cluster_id FROM content WHERE id = $1", content_id
@@ -283,19 +280,21 @@ async def cluster_of(conn: asyncpg.Connection, content_id: uuid.UUID) -> uuid.UU
 
 
 async def links_of_content(conn: asyncpg.Connection, content_id: uuid.UUID) -> list[Link]:
-    rows = await conn.fetch(
-        f"""SELECT {_LINK_COLUMNS} FROM uploads u JOIN content c ON c.id = u.content_id
-            WHERE c.id = $1 AND c.storage_key IS NOT NULL""",
-        content_id,
-    )
-    return [Link(**dict(r)) for r in rows]
+    """A link per upload of one content."""
+    return await _links(conn, "c.id = $1", content_id)
 
 
 async def links_of_cluster(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> list[Link]:
+    """A link per upload of every content in a cluster."""
+    return await _links(conn, "c.cluster_id = $1", cluster_id)
+
+
+async def _links(conn: asyncpg.Connection, where: str, value: uuid.UUID) -> list[Link]:
     rows = await conn.fetch(
-        f"""SELECT {_LINK_COLUMNS} FROM content c JOIN uploads u ON u.content_id = c.id
-            WHERE c.cluster_id = $1 AND c.storage_key IS NOT NULL""",
-        cluster_id,
+        f"""SELECT u.id AS upload_id, u.filename, c.mime_type, c.storage_key, c.thumbnail_key
+            FROM content c JOIN uploads u ON u.content_id = c.id
+            WHERE {where} AND c.storage_key IS NOT NULL""",
+        value,
     )
     return [Link(**dict(r)) for r in rows]
 

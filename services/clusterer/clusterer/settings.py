@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from common.settings import CommonSettings
+from common.settings import CommonSettings, comma_separated
 
 # Broad everyday categories for placeholder names; a deployment can set its own.
 DEFAULT_LABELS = (
@@ -106,8 +106,7 @@ class ClustererSettings(CommonSettings):
     @field_validator("cluster_labels", mode="before")
     @classmethod
     def _labels(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(label.strip() for label in value.split(",") if label.strip())
+        value = comma_separated(value)
         if not value:
             raise ValueError("needs at least one label")
         return value

@@ -13,7 +13,7 @@ from common.bus import Bus
 from common.consumer import Consumer, Delivery
 from common.db import open_pool
 from common.messages import MediaIngested
-from common.probes import serve_probes
+from common.probes import serve_probes, worker_checks
 from common.storage import open_storage
 from common.topology import spec_of
 from common.vectors import register_model
@@ -66,13 +66,7 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
             raise RuntimeError("the embedder could not start consuming") from started.exception()
 
         async def ready() -> dict[str, bool]:
-            try:
-                await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
-                database = True
-            except Exception:
-                database = False
-            consuming = started.done() and not started.cancelled() and not started.exception()
-            return {"database": database, "bus": bus.connected, "consuming": consuming}
+            return await worker_checks(pool, bus, started)
 
         def info() -> dict[str, object]:
             return {

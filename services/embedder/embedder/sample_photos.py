@@ -25,7 +25,7 @@ def kind_photos() -> list[tuple[str, Image.Image]]:
             for j in range(2):
                 box = (i * w // 2, j * h // 2, (i + 1) * w // 2, (j + 1) * h // 2)
                 photos.append((kind, texture.crop(box)))
-    left, right, _ = data.stereo_motorcycle()
+    left, right, _ = data.stereo_motorcycle()  # type: ignore[no-untyped-call]
     photos += [("motorcycle", Image.fromarray(left)), ("motorcycle", Image.fromarray(right))]
     faces = np.load(Path(data.__file__).parent / "lfw_subset.npy")
     for face in faces[:4]:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from common.settings import CommonSettings
+from common.settings import CommonSettings, comma_separated
 
 
 class EmbedderSettings(CommonSettings):
@@ -38,8 +38,7 @@ class EmbedderSettings(CommonSettings):
     @field_validator("onnx_providers", mode="before")
     @classmethod
     def _providers(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+        value = comma_separated(value, lower=True)
         if not value:
             raise ValueError("needs at least one provider")
         unknown = {str(p) for p in value} - {"cuda", "tensorrt", "cpu"}  # type: ignore[attr-defined]

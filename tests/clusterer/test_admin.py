@@ -122,6 +122,7 @@ async def test_admin_actions_work_end_to_end_when_sent_through_the_gateway(
         status, error = await patch(gateway, red, bad)
         assert status == 400, (bad, error)
         assert error["error"] and error["request_id"]
+    assert (await patch(gateway, red, b"{" + b" " * 70_000 + b"}"))[0] == 413
     assert (await patch(gateway, uuid.uuid4(), {"action": "confirm"}))[0] == 404
     assert (await patch(gateway, "not-a-uuid", {"action": "confirm"}))[0] == 400
     assert (await patch(gateway, red, {"action": "merge", "source_ids": [str(red)]}))[0] == 400

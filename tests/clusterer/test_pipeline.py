@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 import asyncpg
 from aiohttp import FormData
 
@@ -159,6 +160,35 @@ async def test_clusterer_files_interleaved_kinds_into_their_own_clusters_when_up
         snapshot[f"media/clusters/{red['id']}/{again}_red-again.png"]
         == snapshot[f"media/clusters/{red['id']}/{ids[0]}_{files[0][0]}"]
     )
+    # The worker's own probes and metrics (the cluster gauge is refreshed by the sweep).
+    probe = f"http://127.0.0.1:{clusterer.probe_port}"
+    metrics = ""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{probe}/ready") as response:
+            assert response.status == 200
+            assert (await response.json())["checks"] == {
+                "database": True,
+                "bus": True,
+                "consuming": True,
+                "storage": True,
+            }
+
+        async def counted() -> bool:
+            nonlocal metrics
+            async with session.get(f"{probe}/metrics") as response:
+                metrics = await response.text()
+            return 'clusters{model="mammothbox/colour-test",provisional="true"} 4.0' in metrics
+
+        await wait_for(counted, what="the cluster gauge", timeout=10)
+    for name in (
+        'clusters{model="mammothbox/colour-test",provisional="true"} 4.0',
+        "clusters_created_total",
+        'cluster_assignment_seconds_count{outcome="joined"}',
+        'job_processing_duration_seconds_count{service="clusterer"',
+        'jobs_processed_total{outcome="ok",service="clusterer"}',
+    ):
+        assert name in metrics, name
+
     job_id = (await (await gateway.client.get(f"/api/v1/objects/{again}")).json())["job_id"]
     status = await (await gateway.client.get(f"/api/v1/ingest/{job_id}/status")).json()
     assert status["status"] == "done"

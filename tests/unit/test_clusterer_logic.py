@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 
-import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from clusterer.logic import (
     Candidate,
-    best_label,
     choose,
     clean_name,
     link_name,
@@ -66,10 +64,7 @@ def test_link_name_is_safe_and_unique_per_upload_when_filename_is_hostile(
     assert "/" not in name and "\\" not in name and "\x00" not in name and len(name) <= 117
 
 
-def test_best_label_and_untitled_name_when_zero_shot() -> None:
-    labels = ("cat", "dog", "car")
-    vectors = np.eye(3, dtype=np.float32)
-    assert best_label(labels, vectors, np.array([0.1, 0.9, 0.2], dtype=np.float32)) == "dog"
+def test_untitled_name_shows_the_cluster_id_when_no_label_can_be_had() -> None:
     cluster_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
     assert untitled_name(cluster_id) == "untitled 12345678"
 

@@ -16,6 +16,10 @@ class EmbedError(RuntimeError):
     """The embedder answered with an error, or not in time."""
 
 
+class NoTextEncoder(EmbedError):
+    """The embedder's model has no text encoder: text cannot be embedded at all."""
+
+
 class TextEmbedClient:
     def __init__(self, bus: Bus, *, timeout: float = 5.0) -> None:
         self.bus = bus
@@ -37,6 +41,8 @@ class TextEmbedClient:
             reply = TextEmbedReply.model_validate_json(raw)
         except ValidationError as error:
             raise EmbedError(f"invalid reply: {error}") from None
+        if reply.no_text_encoder:
+            raise NoTextEncoder(reply.error or f"{reply.model_id} has no text encoder")
         if reply.error is not None or reply.model_id is None:
             raise EmbedError(reply.error or "reply without a model id")
         return reply.model_id, np.asarray(reply.vectors, dtype=np.float32)

@@ -111,6 +111,8 @@ class TextEmbedReply(BaseModel):
     model_id: str | None = None
     vectors: list[list[float]] = Field(default_factory=list)
     error: str | None = None
+    # True when the model has no text encoder: asking again will not help.
+    no_text_encoder: bool = False
 
 
 EVENTS: dict[str, type[Event]] = {

@@ -19,12 +19,12 @@ from clusterer.handlers import (
     handle_embedded,
     handle_uploaded,
 )
-from clusterer.labels import Labeler
 from clusterer.settings import ClustererSettings
 from common.bus import Bus
 from common.consumer import Consumer, Delivery
 from common.db import open_pool
 from common.embed_client import TextEmbedClient
+from common.labels import Labeler
 from common.messages import Event, MediaAnalyzed, MediaEmbedded, MediaUploaded
 from common.outbox import OutboxRelay
 from common.probes import serve_probes, worker_checks

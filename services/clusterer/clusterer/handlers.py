@@ -17,11 +17,11 @@ from numpy.typing import NDArray
 from prometheus_client import Counter, Histogram
 
 from clusterer import folders, repo
-from clusterer.labels import Labeler
 from clusterer.logic import choose, clean_name, unique_name, untitled_name
 from clusterer.settings import ClustererSettings
 from common.bus import Bus
 from common.consumer import Delivery, Permanent, Retryable
+from common.labels import Labeler
 from common.messages import MediaAnalyzed, MediaClustered, MediaEmbedded, MediaUploaded
 from common.outbox import OutboxRelay
 from common.storage import FileSystemStorage

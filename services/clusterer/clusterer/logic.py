@@ -63,14 +63,6 @@ def unique_name(base: str, taken: Collection[str]) -> str:
         n += 1
 
 
-def best_label(
-    labels: Sequence[str], label_vectors: NDArray[np.float32], embedding: NDArray[np.float32]
-) -> str:
-    """CLIP zero-shot: the label whose text embedding is closest to the image's."""
-    scores = label_vectors @ embedding
-    return labels[int(np.argmax(scores))]
-
-
 def untitled_name(cluster_id: uuid.UUID) -> str:
     """The placeholder when no label can be had (a model without a text encoder, say)."""
     return f"untitled {cluster_id.hex[:8]}"

@@ -43,7 +43,7 @@ class TextRpcServer:
         try:
             vectors = await asyncio.gather(*(self.batcher.embed_text(t) for t in request.texts))
         except TextSearchUnavailable as error:
-            return TextEmbedReply(error=str(error))
+            return TextEmbedReply(model_id=self.model_id, error=str(error), no_text_encoder=True)
         except Exception as error:
             log.exception("text embedding failed")
             return TextEmbedReply(error=f"text embedding failed: {type(error).__name__}")

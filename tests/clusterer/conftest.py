@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import numpy as np
 import pytest
@@ -225,6 +226,25 @@ def kinds(
 
 
 __all__ = ["BusNames"]
+
+
+def consumers_on(
+    amqp: aio_pika.abc.AbstractRobustConnection, queue: str, consumers: int
+) -> Callable[[], Awaitable[bool]]:
+    """A check for wait_for: does the queue exist with this many consumers?"""
+
+    async def check() -> bool:
+        channel = await amqp.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            return declared.declaration_result.consumer_count == consumers
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    return check
 
 
 # The gateway fixtures, so a test can upload through HTTP and let the real pipeline run.

@@ -22,7 +22,13 @@ from clusterer.repo import SEARCH_KEY_DRIFT
 from common.messages import MediaEmbedded
 from common.storage import FileSystemStorage
 from common.topology import spec_of
-from tests.clusterer.conftest import folder_snapshot, kinds, seed_embedded, wait_for
+from tests.clusterer.conftest import (
+    consumers_on,
+    folder_snapshot,
+    kinds,
+    seed_embedded,
+    wait_for,
+)
 from tests.conftest import RABBITMQ_URL, BusNames
 
 MODEL = "test/kinds-64"
@@ -92,7 +98,7 @@ async def test_two_clusterers_open_exactly_one_cluster_per_kind_when_200_images_
     queue = spec_of(bus_names.specs, "clusterer", MediaEmbedded.routing_key).name
     channel = await amqp.channel()
 
-    await wait_for(_consumers(amqp, queue, 2), what="two clusterers consuming", timeout=60)
+    await wait_for(consumers_on(amqp, queue, 2), what="two clusterers consuming", timeout=60)
     exchange = await channel.get_exchange(bus_names.exchange)
     events = [
         MediaEmbedded(content_id=s.content_id, job_id=s.content_id, kind="image", model_id=MODEL)
@@ -158,18 +164,3 @@ async def test_two_clusterers_open_exactly_one_cluster_per_kind_when_200_images_
     rebuild(clusterer_env)
     assert folder_snapshot(storage_path) == snapshot
     await channel.close()
-
-
-def _consumers(amqp: aio_pika.abc.AbstractRobustConnection, queue: str, consumers: int) -> Any:
-    async def check() -> bool:
-        channel = await amqp.channel()
-        try:
-            declared = await channel.declare_queue(queue, passive=True)
-            return declared.declaration_result.consumer_count == consumers
-        except aio_pika.exceptions.ChannelClosed:
-            return False
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-
-    return check

@@ -37,15 +37,16 @@ class RateLimiter:
         """Take a slot (0.0) or say how long until the oldest call leaves the window."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_LOCK)
-            window = f"{self.window_s} seconds"
             await conn.execute(
-                "DELETE FROM vlm_calls WHERE at < clock_timestamp() - $1::interval", window
+                "DELETE FROM vlm_calls WHERE at < clock_timestamp() - make_interval(secs => $1)",
+                self.window_s,
             )
             row = await conn.fetchrow(
                 """SELECT count(*) AS calls,
-                          extract(epoch FROM min(at) + $1::interval - clock_timestamp()) AS wait
+                          extract(epoch FROM min(at) + make_interval(secs => $1)
+                                             - clock_timestamp()) AS wait
                    FROM vlm_calls""",
-                window,
+                self.window_s,
             )
             assert row is not None
             if row["calls"] < self.per_window:

@@ -2,8 +2,8 @@
 # Bring MammothBox up on this machine and show it doing its job:
 #   installs into .venv, starts PostgreSQL + pgvector (unless DATABASE_URL is set) and RabbitMQ,
 #   migrates, exports an embedding model when none is there, starts every service (today: the
-#   gateway with its outbox relay and dead-letter recorder, the embedder and the clusterer) in
-#   the background, then ingests a sample image and JSON and prints what became of them.
+#   gateway with its outbox relay and dead-letter recorder, the embedder, the clusterer and the
+#   analyzer) in the background, then ingests a sample image and JSON and prints what became of them.
 # Stop everything with scripts/down.sh. Logs: .run/*.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,8 @@ start() {  # name, command...
 start gateway .venv/bin/python -m gateway
 WORKER_HTTP_PORT=${EMBEDDER_HTTP_PORT:-8081} start embedder .venv/bin/python -m embedder
 WORKER_HTTP_PORT=${CLUSTERER_HTTP_PORT:-8082} start clusterer .venv/bin/python -m clusterer
+# Without GEMINI_API_KEY the analyzer tags with the CLIP fallback (nothing leaves the machine).
+WORKER_HTTP_PORT=${ANALYZER_HTTP_PORT:-8083} start analyzer .venv/bin/python -m analyzer
 
 base="http://127.0.0.1:$HTTP_PORT"
 for _ in $(seq 1 60); do
@@ -86,6 +88,9 @@ curl -fsS "$base/health"; echo
 echo
 echo "== embedder"
 curl -fsS "http://127.0.0.1:${EMBEDDER_HTTP_PORT:-8081}/health"; echo
+echo
+echo "== analyzer"
+curl -fsS "http://127.0.0.1:${ANALYZER_HTTP_PORT:-8083}/health"; echo
 echo
 echo "== clusters (folders of links under $STORAGE_PATH/media/clusters/)"
 curl -fsS "$base/api/v1/clusters"; echo

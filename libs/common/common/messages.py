@@ -83,6 +83,10 @@ class MediaClustered(Event):
     new_cluster: bool = False
 
 
+# `vlm_model` of an analysis made by the analyzer's CLIP zero-shot fallback, not a VLM.
+CLIP_FALLBACK_MODEL = "clip-fallback"
+
+
 class MediaAnalyzed(Event):
     """The analyzer stored its analysis; the clusterer names provisional clusters from it."""
 

@@ -8,8 +8,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.labels import Labeler
+from common.messages import CLIP_FALLBACK_MODEL
 
-FALLBACK_MODEL = "clip-fallback"
+FALLBACK_MODEL = CLIP_FALLBACK_MODEL
 
 
 async def clip_analysis(

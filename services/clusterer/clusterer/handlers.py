@@ -22,7 +22,13 @@ from clusterer.settings import ClustererSettings
 from common.bus import Bus
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler
-from common.messages import MediaAnalyzed, MediaClustered, MediaEmbedded, MediaUploaded
+from common.messages import (
+    CLIP_FALLBACK_MODEL,
+    MediaAnalyzed,
+    MediaClustered,
+    MediaEmbedded,
+    MediaUploaded,
+)
 from common.outbox import OutboxRelay
 from common.storage import FileSystemStorage
 
@@ -159,9 +165,13 @@ async def handle_uploaded(deps: ClustererDeps, event: MediaUploaded, delivery: D
 
 
 async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: Delivery) -> None:
-    """Name a provisional cluster that still has its placeholder after the VLM's suggestion."""
+    """Name a provisional cluster that still has its placeholder after the VLM's suggestion.
+
+    The analyzer's CLIP fallback names nothing: its label is what the placeholder already is,
+    and the cluster should stay open to a VLM's name from a later member's analysis.
+    """
     suggestion = clean_name(event.suggested_cluster_name) or clean_name(event.primary_category)
-    if suggestion is None:
+    if suggestion is None or event.vlm_model == CLIP_FALLBACK_MODEL:
         return
     stage = await deps.pool.fetchval("SELECT stage FROM content WHERE id = $1", event.content_id)
     if stage is None:
@@ -180,7 +190,9 @@ async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: D
                 )
                 if cluster is None:
                     return  # named already (by the VLM or an admin), confirmed, or not filed
-                name = unique_name(suggestion, await repo.taken_names(conn, suggestion))
+                # The cluster's own name is not in the way of itself.
+                taken = await repo.taken_names(conn, suggestion) - {cluster["name"]}
+                name = unique_name(suggestion, taken)
                 await conn.execute(
                     """UPDATE clusters SET name = $2, name_source = 'vlm', updated_at = now()
                        WHERE id = $1""",

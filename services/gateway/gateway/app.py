@@ -12,6 +12,7 @@ from aiohttp import web
 from common.bus import Bus
 from common.db import open_pool
 from common.dlq import DeadLetterRecorder
+from common.embed_client import TextEmbedClient
 from common.outbox import OutboxRelay
 from common.rpc import RpcClient
 from common.storage import open_storage
@@ -22,6 +23,7 @@ from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
 from gateway.ingest import handle_ingest
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
+from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
 from gateway.views import (
     handle_job_status,
@@ -55,6 +57,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/clusters", handle_clusters)
     app.router.add_get("/api/v1/clusters/{cluster_id}", handle_cluster)
     app.router.add_patch("/api/v1/clusters/{cluster_id}", handle_patch_cluster)
+    app.router.add_get("/api/v1/search", handle_search_get)
+    app.router.add_post("/api/v1/search", handle_search_post)
     app.router.add_get("/live", handle_live)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/health", handle_health)
@@ -88,8 +92,17 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
                 cluster_command_queue(settings.bus_queue_prefix),
                 timeout=settings.cluster_command_timeout_s,
             )
+            text_embeddings = TextEmbedClient(bus, timeout=settings.search_embed_timeout_s)
             yield Deps(
-                settings, pool, bus, storage, backpressure, relay, IngestBatcher(pool), commands
+                settings,
+                pool,
+                bus,
+                storage,
+                backpressure,
+                relay,
+                IngestBatcher(pool),
+                commands,
+                text_embeddings,
             )
         finally:
             for task in tasks:

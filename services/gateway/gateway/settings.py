@@ -33,6 +33,8 @@ class GatewaySettings(CommonSettings):
 
     # PATCH /api/v1/clusters/{id} waits this long for the clusterer to carry the command out.
     cluster_command_timeout_s: float = Field(30.0, gt=0, le=600)
+    # A text search waits this long for the embedder to embed the query.
+    search_embed_timeout_s: float = Field(5.0, gt=0, le=120)
 
     # The relay may run in every gateway pod (rows are claimed with SKIP LOCKED) or apart.
     outbox_relay_enabled: bool = True

@@ -1,0 +1,288 @@
+"""Search: text (through the embedder's text RPC) or an existing upload, matched with pgvector.
+
+One hit per content (the same bytes uploaded twice are one hit), shown through its earliest
+upload the caller may see. Hits below the threshold are never returned, so a query that
+matches nothing answers with an empty list, not the least bad ones.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+import numpy as np
+import orjson
+from aiohttp import web
+from numpy.typing import NDArray
+from prometheus_client import Histogram
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from common.bus import BusUnavailable
+from common.embed_client import EmbedError, NoTextEncoder
+from common.vectors import model_literal
+from gateway.deps import DEPS
+from gateway.errors import ApiError
+
+SEARCH_LATENCY = Histogram(
+    "search_latency_seconds",
+    "Time to answer a search, by kind of query.",
+    ["query"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+MAX_BODY = 64 * 1024
+
+
+class SearchRequest(BaseModel):
+    """A search: `query` (text) or `like` (an upload id), with filters and paging."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str | None = Field(None, min_length=1, max_length=1000)
+    like: uuid.UUID | None = None
+    kind: Literal["image", "video"] | None = None
+    owner: str | None = Field(None, min_length=1, max_length=200)
+    cluster_id: uuid.UUID | None = None
+    tags: list[str] = Field(default_factory=list, max_length=20)
+    tags_mode: Literal["any", "all"] = "any"
+    threshold: float = Field(0.2, ge=-1, le=1)
+    limit: int = Field(20, ge=1, le=100)
+    offset: int = Field(0, ge=0, le=10_000)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip() if value else value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        if any(not t.strip() or len(t) > 100 for t in tags):
+            raise ValueError("tags must be 1-100 characters")
+        return [t.strip().lower() for t in tags]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SearchRequest:
+        if (self.query is None) == (self.like is None):
+            raise ValueError("give exactly one of query or like")
+        return self
+
+
+@dataclass(frozen=True)
+class Hit:
+    content_id: uuid.UUID
+    similarity: float
+
+
+def _parse(raw: dict[str, Any]) -> SearchRequest:
+    try:
+        return SearchRequest.model_validate(raw)
+    except ValidationError as error:
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "query", "error": e["msg"]}
+            for e in error.errors(include_url=False, include_input=False)
+        ]
+        raise ApiError(400, "invalid search", details) from None
+
+
+def _from_query_string(request: web.Request) -> dict[str, Any]:
+    known = set(SearchRequest.model_fields)
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        raise ApiError(400, "invalid search", {"unknown parameters": unknown})
+    raw: dict[str, Any] = {k: v for k, v in request.query.items() if k != "tags"}
+    tags = [t for value in request.query.getall("tags", []) for t in value.split(",") if t]
+    if tags:
+        raw["tags"] = tags
+    return raw
+
+
+async def handle_search_get(request: web.Request) -> web.Response:
+    return await _search(request, _parse(_from_query_string(request)))
+
+
+async def handle_search_post(request: web.Request) -> web.Response:
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "the request body is too large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return await _search(request, _parse(body))
+
+
+async def _search(request: web.Request, search: SearchRequest) -> web.Response:
+    deps = request.app[DEPS]
+    start = time.perf_counter()
+    if search.query is not None:
+        model_id, vector = await _embed_text(request, search.query)
+        exclude = None
+    else:
+        assert search.like is not None
+        model_id, vector, exclude = await _embed_of_upload(deps.pool, search.like)
+    dim = await deps.pool.fetchval("SELECT dim FROM models WHERE id = $1", model_id)
+    if dim is None:
+        raise ApiError(503, "the embedding model is not registered yet")
+    async with deps.pool.acquire() as conn:
+        hits = await nearest(conn, model_id, int(dim), vector, search, exclude)
+        page = hits[search.offset : search.offset + search.limit]
+        results = await _describe(conn, page, search.owner)
+    elapsed = time.perf_counter() - start
+    SEARCH_LATENCY.labels("text" if search.query is not None else "like").observe(elapsed)
+    return web.json_response(
+        {
+            "results": results,
+            # Hits are ranked by an approximate index: `total` counts those found so far
+            # (this page and the ones before it); `has_more` says whether another page has any.
+            "total": search.offset + len(page),
+            "has_more": len(hits) > search.offset + search.limit,
+            "limit": search.limit,
+            "offset": search.offset,
+            "model_id": model_id,
+            "query_time_ms": round(elapsed * 1000, 2),
+        }
+    )
+
+
+async def _embed_text(request: web.Request, text: str) -> tuple[str, NDArray[np.float32]]:
+    client = request.app[DEPS].text_embeddings
+    try:
+        model_id, vectors = await client.embed([text])
+    except NoTextEncoder:
+        raise ApiError(
+            409, "text search is off: the embedding model has no text encoder; search with like="
+        ) from None
+    except (EmbedError, BusUnavailable) as error:
+        raise ApiError(
+            503, f"text embedding unavailable: {error}", headers={"Retry-After": "5"}
+        ) from None
+    return model_id, vectors[0]
+
+
+async def _embed_of_upload(
+    pool: asyncpg.Pool, upload_id: uuid.UUID
+) -> tuple[str, NDArray[np.float32], uuid.UUID]:
+    row = await pool.fetchrow(
+        """SELECT c.id, e.model_id, e.embedding::text AS embedding
+           FROM uploads u JOIN content c ON c.id = u.content_id
+           LEFT JOIN embeddings e ON e.content_id = c.id
+           WHERE u.id = $1 ORDER BY e.created_at DESC LIMIT 1""",
+        upload_id,
+    )
+    if row is None:
+        raise ApiError(404, "object not found")
+    if row["embedding"] is None:
+        raise ApiError(409, "this object has no embedding (yet): it cannot be searched by")
+    vector = np.asarray(orjson.loads(row["embedding"]), dtype=np.float32)
+    return row["model_id"], vector, row["id"]
+
+
+async def nearest(
+    conn: asyncpg.Connection,
+    model_id: str,
+    dim: int,
+    vector: NDArray[np.float32],
+    search: SearchRequest,
+    exclude: uuid.UUID | None,
+) -> list[Hit]:
+    """Content nearest to the vector that passes the filters and the threshold, best first.
+
+    Up to offset + limit + 1 hits (one more tells whether another page exists). The model's
+    HNSW index is the only plan the transaction allows, with pgvector's iterative scan, so a
+    filter that removes most neighbours still yields enough hits.
+    """
+    cast = f"vector({dim})" if dim <= 2000 else f"halfvec({dim})"
+    conditions = [f"e.model_id = {model_literal(model_id)}", "c.stage <> 'failed'"]
+    args: list[Any] = [vector, search.offset + search.limit + 1]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if search.kind:
+        conditions.append(f"c.kind = {arg(search.kind)}")
+    if search.cluster_id:
+        conditions.append(f"c.cluster_id = {arg(search.cluster_id)}")
+    if search.tags:
+        op = "&&" if search.tags_mode == "any" else "@>"
+        conditions.append(f"c.tags {op} {arg(search.tags)}::text[]")
+    if search.owner:
+        owner = arg(search.owner)
+        conditions.append(
+            f"EXISTS (SELECT 1 FROM uploads u WHERE u.content_id = c.id AND u.owner = {owner})"
+        )
+    if exclude:
+        conditions.append(f"c.id <> {arg(exclude)}")
+    distance = f"e.embedding::{cast} <=> $1::vector::{cast}"
+    async with conn.transaction():
+        await conn.execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+            " SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order;"
+            " SET LOCAL hnsw.ef_search = 100"
+        )
+        rows = await conn.fetch(
+            f"""SELECT e.content_id, {distance} AS distance
+                FROM embeddings e JOIN content c ON c.id = e.content_id
+                WHERE {" AND ".join(conditions)}
+                ORDER BY {distance} LIMIT $2""",
+            *args,
+        )
+    # relaxed_order may return neighbours slightly out of order: sort them exactly.
+    hits = sorted(
+        (Hit(r["content_id"], 1 - float(r["distance"])) for r in rows), key=lambda h: -h.similarity
+    )
+    return [h for h in hits if h.similarity >= search.threshold]
+
+
+async def _describe(
+    conn: asyncpg.Connection, hits: list[Hit], owner: str | None
+) -> list[dict[str, Any]]:
+    if not hits:
+        return []
+    rows = await conn.fetch(
+        """SELECT c.id, c.kind, c.tags, c.cluster_id, cl.name AS cluster_name, c.thumbnail_key,
+                  c.mime_type, u.id AS upload_id, u.filename, u.owner
+           FROM content c
+           LEFT JOIN clusters cl ON cl.id = c.cluster_id
+           CROSS JOIN LATERAL (
+               SELECT id, filename, owner FROM uploads
+               WHERE content_id = c.id AND ($2::text IS NULL OR owner = $2)
+               ORDER BY created_at, id LIMIT 1
+           ) u
+           WHERE c.id = ANY($1::uuid[])""",
+        [h.content_id for h in hits],
+        owner,
+    )
+    by_id = {r["id"]: r for r in rows}
+    results = []
+    for hit in hits:
+        row = by_id.get(hit.content_id)
+        if row is None:
+            continue
+        upload_id = str(row["upload_id"])
+        results.append(
+            {
+                "id": upload_id,
+                "content_id": str(row["id"]),
+                "kind": row["kind"],
+                "similarity": round(hit.similarity, 6),
+                "tags": list(row["tags"] or []),
+                "cluster": {"id": str(row["cluster_id"]), "name": row["cluster_name"]}
+                if row["cluster_id"]
+                else None,
+                "filename": row["filename"],
+                "owner": row["owner"],
+                "content_url": f"/api/v1/objects/{upload_id}/content",
+                "thumbnail_url": f"/api/v1/objects/{upload_id}/thumbnail"
+                if row["thumbnail_key"]
+                else None,
+            }
+        )
+    return results

@@ -184,20 +184,24 @@ async def _embed_of_upload(
     return row["model_id"], vector, row["id"]
 
 
-async def nearest(
-    conn: asyncpg.Connection,
+# The model's HNSW index is the only plan the search transaction allows (the planner would
+# price a scan and sort of a small or filtered table lower, not counting its TOAST fetches),
+# with pgvector's iterative scan so that a filter removing most neighbours still fills a page.
+SEARCH_SETTINGS = (
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+    " SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order;"
+    " SET LOCAL hnsw.ef_search = 100"
+)
+
+
+def search_query(
     model_id: str,
     dim: int,
     vector: NDArray[np.float32],
     search: SearchRequest,
     exclude: uuid.UUID | None,
-) -> list[Hit]:
-    """Content nearest to the vector that passes the filters and the threshold, best first.
-
-    Up to offset + limit + 1 hits (one more tells whether another page exists). The model's
-    HNSW index is the only plan the transaction allows, with pgvector's iterative scan, so a
-    filter that removes most neighbours still yields enough hits.
-    """
+) -> tuple[str, list[Any]]:
+    """The nearest-neighbour statement for a search and its arguments."""
     cast = f"vector({dim})" if dim <= 2000 else f"halfvec({dim})"
     conditions = [f"e.model_id = {model_literal(model_id)}", "c.stage <> 'failed'"]
     args: list[Any] = [vector, search.offset + search.limit + 1]
@@ -221,22 +225,33 @@ async def nearest(
     if exclude:
         conditions.append(f"c.id <> {arg(exclude)}")
     distance = f"e.embedding::{cast} <=> $1::vector::{cast}"
+    sql = f"""SELECT e.content_id, {distance} AS distance
+              FROM embeddings e JOIN content c ON c.id = e.content_id
+              WHERE {" AND ".join(conditions)}
+              ORDER BY {distance} LIMIT $2"""
+    return sql, args
+
+
+async def nearest(
+    conn: asyncpg.Connection,
+    model_id: str,
+    dim: int,
+    vector: NDArray[np.float32],
+    search: SearchRequest,
+    exclude: uuid.UUID | None,
+) -> list[Hit]:
+    """Content nearest to the vector that passes the filters and the threshold, best first.
+
+    Up to offset + limit + 1 hits (one more tells whether another page exists).
+    """
+    sql, args = search_query(model_id, dim, vector, search, exclude)
     async with conn.transaction():
-        await conn.execute(
-            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
-            " SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = relaxed_order;"
-            " SET LOCAL hnsw.ef_search = 100"
-        )
-        rows = await conn.fetch(
-            f"""SELECT e.content_id, {distance} AS distance
-                FROM embeddings e JOIN content c ON c.id = e.content_id
-                WHERE {" AND ".join(conditions)}
-                ORDER BY {distance} LIMIT $2""",
-            *args,
-        )
+        await conn.execute(SEARCH_SETTINGS)
+        rows = await conn.fetch(sql, *args)
     # relaxed_order may return neighbours slightly out of order: sort them exactly.
     hits = sorted(
-        (Hit(r["content_id"], 1 - float(r["distance"])) for r in rows), key=lambda h: -h.similarity
+        (Hit(r["content_id"], 1 - float(r["distance"])) for r in rows),
+        key=lambda h: -h.similarity,
     )
     return [h for h in hits if h.similarity >= search.threshold]
 

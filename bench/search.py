@@ -198,9 +198,8 @@ async def main() -> None:
                     tag_mask,
                 ),
             }
-            print(
-                f"\n{'query':<14} {'conc':>4} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'q/s':>8} {'recall@10':>10}"
-            )
+            header = f"{'query':<14} {'conc':>4} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'q/s':>8}"
+            print(f"\n{header} {'recall@10':>10}")
             for name, (request, mask) in kinds.items():
                 truth = [{ids[i] for i in exact(vectors, q, mask, 10)} for q in queries]
                 for concurrency in (1, 16):

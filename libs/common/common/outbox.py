@@ -114,7 +114,8 @@ class OutboxRelay:
         """Claim, publish and mark one batch; returns how many rows were published."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT id, message_id, routing_key, body, headers::text AS headers FROM outbox
+                """SELECT id, message_id, routing_key, queue, body, headers::text AS headers
+                   FROM outbox
                    WHERE sent_at IS NULL ORDER BY id LIMIT $1
                    FOR UPDATE SKIP LOCKED""",
                 self.batch_size,
@@ -136,10 +137,11 @@ class OutboxRelay:
         with tracer.start_as_current_span(f"publish {row['routing_key']}", context=parent):
             propagate.inject(headers)
             await self.bus.publish(
-                row["routing_key"],
+                row["queue"] or row["routing_key"],
                 bytes(row["body"]),
                 message_id=str(row["message_id"]),
                 headers=headers,
+                to_queue=row["queue"] is not None,
             )
 
     async def _refresh_state(self) -> None:

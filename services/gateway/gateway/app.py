@@ -19,6 +19,14 @@ from common.storage import open_storage
 from common.topology import cluster_command_queue
 from gateway.batcher import IngestBatcher
 from gateway.clusters import handle_cluster, handle_clusters, handle_patch_cluster
+from gateway.deadletters import (
+    handle_dlq_job,
+    handle_dlq_list,
+    handle_dlq_purge,
+    handle_dlq_purge_job,
+    handle_dlq_requeue_all,
+    handle_dlq_requeue_job,
+)
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
 from gateway.ingest import handle_ingest
@@ -59,6 +67,12 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_patch("/api/v1/clusters/{cluster_id}", handle_patch_cluster)
     app.router.add_get("/api/v1/search", handle_search_get)
     app.router.add_post("/api/v1/search", handle_search_post)
+    app.router.add_get("/api/v1/admin/dlq", handle_dlq_list)
+    app.router.add_delete("/api/v1/admin/dlq", handle_dlq_purge)
+    app.router.add_post("/api/v1/admin/dlq/requeue", handle_dlq_requeue_all)
+    app.router.add_get("/api/v1/admin/dlq/{job_id}", handle_dlq_job)
+    app.router.add_delete("/api/v1/admin/dlq/{job_id}", handle_dlq_purge_job)
+    app.router.add_post("/api/v1/admin/dlq/{job_id}/requeue", handle_dlq_requeue_job)
     app.router.add_get("/live", handle_live)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/health", handle_health)

@@ -16,6 +16,7 @@ from analyzer.handlers import AnalyzerDeps
 from clusterer.handlers import ClustererDeps
 from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from tests.analyzer.fake_gemini import GOOD_ANSWER, FakeGemini, answer
 from tests.clusterer.conftest import colour_png, wait_for
 from tests.clusterer.test_pipeline import wait_done
 from tests.integration.conftest import Gateway
@@ -199,3 +200,50 @@ async def test_text_search_answers_503_when_no_embedder_answers(
     async with start_gateway(search_embed_timeout_s=0.3) as gateway:
         response = await gateway.client.get("/api/v1/search?query=anything")
         assert response.status == 503 and "Retry-After" in response.headers
+
+
+async def test_text_seen_in_an_image_finds_it_when_searched_for(
+    gateway: Gateway,
+    colour_embedder: EmbedderDeps,
+    clusterer: ClustererDeps,
+    gemini: FakeGemini,
+    start_analyzer: Callable[..., AbstractAsyncContextManager[AnalyzerDeps]],
+    db: asyncpg.Connection,
+    storage_path: Path,
+) -> None:
+    scanned = {**GOOD_ANSWER, "visible_text": "INVOICE 2024 No. 0042 total 42.00 EUR"}
+    async with start_analyzer():
+        gemini.default = answer(scanned)
+        [invoice] = await ingest(
+            gateway, "alice", ("scan.png", colour_png(COLOURS["white"], seed=1))
+        )
+        await wait_done([invoice], db, storage_path)
+
+        async def analysed() -> bool:
+            return await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL") == 0
+
+        await wait_for(analysed, what="the scan analysed")
+        gemini.default = answer()  # the others show no text
+        others = await ingest(
+            gateway,
+            "alice",
+            *((f"w{i}.png", colour_png(COLOURS["white"], seed=10 + i)) for i in range(3)),
+        )
+        await wait_done(others, db, storage_path)
+        await wait_for(analysed, what="every image analysed")
+
+    # To the colour model every white image is as close to "invoice 2024" as any other
+    # (~0.32); the words read in the scan decide.
+    status, body = await search(gateway, "query=invoice%202024&threshold=0.5")
+    assert status == 200 and [r["id"] for r in body["results"]] == [invoice]
+    hit = body["results"][0]
+    assert hit["text_match"] is True and hit["score"] > hit["similarity"] + 0.4
+    status, body = await search(gateway, "query=Invoice%20total&threshold=0&limit=10")
+    assert body["results"][0]["id"] == invoice and len(body["results"]) == 4
+    assert [r["text_match"] for r in body["results"]] == [True, False, False, False]
+    # Every word must be there: 2025 is not, so nothing passes 0.5.
+    status, body = await search(gateway, "query=invoice%202025&threshold=0.5")
+    assert body["results"] == []
+    # Filters hold for text matches too.
+    status, body = await search(gateway, "query=invoice%202024&threshold=0.5&owner=bob")
+    assert body["results"] == []

@@ -1,8 +1,10 @@
 """Search: text (through the embedder's text RPC) or an existing upload, matched with pgvector.
 
 One hit per content (the same bytes uploaded twice are one hit), shown through its earliest
-upload the caller may see. Hits below the threshold are never returned, so a query that
-matches nothing answers with an empty list, not the least bad ones.
+upload the caller may see. A text query also looks for the words in the text the analyzer
+read in each image; such a match adds TEXT_MATCH_BOOST to the hit's score. Hits whose score is
+below the threshold are never returned, so a query that matches nothing answers with an empty
+list, not the least bad ones.
 """
 
 from __future__ import annotations
@@ -72,10 +74,20 @@ class SearchRequest(BaseModel):
         return self
 
 
+# A hit whose visible text contains every word of the query ranks this much higher: a
+# scanned invoice that says "invoice 2024" beats pictures that merely look like documents.
+TEXT_MATCH_BOOST = 0.5
+
+
 @dataclass(frozen=True)
 class Hit:
     content_id: uuid.UUID
     similarity: float
+    text_match: bool = False
+
+    @property
+    def score(self) -> float:
+        return self.similarity + (TEXT_MATCH_BOOST if self.text_match else 0.0)
 
 
 def _parse(raw: dict[str, Any]) -> SearchRequest:
@@ -132,6 +144,8 @@ async def _search(request: web.Request, search: SearchRequest) -> web.Response:
         raise ApiError(503, "the embedding model is not registered yet")
     async with deps.pool.acquire() as conn:
         hits = await nearest(conn, model_id, int(dim), vector, search, exclude)
+        if search.query is not None:
+            hits = _merge(hits, await text_matches(conn, model_id, vector, search))
         page = hits[search.offset : search.offset + search.limit]
         results = await _describe(conn, page, search.owner)
     elapsed = time.perf_counter() - start
@@ -256,6 +270,38 @@ async def nearest(
     return [h for h in hits if h.similarity >= search.threshold]
 
 
+async def text_matches(
+    conn: asyncpg.Connection,
+    model_id: str,
+    vector: NDArray[np.float32],
+    search: SearchRequest,
+) -> list[Hit]:
+    """Content whose visible text holds every word of the query (through its GIN index), with
+    the same filters, and its vector similarity to the query."""
+    sql, args = search_query(model_id, 1, vector, search, None)
+    # The same conditions as the vector search, without its ordering by the index.
+    where = sql.split("WHERE", 1)[1].rsplit("ORDER BY", 1)[0]
+    rows = await conn.fetch(
+        f"""SELECT e.content_id, 1 - (e.embedding <=> $1::vector) AS similarity
+            FROM embeddings e JOIN content c ON c.id = e.content_id
+            WHERE {where}
+              AND c.visible_text @@ plainto_tsquery('simple', ${len(args) + 1})
+            ORDER BY ts_rank(c.visible_text, plainto_tsquery('simple', ${len(args) + 1})) DESC
+            LIMIT $2""",
+        *args,
+        search.query,
+    )
+    hits = [Hit(r["content_id"], float(r["similarity"]), text_match=True) for r in rows]
+    return [h for h in hits if h.score >= search.threshold]
+
+
+def _merge(by_vector: list[Hit], by_text: list[Hit]) -> list[Hit]:
+    """One list, best score first; a content found both ways counts as a text match."""
+    merged = {h.content_id: h for h in by_vector}
+    merged.update({h.content_id: h for h in by_text})
+    return sorted(merged.values(), key=lambda h: -h.score)
+
+
 async def _describe(
     conn: asyncpg.Connection, hits: list[Hit], owner: str | None
 ) -> list[dict[str, Any]]:
@@ -288,6 +334,8 @@ async def _describe(
                 "content_id": str(row["id"]),
                 "kind": row["kind"],
                 "similarity": round(hit.similarity, 6),
+                "score": round(hit.score, 6),
+                "text_match": hit.text_match,
                 "tags": list(row["tags"] or []),
                 "cluster": {"id": str(row["cluster_id"]), "name": row["cluster_name"]}
                 if row["cluster_id"]

@@ -17,6 +17,7 @@ from common.outbox import OutboxRelay
 from common.rpc import RpcClient
 from common.storage import open_storage
 from common.topology import cluster_command_queue
+from gateway.auth import KEYS, KeyRing, authenticate, cors, parse_keys
 from gateway.batcher import IngestBatcher
 from gateway.clusters import handle_cluster, handle_clusters, handle_patch_cluster
 from gateway.deadletters import (
@@ -45,8 +46,15 @@ log = structlog.get_logger(__name__)
 
 def build_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; resources open when it starts and close when it stops."""
+    admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+    keys = KeyRing(parse_keys(settings.api_keys, admin_key))
+    if keys.open:
+        log.warning(
+            "NO API KEYS CONFIGURED: the API is open to anyone who reaches this port;"
+            " set API_KEYS and ADMIN_API_KEY"
+        )
     app = web.Application(
-        middlewares=[request_context],
+        middlewares=[cors(settings.cors_allow_origins), request_context, authenticate],
         client_max_size=settings.max_json_bytes + 1024 * 1024,
         handler_args={"max_field_size": 16384},
     )
@@ -56,6 +64,7 @@ def build_app(settings: GatewaySettings) -> web.Application:
             app[DEPS] = deps
             yield
 
+    app[KEYS] = keys
     app.cleanup_ctx.append(resources)
     app.router.add_post("/api/v1/ingest", handle_ingest)
     app.router.add_get("/api/v1/ingest/{job_id}/status", handle_job_status)

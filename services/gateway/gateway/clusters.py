@@ -18,11 +18,15 @@ from common.bus import BusUnavailable
 from common.cluster_commands import Change, ClusterCommand, ClusterCommandReply
 from common.clusters import CLUSTER_COLUMNS, cluster_json
 from common.rpc import RpcTimeout
+from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError
 from gateway.views import parse_id
 
 CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
+# Does the cluster hold an upload of the owner? Formatted with SQL for both.
+_OWNED = """SELECT 1 FROM content oc JOIN uploads ou ON ou.content_id = oc.id
+            WHERE oc.cluster_id = {cluster} AND ou.owner = {owner}"""
 THUMBNAILS_PER_CLUSTER = 4
 MAX_BODY = 64 * 1024
 
@@ -64,14 +68,17 @@ async def handle_clusters(request: web.Request) -> web.Response:
     if provisional not in (None, "true", "false"):
         raise ApiError(400, "provisional must be true or false")
     model_id = request.query.get("model_id")
-    where = (
-        "WHERE ($1::boolean IS NULL OR provisional = $1) AND ($2::text IS NULL OR model_id = $2)"
-    )
-    args = (None if provisional is None else provisional == "true", model_id)
+    owner = bound_owner(request)
+    # A key bound to an owner sees the clusters that hold its uploads, and only its thumbnails.
+    owned = _OWNED.format(cluster="clusters.id", owner="$3")
+    where = f"""WHERE ($1::boolean IS NULL OR provisional = $1)
+                  AND ($2::text IS NULL OR model_id = $2)
+                  AND ($3::text IS NULL OR EXISTS ({owned}))"""
+    args = (None if provisional is None else provisional == "true", model_id, owner)
     total = await pool.fetchval(f"SELECT count(*) FROM clusters {where}", *args)
     rows = await pool.fetch(
         f"""SELECT {CLUSTER_COLUMNS} FROM clusters {where}
-            ORDER BY created_at DESC, id LIMIT $3 OFFSET $4""",
+            ORDER BY created_at DESC, id LIMIT $4 OFFSET $5""",
         *args,
         limit,
         offset,
@@ -83,9 +90,11 @@ async def handle_clusters(request: web.Request) -> web.Response:
                       row_number() OVER (PARTITION BY c.cluster_id ORDER BY u.created_at, u.id) AS n
                FROM content c JOIN uploads u ON u.content_id = c.id
                WHERE c.cluster_id = ANY($1::uuid[]) AND c.thumbnail_key IS NOT NULL
+                 AND ($3::text IS NULL OR u.owner = $3)
            ) t WHERE n <= $2""",
         ids,
         THUMBNAILS_PER_CLUSTER,
+        owner,
     )
     by_cluster: dict[uuid.UUID, list[str]] = {}
     for t in thumbs:
@@ -104,22 +113,32 @@ async def handle_cluster(request: web.Request) -> web.Response:
     cluster_id = parse_id(request, "cluster_id", "cluster id")
     limit = _int_param(request, "limit", 50, 1, 500)
     offset = _int_param(request, "offset", 0, 0, 10_000_000)
-    row = await pool.fetchrow(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = $1", cluster_id)
+    owner = bound_owner(request)
+    owned = _OWNED.format(cluster="$1", owner="$2")
+    row = await pool.fetchrow(
+        f"""SELECT {CLUSTER_COLUMNS} FROM clusters
+            WHERE id = $1 AND ($2::text IS NULL OR EXISTS ({owned}))""",
+        cluster_id,
+        owner,
+    )
     if row is None:
         raise ApiError(404, "cluster not found")
     total = await pool.fetchval(
         """SELECT count(*) FROM content c JOIN uploads u ON u.content_id = c.id
-           WHERE c.cluster_id = $1""",
+           WHERE c.cluster_id = $1 AND ($2::text IS NULL OR u.owner = $2)""",
         cluster_id,
+        owner,
     )
     members = await pool.fetch(
         """SELECT u.id AS upload_id, u.filename, u.owner, u.created_at, c.id AS content_id,
                   c.kind, c.mime_type, c.thumbnail_key
            FROM content c JOIN uploads u ON u.content_id = c.id
-           WHERE c.cluster_id = $1 ORDER BY u.created_at, u.id LIMIT $2 OFFSET $3""",
+           WHERE c.cluster_id = $1 AND ($4::text IS NULL OR u.owner = $4)
+           ORDER BY u.created_at, u.id LIMIT $2 OFFSET $3""",
         cluster_id,
         limit,
         offset,
+        owner,
     )
     return web.json_response(
         {
@@ -136,6 +155,9 @@ async def handle_patch_cluster(request: web.Request) -> web.Response:
     """rename, merge, update_threshold, confirm or reject, carried out by the clusterer."""
     deps = request.app[DEPS]
     cluster_id = parse_id(request, "cluster_id", "cluster id")
+    if bound_owner(request) is not None:
+        # Clusters hold every owner's uploads: changing one is for an unbound admin key.
+        raise ApiError(403, "changing clusters needs an admin key not bound to an owner")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "the request body is too large")
     raw = await request.content.read(MAX_BODY + 1)

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from common.topology import ATTEMPT_HEADER, ERROR_HEADER, QueueSpec
+from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError
 from gateway.views import parse_id
@@ -27,6 +28,14 @@ _COLUMNS = """d.id, d.message_id, d.job_id, d.content_id, d.queue, d.routing_key
               (SELECT u.id FROM uploads u
                WHERE u.content_id = d.content_id AND u.job_id = d.job_id
                ORDER BY u.position LIMIT 1) AS upload_id"""
+
+
+def _mine(placeholder: str) -> str:
+    """Only dead letters of the caller's owner's jobs, when its key is bound to an owner."""
+    return (
+        f"({placeholder}::text IS NULL"
+        f" OR d.job_id IN (SELECT id FROM jobs WHERE owner = {placeholder}))"
+    )
 
 
 def _json(row: Any) -> dict[str, Any]:
@@ -72,11 +81,12 @@ async def handle_dlq_list(request: web.Request) -> web.Response:
     queue = request.query.get("queue")
     rows = await request.app[DEPS].pool.fetch(
         f"""SELECT {_COLUMNS} FROM dead_letters d
-            WHERE {_state(request)} AND ($1::text IS NULL OR d.queue = $1)
+            WHERE {_state(request)} AND ($1::text IS NULL OR d.queue = $1) AND {_mine("$4")}
             ORDER BY d.created_at DESC, d.id DESC LIMIT $2 OFFSET $3""",
         queue,
         _int(request, "limit", 100, 1000),
         _int(request, "offset", 0, 1_000_000),
+        bound_owner(request),
     )
     return web.json_response([_json(r) for r in rows])
 
@@ -85,9 +95,11 @@ async def handle_dlq_job(request: web.Request) -> web.Response:
     """Every dead letter of one job (parked or requeued), with the message body."""
     job_id = parse_id(request, "job_id", "job id")
     rows = await request.app[DEPS].pool.fetch(
-        f"""SELECT {_COLUMNS}, d.body FROM dead_letters d WHERE d.job_id = $1
+        f"""SELECT {_COLUMNS}, d.body FROM dead_letters d
+            WHERE d.job_id = $1 AND {_mine("$2")}
             ORDER BY d.created_at, d.id""",
         job_id,
+        bound_owner(request),
     )
     if not rows:
         raise ApiError(404, "no dead letters for this job")
@@ -103,14 +115,16 @@ def _body(raw: bytes) -> Any:
 
 async def handle_dlq_requeue_job(request: web.Request) -> web.Response:
     job_id = parse_id(request, "job_id", "job id")
-    count = await _requeue(request, "d.job_id = $1", job_id)
+    where = f"d.job_id = $1 AND {_mine('$2')}"
+    count = await _requeue(request, where, job_id, bound_owner(request))
     if count == 0:
         raise ApiError(404, "no parked dead letters for this job")
     return web.json_response({"requeued": count})
 
 
 async def handle_dlq_requeue_all(request: web.Request) -> web.Response:
-    return web.json_response({"requeued": await _requeue(request, "true")})
+    count = await _requeue(request, _mine("$1"), bound_owner(request))
+    return web.json_response({"requeued": count})
 
 
 async def _requeue(request: web.Request, where: str, *args: Any) -> int:
@@ -161,8 +175,10 @@ async def _requeue_one(conn: asyncpg.Connection, row: Any, spec: QueueSpec | Non
 async def handle_dlq_purge(request: web.Request) -> web.Response:
     """Forget every parked dead letter (their content stays failed)."""
     deleted = await request.app[DEPS].pool.fetchval(
-        "WITH d AS (DELETE FROM dead_letters WHERE requeued_at IS NULL RETURNING 1)"
-        " SELECT count(*) FROM d"
+        f"""WITH gone AS (DELETE FROM dead_letters d WHERE requeued_at IS NULL AND {_mine("$1")}
+                          RETURNING 1)
+            SELECT count(*) FROM gone""",
+        bound_owner(request),
     )
     return web.json_response({"purged": deleted})
 
@@ -170,8 +186,11 @@ async def handle_dlq_purge(request: web.Request) -> web.Response:
 async def handle_dlq_purge_job(request: web.Request) -> web.Response:
     job_id = parse_id(request, "job_id", "job id")
     deleted = await request.app[DEPS].pool.fetchval(
-        "WITH d AS (DELETE FROM dead_letters WHERE job_id = $1 RETURNING 1) SELECT count(*) FROM d",
+        f"""WITH gone AS (DELETE FROM dead_letters d WHERE job_id = $1 AND {_mine("$2")}
+                          RETURNING 1)
+            SELECT count(*) FROM gone""",
         job_id,
+        bound_owner(request),
     )
     if not deleted:
         raise ApiError(404, "no dead letters for this job")

@@ -13,6 +13,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
+from gateway.auth import OPEN, Principal, principal
 from gateway.deps import DEPS, INGEST_LATENCY, Deps
 from gateway.errors import ApiError, request_id
 from gateway.intake import (
@@ -246,17 +247,29 @@ async def handle_ingest(request: web.Request) -> web.Response:
         await _read_request(request, intake)
         if not intake.entries:
             raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
-        owner = check_owner(intake.fields.get("owner"))
+        caller = principal(request)
+        owner = _owner(caller, intake.fields.get("owner"))
         comments = check_comments(intake.fields.get("comments"))
         key = check_idempotency_key(
             intake.fields.get("idempotency_key") or request.headers.get("Idempotency-Key")
         )
-        response = await _record(request, deps, intake, owner, comments, key)
+        # Idempotency keys belong to the caller: its API key, or without keys its owner.
+        scope = owner if caller is OPEN else f"key:{caller.key_id}"
+        response = await _record(request, deps, intake, owner, comments, key, scope)
     finally:
         intake.abort()  # removes temp files of anything not placed; placed files stay
     INGEST_LATENCY.observe(time.perf_counter() - start)
     deps.wake_relay()
     return response
+
+
+def _owner(caller: Principal, given: str | None) -> str:
+    """The owner of the uploads: the key's, when it is bound to one (a form may not differ)."""
+    if caller.owner is None:
+        return check_owner(given)
+    if given and given.strip() and given.strip() != caller.owner:
+        raise ApiError(403, "this key uploads only as its own owner", {"owner": caller.owner})
+    return caller.owner
 
 
 async def _read_request(request: web.Request, intake: Intake) -> None:
@@ -295,12 +308,12 @@ async def _record(
     owner: str,
     comments: str | None,
     key: str | None,
+    scope: str,
 ) -> web.Response:
     rid = request_id(request)
     uploads = intake.uploads()
     request_hash = fingerprint(owner, comments, [(u.filename, u.sha256) for u in uploads])
-    # Without API keys the caller is identified by its owner; keys will scope it further.
-    idempotency = (owner, key, request_hash) if key else None
+    idempotency = (scope, key, request_hash) if key else None
     request_record = IngestRequest(owner, comments, rid, current_trace_id(), uploads)
     try:
         if idempotency is None:

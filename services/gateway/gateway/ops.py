@@ -11,6 +11,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from gateway.auth import KEYS
 from gateway.deps import DEPS, Deps
 
 QUEUE_DEPTH = Gauge("queue_depth", "Messages waiting, by queue.", ["queue"])
@@ -115,8 +116,19 @@ async def handle_health(request: web.Request) -> web.Response:
         "workers": workers,
         "outbox": {"pending": outbox.pending, "lag_seconds": round(outbox.lag_seconds, 3)},
         "system": _system(deps),
+        "auth": _auth(request),
     }
     return web.json_response(body, status=503 if status == "unhealthy" else 200)
+
+
+def _auth(request: web.Request) -> dict[str, str]:
+    if request.app[KEYS].open:
+        return {
+            "mode": "open",
+            "warning": "no API keys configured: anyone who reaches this port may read,"
+            " write and administer everything",
+        }
+    return {"mode": "api-keys"}
 
 
 async def handle_ready(request: web.Request) -> web.Response:

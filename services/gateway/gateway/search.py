@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.bus import BusUnavailable
 from common.embed_client import EmbedError, NoTextEncoder
 from common.vectors import model_literal
+from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError
 
@@ -133,12 +134,18 @@ async def handle_search_post(request: web.Request) -> web.Response:
 async def _search(request: web.Request, search: SearchRequest) -> web.Response:
     deps = request.app[DEPS]
     start = time.perf_counter()
+    owner = bound_owner(request)
+    if owner is not None:
+        # A key bound to an owner searches that owner's uploads, whatever it asks for.
+        if search.owner not in (None, owner):
+            raise ApiError(403, "this key searches only its own owner's uploads")
+        search = search.model_copy(update={"owner": owner})
     if search.query is not None:
         model_id, vector = await _embed_text(request, search.query)
         exclude = None
     else:
         assert search.like is not None
-        model_id, vector, exclude = await _embed_of_upload(deps.pool, search.like)
+        model_id, vector, exclude = await _embed_of_upload(deps.pool, search.like, owner)
     dim = await deps.pool.fetchval("SELECT dim FROM models WHERE id = $1", model_id)
     if dim is None:
         raise ApiError(503, "the embedding model is not registered yet")
@@ -181,16 +188,16 @@ async def _embed_text(request: web.Request, text: str) -> tuple[str, NDArray[np.
 
 
 async def _embed_of_upload(
-    pool: asyncpg.Pool, upload_id: uuid.UUID
+    pool: asyncpg.Pool, upload_id: uuid.UUID, owner: str | None
 ) -> tuple[str, NDArray[np.float32], uuid.UUID]:
     row = await pool.fetchrow(
-        """SELECT c.id, e.model_id, e.embedding::text AS embedding
+        """SELECT c.id, u.owner, e.model_id, e.embedding::text AS embedding
            FROM uploads u JOIN content c ON c.id = u.content_id
            LEFT JOIN embeddings e ON e.content_id = c.id
            WHERE u.id = $1 ORDER BY e.created_at DESC LIMIT 1""",
         upload_id,
     )
-    if row is None:
+    if row is None or (owner is not None and row["owner"] != owner):
         raise ApiError(404, "object not found")
     if row["embedding"] is None:
         raise ApiError(409, "this object has no embedding (yet): it cannot be searched by")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
 
-from common.settings import CommonSettings
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from common.settings import CommonSettings, comma_separated
 
 MB = 1024 * 1024
 
@@ -36,6 +39,30 @@ class GatewaySettings(CommonSettings):
     # A text search waits this long for the embedder to embed the query.
     search_embed_timeout_s: float = Field(5.0, gt=0, le=120)
 
+    # API keys: comma-separated key:role[:owner] (role read, write or admin); none = open.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    admin_api_key: SecretStr | None = None
+    # Origins allowed to call the API from a browser (CORS); "*" for any.
+    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
     # The relay may run in every gateway pod (rows are claimed with SKIP LOCKED) or apart.
     outbox_relay_enabled: bool = True
     dlq_recorder_enabled: bool = True
+
+    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return comma_separated(value)
+
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _blank_key(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from gateway.auth import parse_keys
+
+        parse_keys(value, None)  # a bad entry stops the gateway at start, naming the entry
+        return value

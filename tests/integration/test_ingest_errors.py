@@ -266,3 +266,13 @@ async def test_ingest_cleans_temp_files_when_client_disconnects_mid_upload(
         await asyncio.sleep(0.05)
     assert list((storage_path / "tmp").glob("*.part")) == []
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_ingest_answers_400_when_a_multipart_part_header_is_invalid(gateway: Gateway) -> None:
+    # Found by fuzzing from the OpenAPI document: a control character in a part's header.
+    body = b'--b\r\nContent-Disposition: form-data; name="\x00\x84bad"\r\n\r\nx\r\n--b--\r\n'
+    response = await gateway.client.post(
+        "/api/v1/ingest", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status == 400, await response.text()
+    assert "malformed" in (await response.json())["error"]

@@ -31,6 +31,7 @@ from gateway.deadletters import (
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import request_context
 from gateway.ingest import handle_ingest
+from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
 from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
@@ -82,6 +83,7 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/admin/dlq/{job_id}", handle_dlq_job)
     app.router.add_delete("/api/v1/admin/dlq/{job_id}", handle_dlq_purge_job)
     app.router.add_post("/api/v1/admin/dlq/{job_id}/requeue", handle_dlq_requeue_job)
+    app.router.add_get("/api/v1/openapi.json", handle_openapi)
     app.router.add_get("/live", handle_live)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/health", handle_health)

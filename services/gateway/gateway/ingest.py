@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
@@ -290,7 +291,9 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
                 f"unsupported request content type {ctype!r}",
                 {"supported": ["multipart/form-data", "application/json"]},
             )
-    except (ValueError, AssertionError) as error:  # aiohttp's multipart parser on bad input
+    # aiohttp's multipart parser on bad input: ValueError, AssertionError, or an invalid
+    # part header (HttpProcessingError) — found by fuzzing the API from its OpenAPI document.
+    except (ValueError, AssertionError, HttpProcessingError) as error:
         raise ApiError(400, f"malformed request body: {error}") from None
     except OSError as error:  # ENOSPC and friends while writing to storage
         raise ApiError(

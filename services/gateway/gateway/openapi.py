@@ -1,0 +1,313 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at /api/v1/openapi.json.
+
+Request bodies that the gateway validates with pydantic take their schemas from those models,
+so the document and the validation cannot drift apart; a test checks every route against it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter
+
+from common.cluster_commands import Change
+from gateway.search import SearchRequest
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "An error")
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request", 401: "No valid API key", 403: "The key may not do this",
+            404: "Not found (or not visible to this key)", 409: "Conflict",
+            413: "Too large", 415: "Unsupported media type", 503: "Unavailable; retry later",
+            504: "No answer in time", 410: "Gone"}  # fmt: skip
+    return {str(c): {**ERROR, "description": text[c]} for c in codes}
+
+
+def _id(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": what,
+            "schema": {"type": "string", "format": "uuid"}}  # fmt: skip
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+PAGING = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+    _query("offset", {"type": "integer", "minimum": 0}),
+]
+NULLABLE_STRING = {"type": ["string", "null"]}
+UUID = {"type": "string", "format": "uuid"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "request_id"],
+        "properties": {
+            "error": {"type": "string"},
+            "details": {},
+            "request_id": {"type": "string"},
+        },
+    },
+    "IngestAccepted": {
+        "type": "object",
+        "required": ["job_id", "system_ids", "status", "request_id", "created_at"],
+        "properties": {
+            "job_id": UUID,
+            "system_ids": {"type": "array", "items": UUID},
+            "status": {"type": "string"},
+            "request_id": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "JobStatus": {
+        "type": "object",
+        "required": ["job_id", "status", "progress", "uploads"],
+        "properties": {
+            "job_id": UUID,
+            "status": {"enum": ["queued", "processing", "done", "failed", "partial"]},
+            "owner": {"type": "string"},
+            "trace_id": NULLABLE_STRING,
+            "progress": {"type": "object"},
+            "uploads": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Object": {"type": "object", "required": ["system_id", "content_id", "kind", "status"]},
+    "Cluster": {
+        "type": "object",
+        "required": ["id", "name", "name_source", "provisional", "threshold", "member_count"],
+        "properties": {
+            "id": UUID,
+            "name": {"type": "string"},
+            "name_source": {"enum": ["placeholder", "vlm", "admin"]},
+            "provisional": {"type": "boolean"},
+            "threshold": {"type": "number"},
+            "member_count": {"type": "integer"},
+            "model_id": {"type": "string"},
+            "thumbnails": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ClusterList": {
+        "type": "object",
+        "required": ["clusters", "total", "limit", "offset"],
+        "properties": {
+            "clusters": {"type": "array", "items": _ref("Cluster")},
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    },
+    "ClusterDetail": {
+        "allOf": [_ref("Cluster")],
+        "type": "object",
+        "required": ["members", "members_total"],
+    },
+    "ClusterChanged": {"type": "object", "required": ["cluster"]},
+    "SearchResults": {
+        "type": "object",
+        "required": ["results", "total", "has_more", "limit", "offset", "query_time_ms"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "content_id",
+                        "kind",
+                        "similarity",
+                        "score",
+                        "text_match",
+                        "tags",
+                    ],
+                },
+            },
+            "total": {"type": "integer"},
+            "has_more": {"type": "boolean"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "model_id": {"type": "string"},
+            "query_time_ms": {"type": "number"},
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "required": ["job_id", "upload_id", "queue", "error", "attempts", "failed_at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "job_id": {"type": ["string", "null"], "format": "uuid"},
+            "upload_id": {"type": ["string", "null"], "format": "uuid"},
+            "content_id": {"type": ["string", "null"], "format": "uuid"},
+            "queue": {"type": "string"},
+            "error": {"type": "string"},
+            "attempts": {"type": "integer"},
+            "failed_at": {"type": "string", "format": "date-time"},
+            "requeued_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "Count": {"type": "object", "additionalProperties": {"type": "integer"}},
+}
+
+
+def _pydantic(adapter: TypeAdapter[Any], name: str) -> dict[str, Any]:
+    schema = adapter.json_schema(ref_template=REF)
+    for key, value in schema.pop("$defs", {}).items():
+        SCHEMAS[key] = value
+    SCHEMAS[name] = schema
+    return _ref(name)
+
+
+PROBE = {"security": [], "tags": ["operations"]}
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The whole document (built once)."""
+    search_body = _pydantic(TypeAdapter(SearchRequest), "SearchRequest")
+    change_body = _pydantic(TypeAdapter(Change), "ClusterChange")
+    search_query = [
+        _query(
+            "query", {"type": "string", "minLength": 1, "maxLength": 1000}, "text to search for"
+        ),
+        _query("like", UUID, "an upload id: search by its embedding"),
+        _query("kind", {"enum": ["image", "video"]}),
+        _query("owner", {"type": "string"}),
+        _query("cluster_id", UUID),
+        _query("tags", {"type": "string"}, "comma-separated"),
+        _query("tags_mode", {"enum": ["any", "all"]}),
+        _query("threshold", {"type": "number", "minimum": -1, "maximum": 1}),
+        *PAGING,
+    ]
+    paths: dict[str, Any] = {
+        "/api/v1/ingest": {"post": {
+            "tags": ["ingest"], "summary": "Upload files and/or JSON (202 once durable)",
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "files[]": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "payload": {"type": "string"}, "owner": {"type": "string"},
+                    "comments": {"type": "string"}, "idempotency_key": {"type": "string"}}}},
+                "application/json": {"schema": {}}}},
+            "parameters": [_query("owner", {"type": "string"}), _query("comments", {"type": "string"}),
+                           _query("idempotency_key", {"type": "string"})],
+            "responses": {"202": _json(_ref("IngestAccepted"), "Accepted"),
+                          **_errors(400, 401, 403, 409, 413, 415, 503)}}},
+        "/api/v1/ingest/{job_id}/status": {"get": {
+            "tags": ["ingest"], "summary": "A job's status, derived from its content's stages",
+            "parameters": [_id("job_id", "the job")],
+            "responses": {"200": _json(_ref("JobStatus")), **_errors(400, 401, 404)}}},
+        "/api/v1/objects/{object_id}": {"get": {
+            "tags": ["objects"], "summary": "An upload and what is known of its content",
+            "parameters": [_id("object_id", "the upload (system id)")],
+            "responses": {"200": _json(_ref("Object")), **_errors(400, 401, 404)}}},
+        "/api/v1/objects/{object_id}/content": {"get": {
+            "tags": ["objects"], "summary": "The stored bytes, or the JSON document",
+            "parameters": [_id("object_id", "the upload")],
+            "responses": {"200": {"description": "The bytes", "content": {"*/*": {}}},
+                          **_errors(400, 401, 404, 410)}}},
+        "/api/v1/objects/{object_id}/thumbnail": {"get": {
+            "tags": ["objects"], "summary": "The 256-px JPEG thumbnail",
+            "parameters": [_id("object_id", "the upload")],
+            "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                          **_errors(400, 401, 404, 410)}}},
+        "/api/v1/search": {
+            "get": {"tags": ["search"], "summary": "Search by text or by an upload",
+                    "parameters": search_query,
+                    "responses": {"200": _json(_ref("SearchResults")),
+                                  **_errors(400, 401, 403, 404, 409, 503)}},
+            "post": {"tags": ["search"], "summary": "The same search as a JSON body",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": search_body}}},
+                     "responses": {"200": _json(_ref("SearchResults")),
+                                   **_errors(400, 401, 403, 404, 409, 413, 503)}}},
+        "/api/v1/clusters": {"get": {
+            "tags": ["clusters"], "summary": "Clusters, newest first",
+            "parameters": [_query("provisional", {"enum": ["true", "false"]}),
+                           _query("model_id", {"type": "string"}), *PAGING],
+            "responses": {"200": _json(_ref("ClusterList")), **_errors(400, 401)}}},
+        "/api/v1/clusters/{cluster_id}": {
+            "get": {"tags": ["clusters"], "summary": "A cluster and its members, paged",
+                    "parameters": [_id("cluster_id", "the cluster"), *PAGING],
+                    "responses": {"200": _json(_ref("ClusterDetail")), **_errors(400, 401, 404)}},
+            "patch": {"tags": ["clusters"],
+                      "summary": "rename, merge, update_threshold, confirm or reject (admin); "
+                                 "waits for the clusterer's answer",
+                      "parameters": [_id("cluster_id", "the cluster")],
+                      "requestBody": {"required": True, "content": {"application/json": {"schema": change_body}}},
+                      "responses": {"200": _json(_ref("ClusterChanged")),
+                                    **_errors(400, 401, 403, 404, 409, 413, 503, 504)}}},
+        "/api/v1/admin/dlq": {
+            "get": {"tags": ["dead letters"], "summary": "Dead letters, newest first",
+                    "parameters": [_query("queue", {"type": "string"}),
+                                   _query("state", {"enum": ["parked", "requeued", "all"]}),
+                                   _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                                   _query("offset", {"type": "integer", "minimum": 0})],
+                    "responses": {"200": _json({"type": "array", "items": _ref("DeadLetter")}),
+                                  **_errors(400, 401, 403)}},
+            "delete": {"tags": ["dead letters"], "summary": "Purge every parked dead letter",
+                       "responses": {"200": _json(_ref("Count")), **_errors(401, 403)}}},
+        "/api/v1/admin/dlq/requeue": {"post": {
+            "tags": ["dead letters"], "summary": "Requeue every parked dead letter",
+            "responses": {"200": _json(_ref("Count")), **_errors(401, 403)}}},
+        "/api/v1/admin/dlq/{job_id}": {
+            "get": {"tags": ["dead letters"], "summary": "A job's dead letters with their bodies",
+                    "parameters": [_id("job_id", "the job")],
+                    "responses": {"200": _json({"type": "array", "items": _ref("DeadLetter")}),
+                                  **_errors(400, 401, 403, 404)}},
+            "delete": {"tags": ["dead letters"], "summary": "Purge a job's dead letters",
+                       "parameters": [_id("job_id", "the job")],
+                       "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 404)}}},
+        "/api/v1/admin/dlq/{job_id}/requeue": {"post": {
+            "tags": ["dead letters"], "summary": "Requeue a job's parked dead letters",
+            "parameters": [_id("job_id", "the job")],
+            "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 404)}}},
+        "/api/v1/openapi.json": {"get": {**PROBE, "summary": "This document",
+                                         "responses": {"200": _json({"type": "object"})}}},
+        "/live": {"get": {**PROBE, "summary": "The process is up",
+                          "responses": {"200": _json({"type": "object"})}}},
+        "/ready": {"get": {**PROBE, "summary": "Database, bus and storage reachable",
+                           "responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"}, "Not ready")}}},
+        "/health": {"get": {**PROBE, "summary": "Health with its sections",
+                            "responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"}, "Unhealthy")}}},
+        "/metrics": {"get": {**PROBE, "summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "Prometheus text",
+                                                   "content": {"text/plain": {}}}}}},
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MammothBox",
+            "version": "1",
+            "description": "A self-hosted smart file allocator. Errors are JSON "
+            "{error, details?, request_id}. With API keys configured, send one as "
+            "`Authorization: Bearer <key>` or `X-API-Key`; a key bound to an owner sees and "
+            "writes only that owner's uploads.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())

@@ -25,7 +25,13 @@ from PIL import Image
 from common.messages import MediaIngested
 from common.migrate import migrate
 from common.telemetry import configure_telemetry
-from common.topology import QueueSpec, cluster_command_queue, queue_specs, text_rpc_queue
+from common.topology import (
+    QueueSpec,
+    cluster_command_queue,
+    image_rpc_queue,
+    queue_specs,
+    text_rpc_queue,
+)
 
 DATABASE_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator"
@@ -124,6 +130,7 @@ async def bus_names(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterato
             await channel.queue_delete(name)
     await channel.queue_delete(text_rpc_queue(prefix))
     await channel.queue_delete(cluster_command_queue(prefix))
+    await channel.queue_delete(image_rpc_queue(prefix))
     await channel.exchange_delete(exchange)
     await channel.close()
 

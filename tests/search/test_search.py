@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -140,10 +141,45 @@ async def test_search_finds_by_text_and_by_example_when_the_library_has_known_me
     assert content_of[reds[1]] not in found
     assert {content_of[reds[0]], content_of[reds[2]]} == set(found)
 
+    # By an uploaded image (multipart): the same kind, filters apply.
+    def image_form(image: bytes, **fields: str) -> FormData:
+        data = FormData(quote_fields=False)
+        data.add_field("image", io.BytesIO(image), filename="q.png", content_type="image/png")
+        for key, value in fields.items():
+            data.add_field(key, value)
+        return data
+
+    response = await gateway.client.post(
+        "/api/v1/search", data=image_form(colour_png(COLOURS["blue"], seed=99), threshold="0.9")
+    )
+    body = await response.json()
+    assert response.status == 200, body
+    assert {r["id"] for r in body["results"]} == set(blues)
+    response = await gateway.client.post(
+        "/api/v1/search",
+        data=image_form(
+            colour_png(COLOURS["blue"], seed=99), threshold="0", owner="alice", tags="green"
+        ),
+    )
+    assert {r["id"] for r in (await response.json())["results"]} == set(greens)
+    for form, status in (
+        (image_form(b"\x89PNG\r\n\x1a\n not really"), 400),  # not a readable image
+        (image_form(colour_png(COLOURS["red"], 1), query="red"), 400),
+        (image_form(colour_png(COLOURS["red"], 1), nonsense="1"), 400),
+        (image_form(colour_png(COLOURS["red"], 1), limit="500"), 400),
+        (image_form(b"x" * (10 * 1024 * 1024 + 1)), 413),
+    ):
+        response = await gateway.client.post("/api/v1/search", data=form)
+        assert response.status == status, await response.text()
+    no_image = FormData()
+    no_image.add_field("threshold", "0.5")
+    assert (await gateway.client.post("/api/v1/search", data=no_image)).status == 400
+
     # search_latency_seconds is exported.
     metrics = await (await gateway.client.get("/metrics")).text()
     assert 'search_latency_seconds_count{query="text"}' in metrics
     assert 'search_latency_seconds_count{query="like"}' in metrics
+    assert 'search_latency_seconds_count{query="image"}' in metrics
 
 
 async def test_search_refuses_bad_requests_with_clear_errors(
@@ -247,3 +283,13 @@ async def test_text_seen_in_an_image_finds_it_when_searched_for(
     # Filters hold for text matches too.
     status, body = await search(gateway, "query=invoice%202024&threshold=0.5&owner=bob")
     assert body["results"] == []
+
+
+async def test_text_search_answers_409_when_the_model_has_no_text_encoder(
+    gateway: Gateway,
+    start_embedder: Callable[[Path, str], AbstractAsyncContextManager[EmbedderDeps]],
+    lite2_models: Path,
+) -> None:
+    async with start_embedder(lite2_models, "efficientnet-lite2"):
+        status, body = await search(gateway, "query=a%20cat")
+        assert status == 409 and "no text encoder" in body["error"]

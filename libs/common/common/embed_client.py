@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from common.bus import Bus
 from common.messages import TextEmbedReply, TextEmbedRequest
 from common.rpc import RpcClient, RpcTimeout
-from common.topology import text_rpc_queue
+from common.topology import image_rpc_queue, text_rpc_queue
 
 
 class EmbedError(RuntimeError):
@@ -18,6 +18,28 @@ class EmbedError(RuntimeError):
 
 class NoTextEncoder(EmbedError):
     """The embedder's model has no text encoder: text cannot be embedded at all."""
+
+
+class ImageEmbedClient:
+    """Embeds one image (its encoded bytes) with the embedder's model, for search by image."""
+
+    def __init__(self, bus: Bus, *, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._rpc = RpcClient(bus, image_rpc_queue(bus.settings.bus_queue_prefix), timeout=timeout)
+
+    async def embed(self, image: bytes) -> tuple[str, NDArray[np.float32]]:
+        """(model id, unit vector) or EmbedError (undecodable image, no answer in time)."""
+        try:
+            raw = await self._rpc.call(image)
+        except RpcTimeout:
+            raise EmbedError(f"no image embedding within {self.timeout} s") from None
+        try:
+            reply = TextEmbedReply.model_validate_json(raw)
+        except ValidationError as error:
+            raise EmbedError(f"invalid reply: {error}") from None
+        if reply.error is not None or reply.model_id is None or len(reply.vectors) != 1:
+            raise EmbedError(reply.error or "reply without a vector")
+        return reply.model_id, np.asarray(reply.vectors[0], dtype=np.float32)
 
 
 class TextEmbedClient:

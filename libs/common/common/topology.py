@@ -82,6 +82,11 @@ def text_rpc_queue(prefix: str = "") -> str:
     return f"{prefix}embedder.text-rpc"
 
 
+def image_rpc_queue(prefix: str = "") -> str:
+    """The embedder's image-embedding RPC queue (search by an uploaded image)."""
+    return f"{prefix}embedder.image-rpc"
+
+
 def cluster_command_queue(prefix: str = "") -> str:
     """The clusterer's admin command RPC queue (the gateway waits for each answer)."""
     return f"{prefix}clusterer.commands"

@@ -21,7 +21,7 @@ from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
 from embedder.handlers import EmbedderDeps, handle_ingested
 from embedder.model import OnnxModel
-from embedder.rpc import TextRpcServer
+from embedder.rpc import ImageRpcServer, TextRpcServer
 from embedder.settings import EmbedderSettings
 
 log = structlog.get_logger(__name__)
@@ -96,6 +96,9 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
 async def _consume(deps: EmbedderDeps) -> None:
     await deps.bus.wait_connected(timeout=float("inf"))
     await TextRpcServer(deps.bus, deps.batcher, deps.model_id).start()
+    await ImageRpcServer(
+        deps.bus, deps.batcher, deps.decoders, deps.storage.root / "tmp", deps.model_id
+    ).start()
     spec = spec_of(deps.bus.specs, "embedder")
 
     async def handler(event: MediaIngested, delivery: Delivery) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from common.bus import Bus
 from common.db import open_pool
 from common.dlq import DeadLetterRecorder
-from common.embed_client import TextEmbedClient
+from common.embed_client import ImageEmbedClient, TextEmbedClient
 from common.outbox import OutboxRelay
 from common.rpc import RpcClient
 from common.storage import open_storage
@@ -128,6 +128,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
                 IngestBatcher(pool),
                 commands,
                 text_embeddings,
+                ImageEmbedClient(bus, timeout=settings.search_embed_timeout_s * 2),
             )
         finally:
             for task in tasks:

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import Gauge, Histogram
 
 from common.bus import Bus
-from common.embed_client import TextEmbedClient
+from common.embed_client import ImageEmbedClient, TextEmbedClient
 from common.outbox import OUTBOX_LAG, OUTBOX_PENDING, OutboxRelay, OutboxState, outbox_state
 from common.rpc import RpcClient
 from common.storage import FileSystemStorage
@@ -104,6 +104,7 @@ class Deps:
     batcher: IngestBatcher
     cluster_commands: RpcClient
     text_embeddings: TextEmbedClient
+    image_embeddings: ImageEmbedClient
     started_at: float = field(default_factory=time.time)
 
     def wake_relay(self) -> None:

@@ -229,10 +229,18 @@ def document() -> dict[str, Any]:
                     "parameters": search_query,
                     "responses": {"200": _json(_ref("SearchResults")),
                                   **_errors(400, 401, 403, 404, 409, 503)}},
-            "post": {"tags": ["search"], "summary": "The same search as a JSON body",
-                     "requestBody": {"required": True, "content": {"application/json": {"schema": search_body}}},
+            "post": {"tags": ["search"], "summary": "The same search as a JSON body, or by an uploaded image (multipart)",
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": search_body},
+                         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                             "image": {"type": "string", "format": "binary"},
+                             "kind": {"enum": ["image", "video"]}, "owner": {"type": "string"},
+                             "cluster_id": UUID, "tags": {"type": "string"},
+                             "tags_mode": {"enum": ["any", "all"]},
+                             "threshold": {"type": "string"}, "limit": {"type": "string"},
+                             "offset": {"type": "string"}}}}}},
                      "responses": {"200": _json(_ref("SearchResults")),
-                                   **_errors(400, 401, 403, 404, 409, 413, 503)}}},
+                                   **_errors(400, 401, 403, 404, 409, 413, 415, 503)}}},
         "/api/v1/clusters": {"get": {
             "tags": ["clusters"], "summary": "Clusters, newest first",
             "parameters": [_query("provisional", {"enum": ["true", "false"]}),

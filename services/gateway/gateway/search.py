@@ -17,7 +17,8 @@ from typing import Any, Literal
 import asyncpg
 import numpy as np
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from numpy.typing import NDArray
 from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -91,9 +92,9 @@ class Hit:
         return self.similarity + (TEXT_MATCH_BOOST if self.text_match else 0.0)
 
 
-def _parse(raw: dict[str, Any]) -> SearchRequest:
+def _parse(raw: dict[str, Any], model: type[SearchRequest] = SearchRequest) -> SearchRequest:
     try:
-        return SearchRequest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         details = [
             {"field": ".".join(str(p) for p in e["loc"]) or "query", "error": e["msg"]}
@@ -118,7 +119,22 @@ async def handle_search_get(request: web.Request) -> web.Response:
     return await _search(request, _parse(_from_query_string(request)))
 
 
+class ImageSearch(SearchRequest):
+    """A search by an uploaded image: the same filters, and neither query nor like."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ImageSearch:
+        if self.query is not None or self.like is not None:
+            raise ValueError("a search by image takes no query or like")
+        return self
+
+
 async def handle_search_post(request: web.Request) -> web.Response:
+    """A JSON search, or (multipart/form-data) a search by the image in the `image` part."""
+    if request.content_type == "multipart/form-data":
+        fields, image = await _read_image_search(request)
+        search = _parse(fields, ImageSearch)
+        return await _search(request, search, await _embed_image(request, image))
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise ApiError(413, "the request body is too large")
@@ -131,7 +147,11 @@ async def handle_search_post(request: web.Request) -> web.Response:
     return await _search(request, _parse(body))
 
 
-async def _search(request: web.Request, search: SearchRequest) -> web.Response:
+async def _search(
+    request: web.Request,
+    search: SearchRequest,
+    by_image: tuple[str, NDArray[np.float32]] | None = None,
+) -> web.Response:
     deps = request.app[DEPS]
     start = time.perf_counter()
     owner = bound_owner(request)
@@ -140,9 +160,11 @@ async def _search(request: web.Request, search: SearchRequest) -> web.Response:
         if search.owner not in (None, owner):
             raise ApiError(403, "this key searches only its own owner's uploads")
         search = search.model_copy(update={"owner": owner})
-    if search.query is not None:
+    exclude = None
+    if by_image is not None:
+        model_id, vector = by_image
+    elif search.query is not None:
         model_id, vector = await _embed_text(request, search.query)
-        exclude = None
     else:
         assert search.like is not None
         model_id, vector, exclude = await _embed_of_upload(deps.pool, search.like, owner)
@@ -156,7 +178,8 @@ async def _search(request: web.Request, search: SearchRequest) -> web.Response:
         page = hits[search.offset : search.offset + search.limit]
         results = await _describe(conn, page, search.owner)
     elapsed = time.perf_counter() - start
-    SEARCH_LATENCY.labels("text" if search.query is not None else "like").observe(elapsed)
+    kind = "image" if by_image else "text" if search.query is not None else "like"
+    SEARCH_LATENCY.labels(kind).observe(elapsed)
     return web.json_response(
         {
             "results": results,
@@ -185,6 +208,54 @@ async def _embed_text(request: web.Request, text: str) -> tuple[str, NDArray[np.
             503, f"text embedding unavailable: {error}", headers={"Retry-After": "5"}
         ) from None
     return model_id, vectors[0]
+
+
+async def _read_image_search(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    """The form's fields and its `image` part, within SEARCH_IMAGE_MAX_BYTES."""
+    limit = request.app[DEPS].settings.search_image_max_bytes
+    fields: dict[str, Any] = {}
+    image: bytes | None = None
+    try:
+        reader = await request.multipart()
+        parts = 0
+        while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > 20 or not isinstance(part, BodyPartReader):
+                raise ApiError(400, "a search form has an image and a few fields")
+            if part.name == "image":
+                image = await _read_limited(part, limit, "the image")
+            elif part.name in SearchRequest.model_fields and part.name not in ("query", "like"):
+                value = (await _read_limited(part, 2000, part.name)).decode("utf-8", "replace")
+                fields[part.name] = value.split(",") if part.name == "tags" else value
+            else:
+                raise ApiError(400, "invalid search", {"unknown field": part.name})
+    except (ValueError, AssertionError, HttpProcessingError) as error:
+        raise ApiError(400, f"malformed form: {error}") from None
+    if not image:
+        raise ApiError(400, "a search by image needs an `image` part")
+    return fields, image
+
+
+async def _read_limited(part: BodyPartReader, limit: int, what: str) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk():
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, f"{what} is over {limit} bytes")
+    return bytes(data)
+
+
+async def _embed_image(request: web.Request, image: bytes) -> tuple[str, NDArray[np.float32]]:
+    try:
+        return await request.app[DEPS].image_embeddings.embed(image)
+    except EmbedError as error:
+        if "cannot decode" in str(error):
+            raise ApiError(400, f"not a readable image: {error}") from None
+        raise ApiError(
+            503, f"image embedding unavailable: {error}", headers={"Retry-After": "5"}
+        ) from None
+    except BusUnavailable:
+        raise ApiError(503, "image embedding unavailable", headers={"Retry-After": "5"}) from None
 
 
 async def _embed_of_upload(

@@ -38,6 +38,8 @@ class GatewaySettings(CommonSettings):
     cluster_command_timeout_s: float = Field(30.0, gt=0, le=600)
     # A text search waits this long for the embedder to embed the query.
     search_embed_timeout_s: float = Field(5.0, gt=0, le=120)
+    # The largest image a search by image accepts.
+    search_image_max_bytes: int = Field(10 * MB, ge=1, le=32 * MB)
 
     # API keys: comma-separated key:role[:owner] (role read, write or admin); none = open.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()

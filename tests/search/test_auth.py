@@ -237,3 +237,33 @@ def test_bad_api_key_settings_stop_the_gateway_with_one_line() -> None:
         assert result.returncode == 2, result.stderr
         assert "API_KEYS" in result.stderr and expected in result.stderr
         assert value.split(":")[0] not in result.stderr or value.startswith("short")
+
+
+async def test_every_protected_operation_answers_401_without_a_key_and_403_below_its_role(
+    start_gateway: Callable[..., Any],
+) -> None:
+    from gateway.openapi import document
+
+    async with start_gateway(api_keys=KEYS, admin_api_key=ROOT) as gateway:
+        checked = 0
+        for path, operations in document()["paths"].items():
+            concrete = (
+                path.replace("{job_id}", str(uuid.uuid4()))
+                .replace("{object_id}", str(uuid.uuid4()))
+                .replace("{cluster_id}", str(uuid.uuid4()))
+            )
+            for method, operation in operations.items():
+                response = await gateway.client.request(method.upper(), concrete)
+                if operation.get("security") == []:
+                    assert response.status != 401, (method, path)
+                    continue
+                assert response.status == 401, (method, path, response.status)
+                checked += 1
+                admin_only = path.startswith("/api/v1/admin/") or method == "patch"
+                response = await gateway.client.request(
+                    method.upper(), concrete, headers=auth(READER)
+                )
+                assert (response.status == 403) == (
+                    admin_only or (method == "post" and path == "/api/v1/ingest")
+                ), (method, path, response.status)
+        assert checked == 16

@@ -11,6 +11,8 @@ import hashlib
 import re
 
 import asyncpg
+import numpy as np
+from numpy.typing import NDArray
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 
@@ -28,6 +30,14 @@ def model_literal(model_id: str) -> str:
     if not _MODEL_ID.match(model_id):
         raise ValueError(f"invalid model id: {model_id!r}")
     return f"'{model_id}'"
+
+
+def as_array(value: object) -> NDArray[np.float32] | None:
+    """A vector column's value (pgvector's Vector, a list, or None) as float32 NumPy."""
+    if value is None:
+        return None
+    to_numpy = getattr(value, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
 def index_name(table: str, model_id: str) -> str:

@@ -12,6 +12,8 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from common.vectors import as_array
+
 
 @dataclass(frozen=True)
 class ContentToAnalyse:
@@ -41,11 +43,7 @@ async def content(
     if row is None:
         return None
     values = dict(row)
-    embedding = values["embedding"]
-    if embedding is not None:
-        values["embedding"] = np.asarray(
-            embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding, dtype=np.float32
-        )
+    values["embedding"] = as_array(values["embedding"])
     return ContentToAnalyse(**values)
 
 

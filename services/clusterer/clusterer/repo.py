@@ -12,7 +12,7 @@ import orjson
 from numpy.typing import NDArray
 
 from clusterer.logic import Candidate
-from common.vectors import model_literal
+from common.vectors import as_array, model_literal
 
 
 class ClusterGone(Exception):
@@ -82,11 +82,7 @@ async def content_to_file(
     if row is None:
         return None
     values = dict(row)
-    if values["embedding"] is not None:
-        embedding = values["embedding"]
-        values["embedding"] = np.asarray(
-            embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding, dtype=np.float32
-        )
+    values["embedding"] = as_array(values["embedding"])
     return ContentToFile(**values)
 
 

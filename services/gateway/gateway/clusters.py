@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
@@ -20,7 +19,7 @@ from common.clusters import CLUSTER_COLUMNS, cluster_json
 from common.rpc import RpcTimeout
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
-from gateway.errors import ApiError
+from gateway.errors import ApiError, invalid, read_json
 from gateway.views import parse_id
 
 CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
@@ -158,23 +157,11 @@ async def handle_patch_cluster(request: web.Request) -> web.Response:
     if bound_owner(request) is not None:
         # Clusters hold every owner's uploads: changing one is for an unbound admin key.
         raise ApiError(403, "changing clusters needs an admin key not bound to an owner")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "the request body is too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "the request body is too large")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body must be a JSON object") from None
+    body = await read_json(request, MAX_BODY)
     try:
         change = CHANGE.validate_python(body)
     except ValidationError as error:
-        details = [
-            {"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]}
-            for e in error.errors(include_url=False, include_input=False)
-        ]
-        raise ApiError(400, "invalid cluster change", details) from None
+        raise invalid("cluster change", error) from None
     command = ClusterCommand(cluster_id=cluster_id, actor="admin", change=change)
     try:
         raw_reply = await deps.cluster_commands.call(command.model_dump_json().encode())

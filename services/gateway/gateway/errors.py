@@ -6,10 +6,12 @@ import re
 import uuid
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
+from pydantic import ValidationError
 
 log = structlog.get_logger("gateway")
 
@@ -35,6 +37,28 @@ class ApiError(Exception):
         self.details = details
         self.headers = headers or {}
         self.extra = extra
+
+
+def invalid(what: str, error: ValidationError) -> ApiError:
+    """A 400 naming each field at fault (pydantic's messages, without the input echoed)."""
+    details = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "error": e["msg"]}
+        for e in error.errors(include_url=False, include_input=False)
+    ]
+    return ApiError(400, f"invalid {what}", details)
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    """The request's JSON body: 413 over `max_bytes`, 400 when it is not JSON."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "the request body is too large")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "the request body is too large")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body must be JSON") from None
 
 
 def request_id(request: web.Request) -> str:

@@ -28,7 +28,7 @@ from common.embed_client import EmbedError, NoTextEncoder
 from common.vectors import model_literal
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
-from gateway.errors import ApiError
+from gateway.errors import ApiError, invalid, read_json
 
 SEARCH_LATENCY = Histogram(
     "search_latency_seconds",
@@ -96,11 +96,7 @@ def _parse(raw: dict[str, Any], model: type[SearchRequest] = SearchRequest) -> S
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        details = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "query", "error": e["msg"]}
-            for e in error.errors(include_url=False, include_input=False)
-        ]
-        raise ApiError(400, "invalid search", details) from None
+        raise invalid("search", error) from None
 
 
 def _from_query_string(request: web.Request) -> dict[str, Any]:
@@ -135,13 +131,7 @@ async def handle_search_post(request: web.Request) -> web.Response:
         fields, image = await _read_image_search(request)
         search = _parse(fields, ImageSearch)
         return await _search(request, search, await _embed_image(request, image))
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "the request body is too large")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body must be a JSON object") from None
+    body = await read_json(request, MAX_BODY)
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return await _search(request, _parse(body))

@@ -31,7 +31,8 @@ async def clustered_queue(amqp: aio_pika.abc.AbstractRobustConnection, bus_names
     exchange = await channel.declare_exchange(
         bus_names.exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    queue = await channel.declare_queue(f"{bus_names.prefix}test.clustered", auto_delete=False)
+    # Exclusive: it goes with the test's connection.
+    queue = await channel.declare_queue(f"{bus_names.prefix}test.clustered", exclusive=True)
     await queue.bind(exchange, MediaClustered.routing_key)
     await channel.close()
     return queue.name

@@ -147,4 +147,7 @@ class Bus:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.connection is not None:
-            await self.connection.close()
+            try:
+                await asyncio.wait_for(self.connection.close(), 5)
+            except TimeoutError:
+                log.warning("the bus connection did not close in time")

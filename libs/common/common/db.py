@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import structlog
 from pgvector.asyncpg import register_vector
 from prometheus_client import Histogram
 
 from common.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
 
 DB_QUERY_DURATION = Histogram(
     "db_query_duration_seconds",
@@ -37,12 +41,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def _reset(conn: asyncpg.Connection) -> None:
     """Return a connection to the pool without asyncpg's full reset query.
 
-    Our code keeps no session state (no SET, LISTEN, cursors or session advisory locks on
-    pooled connections), so the full reset (one more round trip per checkout) only costs; an
+    Our code keeps no session state (no SET, LISTEN or cursors; the clusterer's session
+    advisory locks on folders are released before the connection goes back, or the
+    connection is terminated), so the full reset (one more round trip per checkout) only costs; an
     open transaction, which would mean a bug, is still rolled back.
     """
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+
+
+CLOSE_TIMEOUT_S = 10.0
 
 
 @asynccontextmanager
@@ -60,7 +68,13 @@ async def open_pool(settings: CommonSettings, **overrides: Any) -> AsyncIterator
     try:
         yield pool
     finally:
-        await pool.close()
+        # A graceful close waits for every connection to come back; a stop must not hang on
+        # one that does not (a query stuck on a lock, a task that was never cancelled).
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("database pool did not close in time; terminating its connections")
+            pool.terminate()
 
 
 @asynccontextmanager

@@ -36,9 +36,14 @@ async def _folder_lock(
         try:
             yield conn
         finally:
-            await conn.execute(
-                repo.folder_lock_sql(kind.replace("lock", "unlock")), str(cluster_id)
-            )
+            try:
+                await conn.execute(
+                    repo.folder_lock_sql(kind.replace("lock", "unlock")), str(cluster_id)
+                )
+            except BaseException:
+                # A session lock must never go back to the pool with its connection.
+                conn.terminate()
+                raise
 
 
 async def _add(storage: FileSystemStorage, cluster_id: uuid.UUID, link: repo.Link) -> None:

@@ -51,6 +51,15 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 curl -fsS "$base/ready" >/dev/null || { echo "gateway did not become ready; see .run/gateway.log" >&2; exit 1; }
+for worker in "embedder ${EMBEDDER_HTTP_PORT:-8081}" "clusterer ${CLUSTERER_HTTP_PORT:-8082}" \
+              "analyzer ${ANALYZER_HTTP_PORT:-8083}"; do
+    set -- $worker
+    for _ in $(seq 1 120); do
+        curl -fsS "http://127.0.0.1:$2/ready" >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    curl -fsS "http://127.0.0.1:$2/ready" >/dev/null || { echo "$1 did not become ready; see .run/$1.log" >&2; exit 1; }
+done
 
 echo; echo "== ingest a sample image and a JSON document"
 sample=.run/sample.png

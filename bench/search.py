@@ -35,7 +35,7 @@ from common.db import open_pool
 from common.migrate import migrate
 from common.settings import CommonSettings
 from common.vectors import register_model
-from gateway.search import SEARCH_SETTINGS, SearchRequest, nearest, search_query
+from gateway.search_query import SEARCH_SETTINGS, SearchRequest, nearest, search_query
 
 DIM = 512
 MODEL = "bench/search-512"

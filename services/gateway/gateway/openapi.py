@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from common.cluster_commands import Change
-from gateway.search import SearchRequest
+from gateway.search_query import SearchRequest
 
 REF = "#/components/schemas/{model}"
 

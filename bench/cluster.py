@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/embedder.py would shadow the embedder package: look in the repository, not in bench/.
 sys.path[0] = str(ROOT)
 
+from bench.benchdb import scratch_database
 from clusterer import repo
 from clusterer.handlers import ClustererDeps, _assign
 from common.db import open_pool
-from common.migrate import migrate
 from common.settings import CommonSettings
 from common.vectors import register_model
 from embedder.sample_photos import calibrate_threshold
@@ -215,24 +213,7 @@ async def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="an exported efficientnet-lite2 folder")
     parser.add_argument("--skip-photos", action="store_true")
     args = parser.parse_args()
-    database_url = (
-        os.environ.get("DATABASE_URL")
-        or subprocess.run(
-            [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    bench_db = f"mb_bench_cluster_{uuid.uuid4().hex[:8]}"
-    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f"CREATE DATABASE {bench_db}")
-    url = database_url.rsplit("/", 1)[0] + f"/{bench_db}"
-    try:
-        await migrate(url)
+    async with scratch_database("mb_bench_cluster") as url:
         settings = CommonSettings(database_url=url, db_pool_size=2)
         async with open_pool(settings) as pool:
             deps = cast(ClustererDeps, type("Deps", (), {"pool": pool, "labeler": NoLabels()})())
@@ -265,9 +246,6 @@ async def main() -> None:
                     threshold,
                     2,
                 )
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from skimage import data as samples
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchdb import server_url
 from embedder.efficientnet import SAMPLE_PHOTOS, efficientnet_lite2, export_image_encoder
 from embedder.export import (
     ClipImageFeatures,
@@ -200,17 +201,7 @@ async def service_rate(
     from embedder.app import running
     from embedder.settings import EmbedderSettings
 
-    base = (
-        os.environ.get("DATABASE_URL")
-        or subprocess.run(
-            [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    base = server_url()
     tag = uuid.uuid4().hex[:8]
     admin_url = base.rsplit("/", 1)[0] + "/postgres"
     database = base.rsplit("/", 1)[0] + f"/mb_bench_{tag}"

@@ -33,6 +33,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchdb import server_url
+
 
 def base_jpegs(count: int, target: int = 100_000) -> list[bytes]:
     """A few photo-sized JPEGs of about `target` bytes (noise blurred into texture)."""
@@ -100,17 +102,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
 
-    database_url = (
-        os.environ.get("DATABASE_URL")
-        or subprocess.run(
-            [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    database_url = server_url()
     rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     gateway = None
     tag = uuid.uuid4().hex[:8]

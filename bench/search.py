@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -31,8 +29,8 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
+from bench.benchdb import scratch_database
 from common.db import open_pool
-from common.migrate import migrate
 from common.settings import CommonSettings
 from common.vectors import register_model
 from gateway.search_query import SEARCH_SETTINGS, SearchRequest, nearest, search_query
@@ -160,16 +158,7 @@ async def main() -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL") or subprocess.run(
-        [sys.executable, str(ROOT / "scripts/localdb.py"), "start"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
-    bench_db = f"mb_bench_search_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
-    await admin.execute(f"CREATE DATABASE {bench_db}")
-    url = database_url.rsplit("/", 1)[0] + f"/{bench_db}"
-    try:
-        await migrate(url)
+    async with scratch_database("mb_bench_search") as url:
         settings = CommonSettings(database_url=url, db_pool_size=16, db_max_overflow=0)
         async with open_pool(settings, command_timeout=600) as pool:
             rng = np.random.default_rng(1)
@@ -208,9 +197,6 @@ async def main() -> None:
             for name, (request, _) in kinds.items():
                 print(f"  {name}:")
                 await explain(pool, queries[0], request)
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
+from pydantic import AfterValidator, BeforeValidator
+from pydantic_settings import NoDecode
 
 from common.bus import BusUnavailable
 from common.embed_client import EmbedError, NoTextEncoder, TextEmbedClient
+from common.settings import comma_separated
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +38,29 @@ DEFAULT_LABELS = (
     "concert", "party", "wedding", "clothing", "shoes", "furniture", "tools", "electronics",
     "computer", "phone", "toy", "book", "art", "sculpture", "vehicle", "machine",
 )  # fmt: skip
+
+
+MAX_LABELS = 256  # one text-embedding request
+
+
+def _label_set(value: object) -> object:
+    value = comma_separated(value)
+    if not value:
+        raise ValueError("needs at least one label")
+    if isinstance(value, tuple | list) and len(value) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    return value
+
+
+def _template(value: str) -> str:
+    if value.count("{}") != 1:
+        raise ValueError("must contain {} once, where the label goes")
+    return value
+
+
+# Settings types for a label set (comma-separated in the environment) and its prompt template.
+LabelSet = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_label_set)]
+LabelTemplate = Annotated[str, AfterValidator(_template)]
 
 
 class LabelsUnavailable(RuntimeError):

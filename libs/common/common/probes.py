@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -78,3 +78,36 @@ async def serve_probes(ready: ReadyCheck, info: Info, host: str, port: int) -> A
         yield bound
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_worker(
+    service: str,
+    consume: Coroutine[Any, Any, None],
+    pool: asyncpg.Pool,
+    bus: Bus,
+    info: Info,
+    host: str,
+    port: int,
+    extra_checks: Callable[[], dict[str, bool]] | None = None,
+) -> AsyncIterator[int]:
+    """Start a worker's consumers and serve its probes while the block runs; the bound port.
+
+    With the broker up, the consumers exist before the block starts; without it they start
+    when it comes (the probes say not ready meanwhile). A start that fails is an error here.
+    """
+    started: asyncio.Task[None] = asyncio.create_task(consume)
+    await asyncio.wait({started}, timeout=10)
+    if started.done() and not started.cancelled() and started.exception() is not None:
+        raise RuntimeError(f"the {service} could not start consuming") from started.exception()
+
+    async def ready() -> dict[str, bool]:
+        checks = await worker_checks(pool, bus, started)
+        return {**checks, **(extra_checks() if extra_checks else {})}
+
+    try:
+        async with serve_probes(ready, info, host, port) as bound:
+            yield bound
+    finally:
+        started.cancel()
+        await asyncio.gather(started, return_exceptions=True)

@@ -19,7 +19,7 @@ from common.db import open_pool
 from common.embed_client import TextEmbedClient
 from common.labels import Labeler
 from common.messages import MediaEmbedded
-from common.probes import serve_probes, worker_checks
+from common.probes import serve_worker
 from common.storage import open_storage
 from common.topology import spec_of
 
@@ -55,13 +55,6 @@ async def running(settings: AnalyzerSettings) -> AsyncIterator[AnalyzerDeps]:
             settings.analysis_label_template,
         )
         deps = AnalyzerDeps(settings, pool, bus, storage, labeler, vlm)
-        started = asyncio.create_task(_consume(deps))
-        await asyncio.wait({started}, timeout=10)
-        if started.done() and started.exception() is not None:
-            raise RuntimeError("the analyzer could not start consuming") from started.exception()
-
-        async def ready() -> dict[str, bool]:
-            return await worker_checks(pool, bus, started)
 
         def info() -> dict[str, object]:
             return {
@@ -74,13 +67,17 @@ async def running(settings: AnalyzerSettings) -> AsyncIterator[AnalyzerDeps]:
             }
 
         try:
-            async with serve_probes(
-                ready, info, settings.worker_http_host, settings.worker_http_port
+            async with serve_worker(
+                "analyzer",
+                _consume(deps),
+                pool,
+                bus,
+                info,
+                settings.worker_http_host,
+                settings.worker_http_port,
             ) as port:
                 yield replace(deps, probe_port=port)
         finally:
-            started.cancel()
-            await asyncio.gather(started, return_exceptions=True)
             await bus.close()
             if vlm is not None:
                 await vlm.close()

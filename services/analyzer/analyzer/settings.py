@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
 
-from common.labels import DEFAULT_LABELS
-from common.settings import CommonSettings, comma_separated
+from common.labels import DEFAULT_LABELS, LabelSet, LabelTemplate
+from common.settings import CommonSettings
 
 
 class AnalyzerSettings(CommonSettings):
@@ -36,31 +33,14 @@ class AnalyzerSettings(CommonSettings):
     vlm_unauthorized_recheck_s: float = Field(300.0, gt=0)
     vlm_max_image_px: int = Field(1024, ge=64, le=4096)
 
-    analysis_labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
-    analysis_label_template: str = "a photo of {}"
+    analysis_labels: LabelSet = DEFAULT_LABELS
+    analysis_label_template: LabelTemplate = "a photo of {}"
     label_timeout_s: float = Field(5.0, gt=0, le=120)
     fallback_max_tags: int = Field(5, ge=1, le=15)
     fallback_min_probability: float = Field(0.05, ge=0, le=1)
 
     worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8083, ge=0, le=65535)
-
-    @field_validator("analysis_labels", mode="before")
-    @classmethod
-    def _labels(cls, value: object) -> object:
-        value = comma_separated(value)
-        if not value:
-            raise ValueError("needs at least one label")
-        if isinstance(value, tuple) and len(value) > 256:
-            raise ValueError("at most 256 labels")
-        return value
-
-    @field_validator("analysis_label_template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if value.count("{}") != 1:
-            raise ValueError("must contain {} once, where the label goes")
-        return value
 
     @field_validator("gemini_api_key", mode="before")
     @classmethod

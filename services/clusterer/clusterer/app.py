@@ -27,7 +27,7 @@ from common.embed_client import TextEmbedClient
 from common.labels import Labeler
 from common.messages import Event, MediaAnalyzed, MediaEmbedded, MediaUploaded
 from common.outbox import OutboxRelay
-from common.probes import serve_probes, worker_checks
+from common.probes import serve_worker
 from common.rpc import RpcServer
 from common.storage import open_storage
 from common.topology import cluster_command_queue, spec_of
@@ -57,17 +57,10 @@ async def running(settings: ClustererSettings) -> AsyncIterator[ClustererDeps]:
         # refiling never waits on a gateway (several relays share the work safely).
         relay = OutboxRelay(pool, bus)
         deps = ClustererDeps(settings, pool, bus, storage, labeler, relay, ModelCache(settings))
-        started = asyncio.create_task(_consume(deps))
         tasks = [
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(_sweep(deps), name="folder-sweep"),
         ]
-        await asyncio.wait({started}, timeout=10)
-        if started.done() and started.exception() is not None:
-            raise RuntimeError("the clusterer could not start consuming") from started.exception()
-
-        async def ready() -> dict[str, bool]:
-            return {**await worker_checks(pool, bus, started), "storage": storage.writable()}
 
         def info() -> dict[str, object]:
             return {
@@ -78,14 +71,21 @@ async def running(settings: ClustererSettings) -> AsyncIterator[ClustererDeps]:
             }
 
         try:
-            async with serve_probes(
-                ready, info, settings.worker_http_host, settings.worker_http_port
+            async with serve_worker(
+                "clusterer",
+                _consume(deps),
+                pool,
+                bus,
+                info,
+                settings.worker_http_host,
+                settings.worker_http_port,
+                extra_checks=lambda: {"storage": storage.writable()},
             ) as port:
                 yield replace(deps, probe_port=port)
         finally:
-            for task in (started, *tasks):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(started, *tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await bus.close()
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode
-
-from common.labels import DEFAULT_LABELS
-from common.settings import CommonSettings, comma_separated
+from common.labels import DEFAULT_LABELS, LabelSet, LabelTemplate
+from common.settings import CommonSettings
 
 
 class ClustererSettings(CommonSettings):
@@ -17,28 +14,13 @@ class ClustererSettings(CommonSettings):
     # Used for a model whose manifest names no threshold; set explicitly, it wins over both.
     cluster_threshold: float = Field(0.72, gt=0, le=1)
     # Placeholder names: the best zero-shot label through the embedder's text RPC.
-    cluster_labels: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LABELS
-    cluster_label_template: str = "a photo of {}"
+    cluster_labels: LabelSet = DEFAULT_LABELS
+    cluster_label_template: LabelTemplate = "a photo of {}"
     label_timeout_s: float = Field(5.0, gt=0, le=120)
     # How often leftover folder syncs (after a crash) and the cluster gauge are looked at.
     folder_sweep_interval_s: float = Field(10.0, gt=0, le=3600)
     worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8082, ge=0, le=65535)
-
-    @field_validator("cluster_labels", mode="before")
-    @classmethod
-    def _labels(cls, value: object) -> object:
-        value = comma_separated(value)
-        if not value:
-            raise ValueError("needs at least one label")
-        return value
-
-    @field_validator("cluster_label_template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if value.count("{}") != 1:
-            raise ValueError("must contain {} once, where the label goes")
-        return value
 
     @property
     def threshold_is_explicit(self) -> bool:

@@ -13,7 +13,7 @@ from common.bus import Bus
 from common.consumer import Consumer, Delivery
 from common.db import open_pool
 from common.messages import MediaIngested
-from common.probes import serve_probes, worker_checks
+from common.probes import serve_worker
 from common.storage import open_storage
 from common.topology import spec_of
 from common.vectors import register_model
@@ -58,15 +58,6 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
         deps = EmbedderDeps(
             settings, pool, bus, storage, decoders, batcher, model.model_id, model.dim
         )
-        started = asyncio.create_task(_consume(deps))
-        # With the broker up, consumers and the RPC queue exist before anyone is told we run;
-        # without it they start when it comes (the probes say not ready meanwhile).
-        await asyncio.wait({started}, timeout=10)
-        if started.done() and started.exception() is not None:
-            raise RuntimeError("the embedder could not start consuming") from started.exception()
-
-        async def ready() -> dict[str, bool]:
-            return await worker_checks(pool, bus, started)
 
         def info() -> dict[str, object]:
             return {
@@ -81,13 +72,17 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
             }
 
         try:
-            async with serve_probes(
-                ready, info, settings.worker_http_host, settings.worker_http_port
+            async with serve_worker(
+                "embedder",
+                _consume(deps),
+                pool,
+                bus,
+                info,
+                settings.worker_http_host,
+                settings.worker_http_port,
             ) as port:
                 yield replace(deps, probe_port=port)
         finally:
-            started.cancel()
-            await asyncio.gather(started, return_exceptions=True)
             await bus.close()
             await batcher.close()
             await decoders.close()

@@ -90,15 +90,11 @@ SEARCH_SETTINGS = (
 )
 
 
-def search_query(
-    model_id: str,
-    dim: int,
-    vector: NDArray[np.float32],
-    search: SearchRequest,
-    exclude: uuid.UUID | None,
+def _filters(
+    model_id: str, vector: NDArray[np.float32], search: SearchRequest, exclude: uuid.UUID | None
 ) -> tuple[str, list[Any]]:
-    """The nearest-neighbour statement for a search and its arguments."""
-    cast = f"vector({dim})" if dim <= 2000 else f"halfvec({dim})"
+    """The WHERE clause every kind of search shares, and its arguments ($1 is the query
+    vector, $2 the number of rows wanted)."""
     conditions = [f"e.model_id = {model_literal(model_id)}", "c.stage <> 'failed'"]
     args: list[Any] = [vector, search.offset + search.limit + 1]
 
@@ -120,10 +116,23 @@ def search_query(
         )
     if exclude:
         conditions.append(f"c.id <> {arg(exclude)}")
+    return " AND ".join(conditions), args
+
+
+def search_query(
+    model_id: str,
+    dim: int,
+    vector: NDArray[np.float32],
+    search: SearchRequest,
+    exclude: uuid.UUID | None,
+) -> tuple[str, list[Any]]:
+    """The nearest-neighbour statement for a search and its arguments."""
+    cast = f"vector({dim})" if dim <= 2000 else f"halfvec({dim})"
+    where, args = _filters(model_id, vector, search, exclude)
     distance = f"e.embedding::{cast} <=> $1::vector::{cast}"
     sql = f"""SELECT e.content_id, {distance} AS distance
               FROM embeddings e JOIN content c ON c.id = e.content_id
-              WHERE {" AND ".join(conditions)}
+              WHERE {where}
               ORDER BY {distance} LIMIT $2"""
     return sql, args
 
@@ -160,9 +169,7 @@ async def text_matches(
 ) -> list[Hit]:
     """Content whose visible text holds every word of the query (through its GIN index), with
     the same filters, and its vector similarity to the query."""
-    sql, args = search_query(model_id, 1, vector, search, None)
-    # The same conditions as the vector search, without its ordering by the index.
-    where = sql.split("WHERE", 1)[1].rsplit("ORDER BY", 1)[0]
+    where, args = _filters(model_id, vector, search, None)
     rows = await conn.fetch(
         f"""SELECT e.content_id, 1 - (e.embedding <=> $1::vector) AS similarity
             FROM embeddings e JOIN content c ON c.id = e.content_id

@@ -257,3 +257,21 @@ async def test_decoder_pool_keeps_worker_when_call_cannot_be_pickled() -> None:
         assert await pool._run(pid) == before
     finally:
         await pool.close()
+
+
+async def test_decoder_pool_starts_every_worker_up_front_when_started(
+    photos: list[str],
+) -> None:
+    pool = DecoderPool(CLIP, workers=2, memory_limit_bytes=512 * MiB, timeout_s=30.0)
+    try:
+        assert pool.alive == 0  # lazily started until asked
+        await pool.start()
+        assert pool.alive == 2
+        started = {worker.process.pid for worker in pool._live}
+        # Both slots busy at once: the items run on the workers started up front.
+        used = set(await asyncio.gather(*(pool._run(sleep_and_pid, 0.3) for _ in range(2))))
+        assert used == started
+        assert isinstance(await pool.decode(photos[0], "image"), Decoded)
+    finally:
+        await pool.close()
+    assert pool.alive == 0

@@ -248,9 +248,11 @@ async def test_worker_probes_report_model_and_provider_when_running(
             body = await health.json()
             assert body["model_id"] == embedder.model_id
             assert body["provider"] == "CPUExecutionProvider"
+            # The decoders started with the service, before any image arrived.
+            assert body["decode_workers_alive"] == body["decode_workers"] == 2
         async with session.get(f"{base}/metrics") as metrics:
             text = await metrics.text()
-            assert "embedder_batch_size_bucket" in text
+            assert "# TYPE embedder_batch_size histogram" in text  # labelled: no samples yet
             assert "jobs_processed_total" in text
 
 

@@ -49,11 +49,16 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
     batcher = ModelBatcher(
         model, max_batch=settings.max_batch_size, max_wait=settings.max_batch_wait_ms / 1000
     )
-    batcher.start()
-    async with open_pool(settings) as pool:
+    async with contextlib.AsyncExitStack() as stack:  # stops in the reverse order
+        stack.push_async_callback(decoders.close)
+        await decoders.start()
+        batcher.start()
+        stack.push_async_callback(batcher.close)
+        pool = await stack.enter_async_context(open_pool(settings))
         async with pool.acquire() as conn:
             await register_model(conn, model.model_id, model.dim, model.manifest.cluster_threshold)
         bus = Bus(settings)
+        stack.push_async_callback(bus.close)
         await bus.start(wait=10)
         deps = EmbedderDeps(
             settings, pool, bus, storage, decoders, batcher, model.model_id, model.dim
@@ -69,23 +74,19 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
                 "text_search": model.text is not None,
                 "max_batch_size": settings.max_batch_size,
                 "decode_workers": settings.decode_workers,
+                "decode_workers_alive": decoders.alive,
             }
 
-        try:
-            async with serve_worker(
-                "embedder",
-                _consume(deps),
-                pool,
-                bus,
-                info,
-                settings.worker_http_host,
-                settings.worker_http_port,
-            ) as port:
-                yield replace(deps, probe_port=port)
-        finally:
-            await bus.close()
-            await batcher.close()
-            await decoders.close()
+        async with serve_worker(
+            "embedder",
+            _consume(deps),
+            pool,
+            bus,
+            info,
+            settings.worker_http_host,
+            settings.worker_http_port,
+        ) as port:
+            yield replace(deps, probe_port=port)
 
 
 async def _consume(deps: EmbedderDeps) -> None:

@@ -161,6 +161,23 @@ class DecoderPool:
         self._live: set[_Worker] = set()
         self._closed = False
 
+    async def start(self) -> None:
+        """Start every worker now, so start-up costs and failures show at start, not mid-work."""
+        slots = [self._slots.get_nowait() for _ in range(self._slots.qsize())]
+        started = await asyncio.gather(
+            *(self._ensure_worker(slot) for slot in slots), return_exceptions=True
+        )
+        for worker in started:
+            self._slots.put_nowait(worker if isinstance(worker, _Worker) else None)
+        for error in started:
+            if isinstance(error, BaseException):
+                raise error
+
+    @property
+    def alive(self) -> int:
+        """Worker processes running now."""
+        return sum(worker.process.is_alive() for worker in self._live)
+
     @overload
     async def decode(self, path: str, kind: Literal["image"]) -> Decoded: ...
     @overload

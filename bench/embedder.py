@@ -274,6 +274,7 @@ async def service_rate(
             )
         async with running(settings) as deps:
             await deps.bus.wait_connected(10)
+            batches_before = batch_counts()
             start, cpu_before = time.perf_counter(), cpu_seconds()
             for event in events:
                 await deps.bus.publish(
@@ -286,10 +287,7 @@ async def service_rate(
             for group, used in sorted(cpu_after.items()):
                 per_image = (used - cpu_before.get(group, 0.0)) / count * 1000
                 print(f"  cpu {group}: {per_image:.1f} ms per image")
-            from prometheus_client import REGISTRY
-
-            batches = REGISTRY.get_sample_value("embedder_batch_size_count", {"input": "image"})
-            items = REGISTRY.get_sample_value("embedder_batch_size_sum", {"input": "image"})
+            batches, items = np.subtract(batch_counts(), batches_before)
             if batches:
                 print(
                     f"service: {items:.0f} images in {batches:.0f} batches "
@@ -315,6 +313,17 @@ async def service_rate(
         await admin.execute(f"DROP DATABASE IF EXISTS mb_bench_{tag} WITH (FORCE)")
         await admin.close()
         subprocess.run(["rm", "-rf", str(storage_path)], check=False)
+
+
+def batch_counts() -> tuple[float, float]:
+    """Image batches run and images in them so far (this process's embedder metrics)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"input": "image"}
+    return (
+        REGISTRY.get_sample_value("embedder_batch_size_count", labels) or 0.0,
+        REGISTRY.get_sample_value("embedder_batch_size_sum", labels) or 0.0,
+    )
 
 
 def cpu_seconds() -> dict[str, float]:

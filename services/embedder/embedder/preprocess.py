@@ -78,9 +78,7 @@ def _resize_crop(image: Image.Image, p: Preprocess) -> NDArray[np.uint8]:
 
 
 @cache
-def _levels(
-    rescale: float, mean: tuple[float, ...], std: tuple[float, ...]
-) -> NDArray[np.float32]:
+def _levels(rescale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> NDArray[np.float32]:
     """The normalised float for each channel and uint8 level: [channels, 256]."""
     # Same dtypes as transformers: rescale in float64, then normalise in float32.
     levels = (np.arange(256, dtype=np.float64) * rescale).astype(np.float32)

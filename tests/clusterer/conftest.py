@@ -130,6 +130,8 @@ def folder_snapshot(storage_root: Path) -> dict[str, str]:
         return found
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
+            if name.startswith("."):
+                continue  # a link being made: staged under a hidden name, then renamed
             path = Path(dirpath) / name
             assert path.is_symlink(), f"{path} is not a link"
             found[str(path.relative_to(storage_root))] = str(

@@ -22,10 +22,8 @@ sys.path = [p for p in sys.path if not p.endswith("/bench")]
 
 import argparse
 import asyncio
-import io
 import os
 import random
-import subprocess
 import tempfile
 import time
 import uuid
@@ -34,14 +32,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
-from skimage import data as samples
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchdb import server_url
-from embedder.efficientnet import SAMPLE_PHOTOS, efficientnet_lite2, export_image_encoder
+from bench.benchdb import scratch_database
+from bench.photos import held_out_photos, photo_jpegs, photos, variants
+from embedder.efficientnet import efficientnet_lite2, export_image_encoder
 from embedder.export import (
     ClipImageFeatures,
     ImageEncoder,
@@ -50,45 +47,6 @@ from embedder.export import (
 )
 from embedder.manifest import Manifest, Preprocess
 from embedder.preprocess import to_model_input
-
-# The colour photos scikit-image ships without a download, as used for int8 calibration.
-PHOTOS = [*SAMPLE_PHOTOS, "colorwheel"]
-HELD_OUT_GREY = ["camera", "moon", "coins", "clock", "brick", "grass", "gravel", "page", "text"]
-
-
-def photos() -> list[Image.Image]:
-    found = []
-    for name in PHOTOS:
-        try:
-            found.append(Image.fromarray(getattr(samples, name)()).convert("RGB"))
-        except Exception:
-            continue
-    return found
-
-
-def held_out_photos() -> list[Image.Image]:
-    """Real photos int8 calibration never saw: scikit-learn's two and scikit-image's grey ones."""
-    from sklearn.datasets import load_sample_images
-
-    found = [Image.fromarray(a) for a in load_sample_images().images]
-    for name in HELD_OUT_GREY:
-        found.append(Image.fromarray(getattr(samples, name)()).convert("RGB"))
-    return found
-
-
-def variants(image: Image.Image, rng: random.Random, count: int) -> list[Image.Image]:
-    """Crops, flips and rescales of one photo: neighbours that should stay neighbours."""
-    out = []
-    for _ in range(count):
-        w, h = image.size
-        scale = rng.uniform(0.6, 0.95)
-        cw, ch = int(w * scale), int(h * scale)
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = image.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        out.append(crop)
-    return out
 
 
 def clip_b32(directory: Path) -> tuple[torch.nn.Module, Manifest]:
@@ -192,19 +150,6 @@ def neighbours(vectors: np.ndarray) -> np.ndarray:
     return np.argmax(similarity, axis=1)
 
 
-def photo_jpegs(count: int) -> list[bytes]:
-    """Distinct ~640x480 JPEGs cut from real photos: realistic decode work."""
-    rng = random.Random(2)
-    sources = photos()
-    out = []
-    for i in range(count):
-        image = variants(sources[i % len(sources)], rng, 1)[0].resize((640, 480))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85, comment=f"bench {i}".encode())
-        out.append(buffer.getvalue())
-    return out
-
-
 async def service_rate(
     models: Path, name: str, count: int, threads: int, decode_workers: int, batch_wait_ms: float
 ) -> float:
@@ -213,106 +158,101 @@ async def service_rate(
 
     from common.bus import Bus
     from common.messages import MediaIngested
-    from common.migrate import migrate
     from common.storage import FileSystemStorage
+    from common.topology import image_rpc_queue, text_rpc_queue
     from embedder.app import running
     from embedder.settings import EmbedderSettings
 
-    base = server_url()
     tag = uuid.uuid4().hex[:8]
-    admin_url = base.rsplit("/", 1)[0] + "/postgres"
-    database = base.rsplit("/", 1)[0] + f"/mb_bench_{tag}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f"CREATE DATABASE mb_bench_{tag}")
-    await admin.close()
-    storage_path = Path(tempfile.mkdtemp(prefix="mb-bench-"))
-    settings = EmbedderSettings(
-        database_url=database,
-        storage_path=storage_path,
-        bus_exchange=f"bench-{tag}",
-        bus_queue_prefix=f"bench-{tag}.",
-        model_dir=models,
-        embedding_model=name,
-        onnx_providers=("cpu",),
-        intra_op_threads=threads,
-        max_batch_size=32,
-        max_batch_wait_ms=batch_wait_ms,
-        decode_workers=decode_workers,
-        worker_http_port=0,
-    )
-    try:
-        await migrate(database)
-        storage = FileSystemStorage(storage_path, fsync=False)
-        conn = await asyncpg.connect(database)
-        job = uuid.uuid4()
-        await conn.execute(
-            "INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'bench', 'b')", job
+    with tempfile.TemporaryDirectory(prefix="mb-bench-") as tmp:
+        async with scratch_database("mb_bench_embedder") as database:
+            settings = EmbedderSettings(
+                database_url=database,
+                storage_path=Path(tmp),
+                bus_exchange=f"bench-{tag}",
+                bus_queue_prefix=f"bench-{tag}.",
+                model_dir=models,
+                embedding_model=name,
+                onnx_providers=("cpu",),
+                intra_op_threads=threads,
+                max_batch_size=32,
+                max_batch_wait_ms=batch_wait_ms,
+                decode_workers=decode_workers,
+                worker_http_port=0,
+            )
+            try:
+                storage = FileSystemStorage(Path(tmp), fsync=False)
+                conn = await asyncpg.connect(database)
+                job = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'bench', 'b')", job
+                )
+                events = []
+                for jpeg in photo_jpegs(count):
+                    stored = await storage.put(_once(jpeg))
+                    cid = uuid.uuid4()
+                    await conn.execute(
+                        """INSERT INTO content (id, sha256, kind, mime_type, size_bytes,
+                                                storage_key, first_job_id)
+                           VALUES ($1, $2, 'image', 'image/jpeg', $3, $4, $5)""",
+                        cid,
+                        stored.sha256,
+                        stored.size,
+                        stored.key,
+                        job,
+                    )
+                    events.append(
+                        MediaIngested(
+                            content_id=cid,
+                            job_id=job,
+                            sha256=stored.sha256,
+                            kind="image",
+                            mime_type="image/jpeg",
+                            size_bytes=stored.size,
+                        )
+                    )
+                async with running(settings) as deps:
+                    elapsed = await _time_service(deps, conn, events)
+                await conn.close()
+                return count / elapsed
+            finally:
+                bus = Bus(settings)
+                await bus.start(wait=5)
+                if bus.connection is not None:
+                    channel = await bus.connection.channel()
+                    for spec in bus.specs:
+                        for queue in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
+                            await channel.queue_delete(queue)
+                    for queue in (text_rpc_queue, image_rpc_queue):
+                        await channel.queue_delete(queue(settings.bus_queue_prefix))
+                    await channel.exchange_delete(settings.bus_exchange)
+                await bus.close()
+
+
+async def _time_service(deps, conn, events) -> float:  # type: ignore[no-untyped-def]
+    """Publish every event, wait until no content is left `ingested`; seconds, and a report."""
+    count = len(events)
+    await deps.bus.wait_connected(10)
+    batches_before = batch_counts()
+    start, cpu_before = time.perf_counter(), cpu_seconds()
+    for event in events:
+        await deps.bus.publish(
+            event.routing_key, event.to_bytes(), message_id=str(event.message_id)
         )
-        events = []
-        for jpeg in photo_jpegs(count):
-            stored = await storage.put(_once(jpeg))
-            cid = uuid.uuid4()
-            await conn.execute(
-                """INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key,
-                                        first_job_id)
-                   VALUES ($1, $2, 'image', 'image/jpeg', $3, $4, $5)""",
-                cid,
-                stored.sha256,
-                stored.size,
-                stored.key,
-                job,
-            )
-            events.append(
-                MediaIngested(
-                    content_id=cid,
-                    job_id=job,
-                    sha256=stored.sha256,
-                    kind="image",
-                    mime_type="image/jpeg",
-                    size_bytes=stored.size,
-                )
-            )
-        async with running(settings) as deps:
-            await deps.bus.wait_connected(10)
-            batches_before = batch_counts()
-            start, cpu_before = time.perf_counter(), cpu_seconds()
-            for event in events:
-                await deps.bus.publish(
-                    event.routing_key, event.to_bytes(), message_id=str(event.message_id)
-                )
-            while await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'ingested'") > 0:
-                await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - start
-            cpu_after = cpu_seconds()
-            for group, used in sorted(cpu_after.items()):
-                per_image = (used - cpu_before.get(group, 0.0)) / count * 1000
-                print(f"  cpu {group}: {per_image:.1f} ms per image")
-            batches, items = np.subtract(batch_counts(), batches_before)
-            if batches:
-                print(
-                    f"service: {items:.0f} images in {batches:.0f} batches "
-                    f"(mean {items / batches:.1f})"
-                )
-            failed = await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'failed'")
-            if failed:
-                print(f"warning: {failed} images failed")
-        await conn.close()
-        return count / elapsed
-    finally:
-        bus = Bus(settings)
-        await bus.start(wait=5)
-        if bus.connection is not None:
-            channel = await bus.connection.channel()
-            for spec in bus.specs:
-                for queue in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
-                    await channel.queue_delete(queue)
-            await channel.queue_delete(f"bench-{tag}.embedder.text-rpc")
-            await channel.exchange_delete(f"bench-{tag}")
-        await bus.close()
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f"DROP DATABASE IF EXISTS mb_bench_{tag} WITH (FORCE)")
-        await admin.close()
-        subprocess.run(["rm", "-rf", str(storage_path)], check=False)
+    while await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'ingested'") > 0:
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    cpu_after = cpu_seconds()
+    for group, used in sorted(cpu_after.items()):
+        per_image = (used - cpu_before.get(group, 0.0)) / count * 1000
+        print(f"  cpu {group}: {per_image:.1f} ms per image")
+    batches, items = np.subtract(batch_counts(), batches_before)
+    if batches:
+        print(f"service: {items:.0f} images in {batches:.0f} batches (mean {items / batches:.1f})")
+    failed = await conn.fetchval("SELECT count(*) FROM content WHERE stage = 'failed'")
+    if failed:
+        print(f"warning: {failed} images failed")
+    return elapsed
 
 
 def batch_counts() -> tuple[float, float]:

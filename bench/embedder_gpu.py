@@ -23,10 +23,8 @@ sys.path = [p for p in sys.path if not p.endswith("/bench")]  # `embedder` is th
 
 import argparse
 import asyncio
-import io
 import json
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +32,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
-from skimage import data as samples
 
 ROOT = Path(__file__).resolve().parent.parent
-for package in ("libs/common", "services/embedder"):
-    sys.path.insert(0, str(ROOT / package))
+for folder in (ROOT, ROOT / "libs/common", ROOT / "services/embedder"):
+    sys.path.insert(0, str(folder))
 
+from bench.photos import photo_jpegs
 from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
 from embedder.export import ClipImageFeatures, _export_image_variants, clip_preprocess
@@ -48,7 +45,6 @@ from embedder.manifest import Manifest
 from embedder.model import OnnxModel
 
 BATCHES = (1, 8, 32, 128, 256, 512)
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
 def export(directory: Path) -> None:
@@ -101,20 +97,10 @@ def model_only(model: OnnxModel, seconds: float, on_gpu: bool) -> dict[str, dict
 
 
 def write_jpegs(directory: Path, count: int) -> list[str]:
-    rng = random.Random(2)
-    photos = [Image.fromarray(getattr(samples, n)()).convert("RGB") for n in PHOTOS]
     paths = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        scale = rng.uniform(0.6, 0.95)
-        cw, ch = int(w * scale), int(h * scale)
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        buffer = io.BytesIO()
-        crop = photo.crop((x, y, x + cw, y + ch)).resize((640, 480))
-        crop.save(buffer, "JPEG", quality=85, comment=f"gpu bench {i}".encode())
+    for i, jpeg in enumerate(photo_jpegs(count)):
         path = directory / f"{i}.jpg"
-        path.write_bytes(buffer.getvalue())
+        path.write_bytes(jpeg)
         paths.append(str(path))
     return paths
 

@@ -14,12 +14,18 @@ import av
 import numpy as np
 import pytest
 import transformers
-from PIL import Image
+from PIL import Image, ImageOps
 from skimage import data as skdata
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
-from embedder.decode import DecodeError, decode_image, decode_video, decode_video_keyframes
+from embedder.decode import (
+    DecodeError,
+    decode_image,
+    decode_video,
+    decode_video_keyframes,
+    reduce_on_load,
+)
 from embedder.manifest import Preprocess
 from embedder.phash import dct2, hamming, phash_bits
 from embedder.preprocess import MAX_EXACT_ASPECT, batch, to_model_input
@@ -231,6 +237,51 @@ def test_decode_image_returns_facts_thumbnail_hash_and_input_when_photo_is_good(
     with Image.open(path) as reference:
         np.testing.assert_array_equal(decoded.pixels, to_model_input(reference, CLIP))
         assert decoded.phash == phash_bits(reference)
+
+
+def big_photo() -> Image.Image:
+    """A real photo of 1400x1000: large enough for a JPEG to decode at 1/4 scale for CLIP."""
+    return photo("retina").crop((0, 200, 1400, 1200))
+
+
+@pytest.mark.parametrize(
+    ("short", "long", "expected"),
+    [
+        (224, 256, (350, 250)),  # 1/4: 1/8 would leave a short side of 125
+        (260, 256, (700, 500)),  # 1/2: 1/4 would leave 250 < 260
+        (224, 600, (700, 500)),  # the thumbnail's long side decides
+        (600, 256, (1400, 1000)),  # no reduction leaves 600: full size
+    ],
+)
+def test_reduce_on_load_keeps_the_sides_asked_for_when_jpeg_is_large(
+    tmp_path: Path, short: int, long: int, expected: tuple[int, int]
+) -> None:
+    path = write(tmp_path, "big.jpg", jpeg_bytes(big_photo()))
+    with Image.open(path) as image:
+        reduce_on_load(image, short, long)
+        image.load()
+        assert image.size == expected
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_decode_image_reduces_a_large_jpeg_on_load_and_reports_its_full_size(
+    tmp_path: Path, orientation: int
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = write(tmp_path, "big.jpg", jpeg_bytes(big_photo(), exif=exif))
+    decoded = decode_image(path, CLIP)
+    turned = orientation == 6
+    assert (decoded.width, decoded.height) == ((1000, 1400) if turned else (1400, 1000))
+    thumbnail = Image.open(io.BytesIO(decoded.thumbnail)).size
+    assert thumbnail == ((183, 256) if turned else (256, 183))
+    with Image.open(path) as opened:  # every pixel decoded, then resized: the slow way
+        full = ImageOps.exif_transpose(opened)
+        reference = to_model_input(full, CLIP)
+        assert hamming(decoded.phash, phash_bits(full)) <= 2
+    assert not np.array_equal(decoded.pixels, reference)  # it did decode at reduced scale
+    levels = np.abs(decoded.pixels - reference) * np.asarray(CLIP_STD, np.float32)[:, None, None]
+    assert levels.mean() * 255 < 1.5  # 0.5 measured: what a JPEG re-encode also moves
 
 
 def test_decode_image_composites_on_white_when_png_is_transparent(tmp_path: Path) -> None:

@@ -11,12 +11,14 @@ import aio_pika
 import asyncpg
 import numpy as np
 import orjson
+from pgvector.asyncpg import register_vector
 from PIL import Image
 from prometheus_client import REGISTRY
 from skimage import data as samples
 
 from common.embed_client import TextEmbedClient
 from common.messages import MediaIngested
+from embedder import repo
 from embedder.handlers import EmbedderDeps
 from embedder.model import OnnxModel
 from tests.conftest import make_jpeg, read_queue
@@ -158,6 +160,16 @@ async def test_embedder_labels_near_duplicates_when_photo_is_reencoded_or_resize
     original_id = (await content_of(db, original))["id"]
     assert [r["near_duplicate_of"] for r in rows[:2]] == [original_id, original_id]
     assert [r["near_duplicate_of"] for r in rows[2:]] == [None, None]
+
+
+async def test_embedder_save_looks_up_the_nearest_phash_through_its_index(
+    db: asyncpg.Connection,
+) -> None:
+    await register_vector(db)
+    await db.execute("SET enable_seqscan = off")  # an empty table: show the index is usable
+    args = (uuid.uuid4(), 1, 1, "JPEG", "{}", "0" * 64, "k", None, 8, "m", np.ones(4), [], [])
+    plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + repo.SAVE_STATEMENT, *args))
+    assert "Index Scan using content_phash_hnsw" in plan, plan
 
 
 def bomb_png() -> bytes:

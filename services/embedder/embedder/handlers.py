@@ -73,15 +73,12 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
         await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {error}")
         raise Permanent(f"cannot decode {event.kind}: {error}") from None
     result = await _embed(deps, event.content_id, decoded)
-    near = await repo.near_duplicate(
-        deps.pool, event.content_id, result.phash, deps.settings.near_duplicate_distance
-    )
-    async with deps.pool.acquire() as conn:
-        advanced = await repo.save(conn, result, near)
-    if not advanced:
+    saved = await repo.save(deps.pool, result, deps.settings.near_duplicate_distance)
+    near = saved.near_duplicate_of
+    if not saved.advanced:
         # A concurrent delivery finished first; publish what it recorded.
         current = await repo.content(deps.pool, event.content_id)
-        near = current.near_duplicate_of if current else near
+        near = current.near_duplicate_of if current else None
     await _publish(deps, event, near)
 
 

@@ -49,71 +49,75 @@ async def content(
     return ContentRow(**dict(row)) if row is not None else None
 
 
-async def near_duplicate(
-    conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID, phash: str, max_distance: int
-) -> uuid.UUID | None:
-    """The original this content nearly duplicates, found through the pHash HNSW index."""
-    row = await conn.fetchrow(
-        """SELECT id, near_duplicate_of, phash <~> $2::text::bit(64) AS distance
-           FROM content
-           WHERE phash IS NOT NULL AND id <> $1
-           ORDER BY phash <~> $2::text::bit(64)
-           LIMIT 1""",
-        content_id,
-        phash,
-    )
-    if row is None or row["distance"] > max_distance:
-        return None
-    # Point at the original, never at another copy.
-    original: uuid.UUID = row["near_duplicate_of"] or row["id"]
-    return original
-
-
 def _vector(values: NDArray[np.float32]) -> str:
     return "[" + ",".join(f"{float(v):.8g}" for v in values) + "]"
 
 
-async def save(conn: asyncpg.Connection, result: Embedded, near: uuid.UUID | None) -> bool:
-    """Write the embedding and facts and advance ingested -> embedded; False if already done."""
-    async with conn.transaction():
-        advanced = await conn.fetchval(
-            """UPDATE content
-               SET stage = 'embedded', stage_updated_at = now(), error = NULL,
-                   width = $2, height = $3, format = $4, exif = $5::text::jsonb,
-                   phash = $6::text::bit(64), thumbnail_key = $7, duration_s = $8,
-                   near_duplicate_of = $9
-               WHERE id = $1 AND stage = 'ingested'
-               RETURNING 1""",
-            result.content_id,
-            result.width,
-            result.height,
-            result.format,
-            orjson.dumps(result.exif).decode(),
-            result.phash,
-            result.thumbnail_key,
-            result.duration_s,
-            near,
-        )
-        if not advanced:
-            return False
-        await conn.execute(
-            """INSERT INTO embeddings (content_id, model_id, embedding)
-               VALUES ($1, $2, $3::text::vector) ON CONFLICT DO NOTHING""",
-            result.content_id,
-            result.model_id,
-            _vector(result.embedding),
-        )
-        if result.frames:
-            await conn.executemany(
-                """INSERT INTO video_frames (content_id, frame_index, timestamp_s, model_id,
-                                             embedding)
-                   VALUES ($1, $2, $3, $4, $5::text::vector) ON CONFLICT DO NOTHING""",
-                [
-                    (result.content_id, i, ts, result.model_id, _vector(vec))
-                    for i, (ts, vec) in enumerate(result.frames)
-                ],
-            )
-    return True
+# One statement, so one round trip and one commit: the nearest earlier pHash (through its
+# HNSW index; LIMIT 1 ordered by distance is what the index answers), the CAS from
+# `ingested` to `embedded` with the facts, and the embedding (and video frames) of the row
+# that advanced. Nothing is written when another delivery advanced the row first.
+SAVE_STATEMENT = """
+WITH nearest AS (
+    SELECT coalesce(near_duplicate_of, id) AS original, phash <~> $6::text::bit(64) AS distance
+    FROM content
+    WHERE phash IS NOT NULL AND id <> $1
+    ORDER BY phash <~> $6::text::bit(64)
+    LIMIT 1
+), advanced AS (
+    UPDATE content
+    SET stage = 'embedded', stage_updated_at = now(), error = NULL,
+        width = $2, height = $3, format = $4, exif = $5::text::jsonb,
+        phash = $6::text::bit(64), thumbnail_key = $7, duration_s = $8,
+        near_duplicate_of = (SELECT original FROM nearest WHERE distance <= $9)
+    WHERE id = $1 AND stage = 'ingested'
+    RETURNING id, near_duplicate_of
+), embedding AS (
+    INSERT INTO embeddings (content_id, model_id, embedding)
+    SELECT id, $10, $11::vector FROM advanced
+    ON CONFLICT DO NOTHING
+), frames AS (
+    INSERT INTO video_frames (content_id, frame_index, timestamp_s, model_id, embedding)
+    SELECT advanced.id, frame.index - 1, frame.seconds, $10, frame.embedding::vector
+    FROM advanced,
+         unnest($12::float8[], $13::text[]) WITH ORDINALITY
+             AS frame(seconds, embedding, index)
+    ON CONFLICT DO NOTHING
+)
+SELECT near_duplicate_of FROM advanced
+"""
+
+
+@dataclass(frozen=True)
+class Saved:
+    advanced: bool  # False: another delivery had already moved the content on
+    near_duplicate_of: uuid.UUID | None  # the original this content nearly duplicates
+
+
+async def save(
+    conn: asyncpg.Connection | asyncpg.Pool, result: Embedded, max_distance: int
+) -> Saved:
+    """Label a near-duplicate (pHash within `max_distance` of earlier content), write the
+    embedding and facts, and advance ingested -> embedded, all in one statement."""
+    row = await conn.fetchrow(
+        SAVE_STATEMENT,
+        result.content_id,
+        result.width,
+        result.height,
+        result.format,
+        orjson.dumps(result.exif).decode(),
+        result.phash,
+        result.thumbnail_key,
+        result.duration_s,
+        max_distance,
+        result.model_id,
+        result.embedding,
+        [seconds for seconds, _ in result.frames],
+        [_vector(vector) for _, vector in result.frames],  # no codec for vector[]
+    )
+    if row is None:
+        return Saved(advanced=False, near_duplicate_of=None)
+    return Saved(advanced=True, near_duplicate_of=row["near_duplicate_of"])
 
 
 async def fail(conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID, error: str) -> None:

@@ -69,6 +69,12 @@ class OnnxModel:
         chosen = choose_providers(providers)
         self.vision = ort.InferenceSession(str(directory / vision_file), options, providers=chosen)
         self.provider = self.vision.get_providers()[0]
+        if self.provider != chosen[0]:  # a GPU build without a usable GPU, CUDA or cuDNN
+            log.warning(
+                "execution provider not usable; running on the next one",
+                wanted=chosen[0],
+                provider=self.provider,
+            )
         self.text: ort.InferenceSession | None = None
         self.tokenizer: TextTokenizer | None = None
         if self.manifest.has_text:

@@ -7,7 +7,7 @@ the speed, of openai/clip-vit-base-patch32) and EfficientNet-Lite2 with its real
 weights (for accuracy on real photos).
 
     .venv/bin/python bench/embedder.py [--threads 2] [--seconds 3] [--service-images 200]
-        [--service-rounds 3] [--service-only]
+        [--service-rounds 3] [--service-only | --decode-only]
 
 The whole-service ratio alternates model-only and whole-service runs and reports the median
 of the pairs: on a shared machine the model-only rate itself moves by a third within minutes.
@@ -22,6 +22,7 @@ sys.path = [p for p in sys.path if not p.endswith("/bench")]
 
 import argparse
 import asyncio
+import io
 import os
 import random
 import tempfile
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -338,11 +340,15 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--service-rounds", type=int, default=3)
     parser.add_argument("--service-only", action="store_true", help="only the service ratio")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode costs")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, onnxruntime {ort.__version__}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp)
         clip, clip_manifest = clip_b32(models / "clip-b32")
+        if args.decode_only:
+            decode_costs(clip_manifest.preprocess)
+            return
         if args.service_only:
             service_ratio(models, args)
             return
@@ -376,7 +382,37 @@ def main() -> None:
             clip_manifest.preprocess,
             args.threads,
         )
+        decode_costs(clip_manifest.preprocess)
         service_ratio(models, args)
+
+
+def decode_costs(preprocess: Preprocess) -> None:
+    """CPU per decode_image (facts, thumbnail, pHash, model input), JPEGs reduced on load or not."""
+    import embedder.decode as decode
+
+    big = photos()[0].resize((4000, 3000), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=90)
+    print(f"\ndecode_image, CPU ms per image ({preprocess.image_size} px model input)")
+    print("photo                reduced     full")
+    reduce_on_load = decode.reduce_on_load
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data, repeat in (
+            ("640x480 JPEG", photo_jpegs(1)[0], 40),
+            ("4000x3000 JPEG", buffer.getvalue(), 4),
+        ):
+            path = os.path.join(tmp, "photo.jpg")
+            Path(path).write_bytes(data)
+            costs = []
+            for reducer in (reduce_on_load, lambda *_: None):
+                decode.reduce_on_load = reducer  # type: ignore[assignment]
+                decode.decode_image(path, preprocess)  # warm
+                start = time.process_time()
+                for _ in range(repeat):
+                    decode.decode_image(path, preprocess)
+                costs.append((time.process_time() - start) / repeat * 1000)
+            decode.reduce_on_load = reduce_on_load
+            print(f"{name:<16} {costs[0]:9.1f} {costs[1]:8.1f}")
 
 
 def service_ratio(models: Path, args: argparse.Namespace) -> None:

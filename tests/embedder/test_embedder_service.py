@@ -162,6 +162,30 @@ async def test_embedder_labels_near_duplicates_when_photo_is_reencoded_or_resize
     assert [r["near_duplicate_of"] for r in rows[2:]] == [None, None]
 
 
+async def test_embedder_labels_near_duplicates_when_copies_arrive_with_the_original(
+    gateway: Gateway,
+    embedder: EmbedderDeps,
+    db: asyncpg.Connection,
+) -> None:
+    photo = samples.chelsea()
+    uploads = await upload(
+        gateway,
+        ("cat.jpg", jpeg_of(photo, quality=95)),
+        ("cat-q60.jpg", jpeg_of(photo, quality=60)),
+        ("cat-q75.jpg", jpeg_of(photo, quality=75)),
+        ("cat-half.jpg", jpeg_of(photo, quality=90, scale=0.5)),
+        ("cat-3q.jpg", jpeg_of(photo, quality=90, scale=0.75)),
+        ("coffee.jpg", jpeg_of(samples.coffee())),
+    )
+    rows = await wait_stage(db, uploads, {"embedded"})
+    cats, coffee = rows[:5], rows[5]
+    # Embedded side by side, in one batch: whichever was saved first is the original.
+    originals = [r for r in cats if r["near_duplicate_of"] is None]
+    assert len(originals) == 1, [r["near_duplicate_of"] for r in cats]
+    assert all(r["near_duplicate_of"] == originals[0]["id"] for r in cats if r != originals[0])
+    assert coffee["near_duplicate_of"] is None
+
+
 async def test_embedder_save_looks_up_the_nearest_phash_through_its_index(
     db: asyncpg.Connection,
 ) -> None:

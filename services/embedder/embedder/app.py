@@ -19,7 +19,7 @@ from common.topology import spec_of
 from common.vectors import register_model
 from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
-from embedder.handlers import EmbedderDeps, handle_ingested
+from embedder.handlers import EmbedderDeps, handle_ingested, saver
 from embedder.model import OnnxModel
 from embedder.rpc import ImageRpcServer, TextRpcServer
 from embedder.settings import EmbedderSettings
@@ -61,7 +61,15 @@ async def running(settings: EmbedderSettings) -> AsyncIterator[EmbedderDeps]:
         stack.push_async_callback(bus.close)
         await bus.start(wait=10)
         deps = EmbedderDeps(
-            settings, pool, bus, storage, decoders, batcher, model.model_id, model.dim
+            settings,
+            pool,
+            bus,
+            storage,
+            decoders,
+            batcher,
+            saver(pool, settings.near_duplicate_distance, settings.max_batch_size),
+            model.model_id,
+            model.dim,
         )
 
         def info() -> dict[str, object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,6 +13,8 @@ import structlog
 
 from common.bus import Bus
 from common.consumer import Delivery, Permanent
+from common.db import timed
+from common.group_commit import GroupCommit
 from common.messages import MediaEmbedded, MediaIngested
 from common.storage import FileSystemStorage
 from embedder import repo
@@ -32,9 +34,26 @@ class EmbedderDeps:
     storage: FileSystemStorage
     decoders: DecoderPool
     batcher: ModelBatcher
+    saver: Saver
     model_id: str
     dim: int
     probe_port: int = 0
+
+
+Saver = GroupCommit[repo.Embedded, repo.Saved]
+
+
+def saver(pool: asyncpg.Pool, max_distance: int, max_batch: int) -> Saver:
+    """Saves of images embedded together share one transaction under the pHash lock.
+
+    One group at a time per process: the lock serialises them across replicas anyway.
+    """
+
+    async def write(batch: Sequence[repo.Embedded]) -> list[repo.Saved]:
+        async with timed("embedder_save"), pool.acquire() as conn:
+            return await repo.save_many(conn, batch, max_distance)
+
+    return GroupCommit(write, name="save", max_batch=max_batch, max_in_flight=1)
 
 
 def _mean_direction(vectors: list[np.ndarray]) -> np.ndarray:
@@ -73,7 +92,7 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
         await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {error}")
         raise Permanent(f"cannot decode {event.kind}: {error}") from None
     result = await _embed(deps, event.content_id, decoded)
-    saved = await repo.save(deps.pool, result, deps.settings.near_duplicate_distance)
+    saved = await deps.saver.submit(result)
     near = saved.near_duplicate_of
     if not saved.advanced:
         # A concurrent delivery finished first; publish what it recorded.

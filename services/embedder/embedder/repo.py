@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,10 +54,11 @@ def _vector(values: NDArray[np.float32]) -> str:
     return "[" + ",".join(f"{float(v):.8g}" for v in values) + "]"
 
 
-# One statement, so one round trip and one commit: the nearest earlier pHash (through its
-# HNSW index; LIMIT 1 ordered by distance is what the index answers), the CAS from
-# `ingested` to `embedded` with the facts, and the embedding (and video frames) of the row
-# that advanced. Nothing is written when another delivery advanced the row first.
+# One statement per image: the nearest pHash saved before (through its HNSW index; LIMIT 1
+# ordered by distance is what the index answers), the CAS from `ingested` to `embedded` with
+# the facts, and the embedding (and video frames) of the row that advanced. Nothing is
+# written when another delivery advanced the row first. Always one row back, so a group of
+# these run together lines up with its inputs.
 SAVE_STATEMENT = """
 WITH nearest AS (
     SELECT coalesce(near_duplicate_of, id) AS original, phash <~> $6::text::bit(64) AS distance
@@ -84,8 +86,12 @@ WITH nearest AS (
              AS frame(seconds, embedding, index)
     ON CONFLICT DO NOTHING
 )
-SELECT near_duplicate_of FROM advanced
+SELECT EXISTS (SELECT FROM advanced) AS advanced,
+       (SELECT near_duplicate_of FROM advanced) AS near_duplicate_of
 """
+# Saves take this lock for their transaction (every embedder replica shares it), so two
+# copies saved at the same moment cannot each miss the other: the second sees the first.
+NEAR_DUPLICATE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.phash', 0))"
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,8 @@ class Saved:
     near_duplicate_of: uuid.UUID | None  # the original this content nearly duplicates
 
 
-async def save(
-    conn: asyncpg.Connection | asyncpg.Pool, result: Embedded, max_distance: int
-) -> Saved:
-    """Label a near-duplicate (pHash within `max_distance` of earlier content), write the
-    embedding and facts, and advance ingested -> embedded, all in one statement."""
-    row = await conn.fetchrow(
-        SAVE_STATEMENT,
+def _save_args(result: Embedded, max_distance: int) -> tuple[Any, ...]:
+    return (
         result.content_id,
         result.width,
         result.height,
@@ -115,9 +116,20 @@ async def save(
         [seconds for seconds, _ in result.frames],
         [_vector(vector) for _, vector in result.frames],  # no codec for vector[]
     )
-    if row is None:
-        return Saved(advanced=False, near_duplicate_of=None)
-    return Saved(advanced=True, near_duplicate_of=row["near_duplicate_of"])
+
+
+async def save_many(
+    conn: asyncpg.Connection, results: Sequence[Embedded], max_distance: int
+) -> list[Saved]:
+    """For each result in order, in one transaction under the pHash lock: label it a
+    near-duplicate (pHash within `max_distance` of content saved before, including earlier
+    ones in this group), write its embedding and facts, advance ingested -> embedded."""
+    async with conn.transaction():
+        await conn.execute(NEAR_DUPLICATE_LOCK)
+        rows = await conn.fetchmany(
+            SAVE_STATEMENT, [_save_args(result, max_distance) for result in results]
+        )
+    return [Saved(row["advanced"], row["near_duplicate_of"]) for row in rows]
 
 
 async def fail(conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID, error: str) -> None:

@@ -18,7 +18,7 @@ from common.rpc import RpcClient
 from common.storage import open_storage
 from common.topology import cluster_command_queue
 from gateway.auth import KEYS, KeyRing, authenticate, cors, parse_keys
-from gateway.batcher import IngestBatcher
+from gateway.batcher import ingest_batcher
 from gateway.clusters import handle_cluster, handle_clusters, handle_patch_cluster
 from gateway.deadletters import (
     handle_dlq_job,
@@ -125,7 +125,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
                 storage,
                 backpressure,
                 relay,
-                IngestBatcher(pool),
+                ingest_batcher(pool),
                 commands,
                 text_embeddings,
                 ImageEmbedClient(bus, timeout=settings.search_embed_timeout_s * 2),

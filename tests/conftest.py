@@ -226,6 +226,23 @@ def common_settings(database_url: str, bus_names: BusNames, storage_path: Path) 
     }
 
 
+def service_env(
+    database_url: str, bus_names: BusNames, storage_path: Path, **variables: str
+) -> dict[str, str]:
+    """The environment of a service run as a process: this test's database, bus and storage
+    (as `common_settings`), plus `variables`."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "RABBITMQ_URL": RABBITMQ_URL,
+        "STORAGE_PATH": str(storage_path),
+        "BUS_EXCHANGE": bus_names.exchange,
+        "BUS_QUEUE_PREFIX": bus_names.prefix,
+        "BUS_RETRY_DELAYS": "0.05,0.1",
+        **variables,
+    }
+
+
 @pytest.fixture
 def settings_factory(common_settings: dict[str, Any]) -> Callable[..., Any]:
     """Gateway settings pointing at this test's database, exchange and storage."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import subprocess
 import sys
 import uuid
@@ -28,7 +27,7 @@ from embedder.handlers import EmbedderDeps
 from tests.analyzer.fake_gemini import FakeGemini
 from tests.clusterer.conftest import colour_png, consumers_on, wait_for
 from tests.clusterer.test_pipeline import upload, wait_done
-from tests.conftest import RABBITMQ_URL, BusNames
+from tests.conftest import BusNames, service_env
 from tests.integration.conftest import Gateway
 
 
@@ -113,23 +112,19 @@ async def test_rate_limit_holds_across_two_analyzer_processes_when_images_pour_i
 ) -> None:
     limit, window, count = 3, 2.0, 10
     events = await seed_images(db, FileSystemStorage(storage_path, fsync=False), count)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "RABBITMQ_URL": RABBITMQ_URL,
-        "STORAGE_PATH": str(storage_path),
-        "BUS_EXCHANGE": bus_names.exchange,
-        "BUS_QUEUE_PREFIX": bus_names.prefix,
-        "BUS_RETRY_DELAYS": "0.05,0.1",
-        "GEMINI_API_KEY": "test-key",
-        "VLM_MODEL": "gemini-test",
-        "VLM_BASE_URL": gemini.url,
-        "VLM_RATE_LIMIT_PER_MINUTE": str(limit),
-        "VLM_RATE_WINDOW_S": str(window),
-        "VLM_FALLBACK_TO_CLIP": "false",  # every image must be analysed by Gemini
-        "WORKER_HTTP_PORT": "0",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = service_env(
+        database_url,
+        bus_names,
+        storage_path,
+        GEMINI_API_KEY="test-key",
+        VLM_MODEL="gemini-test",
+        VLM_BASE_URL=gemini.url,
+        VLM_RATE_LIMIT_PER_MINUTE=str(limit),
+        VLM_RATE_WINDOW_S=str(window),
+        VLM_FALLBACK_TO_CLIP="false",  # every image must be analysed by Gemini
+        WORKER_HTTP_PORT="0",
+        LOG_LEVEL="WARNING",
+    )
     logs = [open(tmp_path / f"analyzer-{i}.log", "wb") for i in range(2)]
     procs = [
         subprocess.Popen([sys.executable, "-m", "analyzer"], env=env, stdout=log, stderr=log)

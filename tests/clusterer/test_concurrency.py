@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -29,26 +28,23 @@ from tests.clusterer.conftest import (
     seed_embedded,
     wait_for,
 )
-from tests.conftest import RABBITMQ_URL, BusNames
+from tests.conftest import BusNames, service_env
 
 MODEL = "test/kinds-64"
 
 
 @pytest.fixture
 def clusterer_env(database_url: str, bus_names: BusNames, storage_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "RABBITMQ_URL": RABBITMQ_URL,
-        "STORAGE_PATH": str(storage_path),
-        "BUS_EXCHANGE": bus_names.exchange,
-        "BUS_QUEUE_PREFIX": bus_names.prefix,
-        "BUS_RETRY_DELAYS": "0.05,0.1,0.2",
-        "WORKER_HTTP_PORT": "0",
-        "WORKER_THREADS": "8",
-        "LABEL_TIMEOUT_S": "0.2",  # no embedder here: placeholders are "untitled ..."
-        "LOG_LEVEL": "WARNING",
-    }
+    return service_env(
+        database_url,
+        bus_names,
+        storage_path,
+        BUS_RETRY_DELAYS="0.05,0.1,0.2",
+        WORKER_HTTP_PORT="0",
+        WORKER_THREADS="8",
+        LABEL_TIMEOUT_S="0.2",  # no embedder here: placeholders are "untitled ..."
+        LOG_LEVEL="WARNING",
+    )
 
 
 @pytest.fixture

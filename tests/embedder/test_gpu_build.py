@@ -8,7 +8,6 @@ runs on the CPU with the same vectors. Where a GPU is usable the same test expec
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from skimage import data as samples
 
 from embedder.decode import decode_image
 from embedder.model import OnnxModel
-from tests.conftest import RABBITMQ_URL, BusNames
+from tests.conftest import BusNames, service_env
 from tests.embedder.test_embedder_service import content_of, jpeg_of, upload, wait_stage
 from tests.integration.conftest import Gateway
 
@@ -67,22 +66,18 @@ def gpu_embedder(
 ) -> Iterator[tuple[int, Path]]:
     """`python -m embedder` from .venv-gpu, CUDA first; its probe port and its log."""
     port, log_path = free_port(), tmp_path / "embedder.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "RABBITMQ_URL": RABBITMQ_URL,
-        "STORAGE_PATH": str(storage_path),
-        "BUS_EXCHANGE": bus_names.exchange,
-        "BUS_QUEUE_PREFIX": bus_names.prefix,
-        "BUS_RETRY_DELAYS": "0.05,0.1",  # as the gateway fixture declares the queues
-        "MODEL_DIR": str(tiny_clip_dir),
-        "EMBEDDING_MODEL": "clip-tiny",
-        "ONNX_PROVIDERS": "cuda,cpu",
-        "INTRA_OP_THREADS": "1",
-        "DECODE_WORKERS": "1",
-        "WORKER_HTTP_HOST": "127.0.0.1",
-        "WORKER_HTTP_PORT": str(port),
-    }
+    env = service_env(
+        database_url,
+        bus_names,
+        storage_path,
+        MODEL_DIR=str(tiny_clip_dir),
+        EMBEDDING_MODEL="clip-tiny",
+        ONNX_PROVIDERS="cuda,cpu",
+        INTRA_OP_THREADS="1",
+        DECODE_WORKERS="1",
+        WORKER_HTTP_HOST="127.0.0.1",
+        WORKER_HTTP_PORT=str(port),
+    )
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [gpu_python(), "-m", "embedder"], env=env, stdout=log, stderr=log, cwd=tmp_path

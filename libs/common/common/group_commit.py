@@ -62,7 +62,9 @@ class GroupCommit(Generic[T, R]):
                     future.set_exception(error)
                 return
             # One bad item must not fail its neighbours: write them one by one.
-            log.warning(f"batched {self.name} failed; retrying one by one", error=str(error))
+            log.warning(
+                "batched write failed; retrying one by one", writer=self.name, error=str(error)
+            )
             for entry in batch:
                 await self._write([entry])
             return

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiohttp import FormData
 
 from clusterer.handlers import ClustererDeps
 from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
 from tests.clusterer.conftest import colour_png
 from tests.clusterer.test_pipeline import wait_done
+from tests.integration.test_ingest import form
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789abc"
@@ -26,15 +26,6 @@ KEYS = (f"{ALICE}:admin:alice", f"{BOB}:admin:bob", f"{READER}:read", f"{WRITER}
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def form(*files: tuple[str, bytes], **fields: str) -> FormData:
-    data = FormData(quote_fields=False)
-    for name, content in files:
-        data.add_field("files[]", content, filename=name, content_type="application/octet-stream")
-    for key, value in fields.items():
-        data.add_field(key, value)
-    return data
 
 
 async def test_keys_keep_each_owner_to_its_own_uploads_even_when_ids_are_guessed(

@@ -2,10 +2,16 @@
 # Stop what scripts/up.sh started (services and the local PostgreSQL; RabbitMQ is left running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for pidfile in .run/*.pid; do
+# The services through supervisorctl, then supervisord by its pid (nothing to do if none runs).
+if [ -x .venv/bin/python ]; then
+    .venv/bin/python scripts/supervise.py stop
+fi
+# Services started by an up.sh from before supervisord, one pid file each.
+for name in gateway embedder clusterer analyzer; do
+    pidfile=.run/$name.pid
     [ -e "$pidfile" ] || continue
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then kill "$pid"; echo "stopped $(basename "$pidfile" .pid)"; fi
+    if kill -0 "$pid" 2>/dev/null; then kill "$pid"; echo "stopped $name"; fi
     rm -f "$pidfile"
 done
 if [ -z "${DATABASE_URL:-}" ] && [ -x .venv/bin/python ]; then

@@ -3,8 +3,9 @@
 #   installs into .venv, starts PostgreSQL + pgvector (unless DATABASE_URL is set) and RabbitMQ,
 #   migrates, exports an embedding model when none is there, starts every service (today: the
 #   gateway with its outbox relay and dead-letter recorder, the embedder, the clusterer and the
-#   analyzer) in the background, then ingests a sample image and JSON and prints what became of them.
-# Stop everything with scripts/down.sh. Logs: .run/*.log
+#   analyzer) under supervisord, then ingests a sample image and JSON and prints what became of them.
+# Stop everything with scripts/down.sh. Logs: .run/*.log. Each service's state:
+#   .venv/bin/python scripts/supervise.py status
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
@@ -30,36 +31,18 @@ if [ ! -f "$MODEL_DIR/$EMBEDDING_MODEL/manifest.json" ]; then
     .venv/bin/python scripts/export_image_encoder.py --out "$MODEL_DIR/$EMBEDDING_MODEL" >/dev/null
 fi
 
-start() {  # name, command...
-    local name=$1; shift
-    if [ -f ".run/$name.pid" ] && kill -0 "$(cat ".run/$name.pid")" 2>/dev/null; then
-        echo "$name already running (pid $(cat ".run/$name.pid"))"; return
-    fi
-    nohup "$@" >".run/$name.log" 2>&1 &
-    echo $! >".run/$name.pid"
-    echo "$name started (pid $!, log .run/$name.log)"
-}
-start gateway .venv/bin/python -m gateway
-WORKER_HTTP_PORT=${EMBEDDER_HTTP_PORT:-8081} start embedder .venv/bin/python -m embedder
-WORKER_HTTP_PORT=${CLUSTERER_HTTP_PORT:-8082} start clusterer .venv/bin/python -m clusterer
-# Without GEMINI_API_KEY the analyzer tags with the CLIP fallback (nothing leaves the machine).
-WORKER_HTTP_PORT=${ANALYZER_HTTP_PORT:-8083} start analyzer .venv/bin/python -m analyzer
+# Every service runs under supervisord (.run/supervisord.conf), which restarts one that exits or
+# is killed; each appends to .run/<name>.log (rotated at 10 MiB). Run again, this starts only
+# what is not running. Ports: HTTP_PORT (gateway), EMBEDDER_/CLUSTERER_/ANALYZER_HTTP_PORT
+# (8081-8083, the workers' probes). Without GEMINI_API_KEY the analyzer tags with the CLIP
+# fallback (nothing leaves the machine).
+.venv/bin/python scripts/supervise.py start
+# Wait for each service's /ready, then print what supervisorctl status says of it; a service
+# that is not RUNNING is shown with the end of its log, and the bring-up stops there.
+echo; echo "== services (.venv/bin/supervisorctl -c .run/supervisord.conf status)"
+.venv/bin/python scripts/supervise.py wait --timeout 60
 
 base="http://127.0.0.1:$HTTP_PORT"
-for _ in $(seq 1 60); do
-    curl -fsS "$base/ready" >/dev/null 2>&1 && break
-    sleep 0.5
-done
-curl -fsS "$base/ready" >/dev/null || { echo "gateway did not become ready; see .run/gateway.log" >&2; exit 1; }
-for worker in "embedder ${EMBEDDER_HTTP_PORT:-8081}" "clusterer ${CLUSTERER_HTTP_PORT:-8082}" \
-              "analyzer ${ANALYZER_HTTP_PORT:-8083}"; do
-    set -- $worker
-    for _ in $(seq 1 120); do
-        curl -fsS "http://127.0.0.1:$2/ready" >/dev/null 2>&1 && break
-        sleep 0.5
-    done
-    curl -fsS "http://127.0.0.1:$2/ready" >/dev/null || { echo "$1 did not become ready; see .run/$1.log" >&2; exit 1; }
-done
 
 echo; echo "== ingest a sample image and a JSON document"
 sample=.run/sample.png

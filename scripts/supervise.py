@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Run the native bring-up's services under supervisord (scripts/up.sh and scripts/down.sh).
+
+    python scripts/supervise.py start [SERVICE ...]  # write the config, start what is not running
+    python scripts/supervise.py wait                 # wait for each /ready, then report the states
+    python scripts/supervise.py status               # each service's state, as supervisorctl has it
+    python scripts/supervise.py stop                 # stop the services, then supervisord
+
+Run it with .venv/bin/python: supervisord, supervisorctl and the services run on the
+interpreter that runs this script. supervisord restarts a service that exits or is killed.
+Each service logs to .run/<name>.log, appended to across restarts and rotated at 10 MiB (five
+kept). The services get the environment `start` had when it started supervisord: to change
+it, stop first. Humans can use supervisorctl itself: `.venv/bin/supervisorctl -c
+.run/supervisord.conf status` (or `tail -f gateway`, `restart embedder`, ...). --run-dir puts
+the config, socket, pid file and logs elsewhere than .run/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# What supervisorctl status says of a process that is up, or on its way up.
+UP = {"RUNNING", "STARTING", "BACKOFF"}
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port_variable: str  # the variable up.sh sets the port with
+    default_port: int
+    worker: bool  # workers read their probe port from WORKER_HTTP_PORT
+
+    def port(self) -> int:
+        return int(os.environ.get(self.port_variable) or self.default_port)
+
+    def environment(self) -> dict[str, str]:
+        return {"WORKER_HTTP_PORT" if self.worker else "HTTP_PORT": str(self.port())}
+
+
+SERVICES = {
+    s.name: s
+    for s in (
+        Service("gateway", "HTTP_PORT", 8000, worker=False),
+        Service("embedder", "EMBEDDER_HTTP_PORT", 8081, worker=True),
+        Service("clusterer", "CLUSTERER_HTTP_PORT", 8082, worker=True),
+        Service("analyzer", "ANALYZER_HTTP_PORT", 8083, worker=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    state: str  # RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...
+    description: str  # "pid 123, uptime 0:01:02", "Exited too quickly (process log may ...)"
+
+    def pid(self) -> int | None:
+        words = self.description.replace(",", " ").split()
+        if self.state == "RUNNING" and len(words) > 1 and words[0] == "pid":
+            return int(words[1])
+        return None
+
+
+class Paths:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir.resolve()
+        self.config = self.run_dir / "supervisord.conf"
+        self.socket = self.run_dir / "supervisord.sock"
+        self.pidfile = self.run_dir / "supervisord.pid"
+        self.supervisord_log = self.run_dir / "supervisord.log"
+
+    def log(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+
+def _value(text: str) -> str:
+    # supervisord expands %(name)s in every value; a literal percent sign is written %%.
+    return text.replace("%", "%%")
+
+
+def render_config(paths: Paths, services: list[Service]) -> str:
+    """The supervisord configuration: supervisord itself, its socket, one program per service."""
+    lines = [
+        "; Written by scripts/supervise.py; edits are overwritten by the next scripts/up.sh.",
+        "[supervisord]",
+        f"logfile={_value(str(paths.supervisord_log))}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=3",
+        f"pidfile={_value(str(paths.pidfile))}",
+        f"childlogdir={_value(str(paths.run_dir))}",
+        f"directory={_value(str(ROOT))}",
+        "",
+        "[unix_http_server]",
+        f"file={_value(str(paths.socket))}",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{_value(str(paths.socket))}",
+    ]
+    for service in services:
+        command = shlex.join([sys.executable, "-m", service.name])
+        environment = ",".join(f'{k}="{v}"' for k, v in service.environment().items())
+        lines += [
+            "",
+            f"[program:{service.name}]",
+            f"command={_value(command)}",
+            f"directory={_value(str(ROOT))}",
+            f"environment={_value(environment)}",
+            "autostart=true",
+            "autorestart=true",
+            # Up this long counts as started; dying sooner is retried with a growing delay,
+            # five times, and then the service is FATAL (a bad setting exits at once with 2).
+            "startsecs=5",
+            "startretries=5",
+            # TERM lets a service finish what it is doing; after 30 s the group is killed.
+            "stopsignal=TERM",
+            "stopwaitsecs=30",
+            # Gateway workers (HTTP_WORKERS) and the embedder's decoders share the group.
+            "stopasgroup=true",
+            "killasgroup=true",
+            # Appended to, never truncated; rotated at 10 MiB with five old logs kept.
+            f"stdout_logfile={_value(str(paths.log(service.name)))}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=5",
+            "redirect_stderr=true",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _supervisorctl(paths: Paths, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(paths.config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _supervisord_pid(paths: Paths) -> int | None:
+    """supervisord's pid from its pid file, when that process is alive and is supervisord."""
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"supervisord" in cmdline else None
+
+
+def states(paths: Paths) -> list[State] | None:
+    """`supervisorctl status`, one State per service; None when supervisord does not answer."""
+    if not paths.socket.exists():
+        return None
+    result = _supervisorctl(paths, "status")
+    found = []
+    for line in result.stdout.splitlines():
+        words = line.split(None, 2)
+        if len(words) >= 2 and words[0] in SERVICES:
+            found.append(State(words[0], words[1], words[2] if len(words) == 3 else ""))
+    # 0: all running, 3: some not running; anything else means supervisord did not answer.
+    return found if result.returncode in (0, 3) else None
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def report(paths: Paths, found: list[State], ready: dict[str, bool] | None = None) -> bool:
+    """Print each service's state (and, for one that is not up, its log's tail); all up?"""
+    healthy = True
+    for state in found:
+        is_ready = ready is None or ready.get(state.name, False)
+        ok = state.state == "RUNNING" and is_ready
+        healthy &= ok
+        note = "" if ready is None else ("ready" if is_ready else "NOT READY")
+        print(f"{state.name:<10} {state.state:<9} {state.description}  {note}".rstrip())
+        if not ok:
+            log = paths.log(state.name)
+            print(f"--- last lines of {log}")
+            print(log_tail(log))
+            print("---")
+    return healthy
+
+
+def start(paths: Paths, names: list[str]) -> int:
+    """Write the config; start supervisord, or have the running one apply the new config."""
+    services = [SERVICES[n] for n in names or SERVICES]
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    text = render_config(paths, services)
+    draft = paths.config.with_suffix(".conf.new")
+    draft.write_text(text)
+    draft.replace(paths.config)
+    if states(paths) is None:
+        # supervisord forks into the background once its socket is open; it removes a stale one.
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(paths.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            print(result.stdout + result.stderr, end="", file=sys.stderr)
+            print(log_tail(paths.supervisord_log), file=sys.stderr)
+            return 1
+        deadline = time.monotonic() + 30
+        while _supervisord_pid(paths) is None or states(paths) is None:
+            if time.monotonic() > deadline:
+                print("supervisord did not answer; see", paths.supervisord_log, file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        print(f"supervisord started (pid {_supervisord_pid(paths)}, config {paths.config})")
+    else:
+        # Already running: add, change or remove programs as the config now says (a program
+        # whose section is unchanged keeps running), then start those that stopped or gave up.
+        for args in (("update",), ("start", *(s.name for s in services))):
+            result = _supervisorctl(paths, *args)
+            for line in result.stdout.splitlines():
+                if "already started" not in line:
+                    print(line)
+    for service in services:
+        print(f"{service.name} runs under supervisord (log {paths.log(service.name)})")
+    return 0
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait(paths: Paths, timeout: float) -> int:
+    """Wait until every service answers /ready and supervisord says RUNNING; report them."""
+    found = states(paths)
+    if found is None:
+        print("supervisord is not running: scripts/up.sh starts it", file=sys.stderr)
+        return 1
+    ready: dict[str, bool] = {}
+    for name in [s.name for s in found]:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = next((s for s in states(paths) or [] if s.name == name), None)
+            # Once ready, only supervisord's word is awaited (RUNNING: up for startsecs).
+            ready[name] = ready.get(name, False) or _ready(SERVICES[name].port())
+            if state is None or state.state not in UP:
+                break  # stopped, or FATAL after its retries: it will not get ready by itself
+            if ready[name] and state.state == "RUNNING":
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    return 0 if report(paths, states(paths) or [], ready) else 1
+
+
+def status(paths: Paths) -> int:
+    """Report the states as they are (exit 3 if a service is not RUNNING, as supervisorctl does)."""
+    found = states(paths)
+    if found is None:
+        print("supervisord is not running")
+        return 3
+    return 0 if report(paths, found) else 3
+
+
+def stop(paths: Paths) -> int:
+    """Stop every service through supervisorctl, then supervisord by its pid."""
+    pid = _supervisord_pid(paths)
+    answering = states(paths) is not None
+    if answering:
+        print(_supervisorctl(paths, "stop", "all").stdout, end="")
+    if pid is None:
+        paths.pidfile.unlink(missing_ok=True)
+        if answering:  # its pid file is gone: ask it to exit instead
+            print(_supervisorctl(paths, "shutdown").stdout, end="")
+        else:
+            print("supervisord is not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            print(f"supervisord (pid {pid}) did not stop; killing it", file=sys.stderr)
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    print(f"stopped supervisord (pid {pid})")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
+    commands = parser.add_subparsers(dest="command", required=True)
+    start_parser = commands.add_parser("start")
+    start_parser.add_argument("services", nargs="*", help=f"of {', '.join(SERVICES)}; all if none")
+    wait_parser = commands.add_parser("wait")
+    wait_parser.add_argument("--timeout", type=float, default=60, help="seconds per service")
+    commands.add_parser("status")
+    commands.add_parser("stop")
+    args = parser.parse_args()
+    paths = Paths(args.run_dir)
+    if args.command == "start":
+        if unknown := set(args.services) - SERVICES.keys():
+            parser.error(f"no such service: {', '.join(sorted(unknown))}")
+        return start(paths, args.services)
+    if args.command == "wait":
+        return wait(paths, args.timeout)
+    if args.command == "status":
+        return status(paths)
+    return stop(paths)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,7 +37,8 @@ DATABASE_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator"
 )
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-TEMPLATE_DB = "mb_test_template"
+# One template per test run, so that runs side by side on one server do not clobber it.
+TEMPLATE_DB = f"mb_test_template_{os.getpid()}"
 
 
 def _with_db(url: str, name: str) -> str:
@@ -75,6 +76,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # Real tracing, as the services set it up, so trace ids flow through the tests too.
     configure_telemetry("tests")
     asyncio.run(_prepare())
+
+
+async def _drop_template() -> None:
+    conn = await _admin()
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    try:
+        asyncio.run(_drop_template())
+    except (OSError, asyncpg.PostgresError):
+        pass  # the server went away: nothing to clean
 
 
 @pytest.fixture
@@ -223,6 +239,9 @@ def common_settings(database_url: str, bus_names: BusNames, storage_path: Path) 
         "bus_retry_delays": (0.05, 0.1),
         "db_pool_size": 2,
         "db_max_overflow": 8,
+        # Services in tests listen on loopback only (the tests run open: no API keys).
+        "http_host": "127.0.0.1",
+        "worker_http_host": "127.0.0.1",
     }
 
 
@@ -239,6 +258,8 @@ def service_env(
         "BUS_EXCHANGE": bus_names.exchange,
         "BUS_QUEUE_PREFIX": bus_names.prefix,
         "BUS_RETRY_DELAYS": "0.05,0.1",
+        "HTTP_HOST": "127.0.0.1",
+        "WORKER_HTTP_HOST": "127.0.0.1",
         **variables,
     }
 

@@ -3,21 +3,69 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from pamqp.commands import Basic
+from prometheus_client import Counter
 
 from common.settings import CommonSettings
 from common.topology import QueueSpec, declare_all, queue_specs
 
 log = structlog.get_logger(__name__)
 
+PUBLISH_REFUSED = Counter(
+    "bus_publish_refused_total",
+    "Publishes the broker did not take, by destination and reason.",
+    ["destination", "reason"],
+)
+
+# full: a queue at its length limit nacked it (reject-publish); unroutable: no queue is bound
+# to the key (a mandatory publish came back); channel: the channel or connection went away
+# while it was in flight; timeout: no confirm in time (e.g. a broker blocked by an alarm).
+RefusalReason = Literal["full", "unroutable", "channel", "timeout"]
+
 
 class BusUnavailable(RuntimeError):
     """The broker cannot be reached right now."""
+
+
+class PublishRefused(RuntimeError):
+    """The broker did not take one message; the bus itself may be fine."""
+
+    def __init__(self, destination: str, reason: RefusalReason, detail: str) -> None:
+        super().__init__(f"publish to {destination!r} refused ({reason}): {detail}")
+        self.destination = destination
+        self.reason = reason
+
+
+@dataclass
+class Refusal:
+    """The latest refused publishes to one destination, until one goes through again."""
+
+    reason: RefusalReason
+    error: str
+    since: float  # wall-clock time of the first refusal of this run
+    last: float  # and of the latest
+    count: int = 1
+
+
+def _refusal_reason(error: BaseException) -> RefusalReason:
+    if isinstance(error, aiormq.exceptions.PublishError):
+        return "unroutable"
+    if isinstance(error, aiormq.exceptions.DeliveryError) and isinstance(
+        error.frame, Basic.Nack
+    ):
+        return "full"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "channel"
 
 
 class Bus:
@@ -35,6 +83,7 @@ class Bus:
         self._exchange: AbstractExchange | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.refusals: dict[str, Refusal] = {}
 
     async def start(self, wait: float | None = None) -> None:
         """Begin connecting; optionally wait up to `wait` seconds for the first connection."""
@@ -118,8 +167,51 @@ class Bus:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         exchange = self._channel.default_exchange if to_queue else self._exchange
-        # mandatory: an unroutable event is an error to retry, never a silent drop.
-        await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
+        try:
+            # mandatory: an unroutable event is an error to retry, never a silent drop.
+            await exchange.publish(
+                message,
+                routing_key=routing_key,
+                mandatory=mandatory,
+                timeout=self.settings.bus_publish_timeout_s,
+            )
+        except (
+            TimeoutError,
+            aiormq.exceptions.DeliveryError,
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as error:
+            raise self._refused(routing_key, error) from error
+        self.refusals.pop(routing_key, None)
+
+    def _refused(self, destination: str, error: BaseException) -> PublishRefused:
+        """Record a refused publish (metric, latest state per destination) and describe it."""
+        reason = _refusal_reason(error)
+        detail = str(error) or type(error).__name__
+        PUBLISH_REFUSED.labels(destination, reason).inc()
+        now = time.time()
+        current = self.refusals.get(destination)
+        if current is None:
+            self.refusals[destination] = Refusal(reason, detail, now, now)
+        else:
+            current.reason, current.error, current.last = reason, detail, now
+            current.count += 1
+        return PublishRefused(destination, reason, detail)
+
+    def refusal_report(self, recent: float = 60.0) -> dict[str, dict[str, Any]]:
+        """Destinations whose latest publish, within `recent` seconds, was refused."""
+        now = time.time()
+        return {
+            destination: {
+                "reason": r.reason,
+                "error": r.error,
+                "refused": r.count,
+                "since_seconds": round(now - r.since, 1),
+            }
+            for destination, r in self.refusals.items()
+            if now - r.last <= recent
+        }
 
     async def reply(self, reply_to: str, message: aio_pika.Message) -> None:
         """Answer an RPC request (direct reply-to names are routed by the default exchange)."""

@@ -57,6 +57,51 @@ def _uuid_field(body: dict[str, Any], key: str) -> uuid.UUID | None:
         return None
 
 
+def _event_ids(raw: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """(content_id, job_id) of a message body, when it is an event that names them."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    return _uuid_field(body, "content_id"), _uuid_field(body, "job_id")
+
+
+async def insert_dead_letter(
+    conn: asyncpg.Connection,
+    *,
+    message_id: str,
+    queue: str,
+    routing_key: str | None,
+    body: bytes,
+    headers: dict[str, Any],
+    error: str,
+    attempts: int,
+) -> None:
+    """Store one dead letter (a message parked again replaces its earlier record)."""
+    content_id, job_id = _event_ids(body)
+    await conn.execute(
+        """INSERT INTO dead_letters
+               (message_id, queue, routing_key, body, headers, error, attempts,
+                content_id, job_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (message_id, queue) DO UPDATE
+           SET body = EXCLUDED.body, headers = EXCLUDED.headers,
+               error = EXCLUDED.error, attempts = EXCLUDED.attempts,
+               created_at = now(), requeued_at = NULL""",
+        message_id,
+        queue,
+        routing_key,
+        body,
+        headers,
+        error,
+        attempts,
+        content_id,
+        job_id,
+    )
+
+
 class DeadLetterRecorder:
     """Consumes every parking queue and writes what it finds to `dead_letters`."""
 
@@ -86,29 +131,19 @@ class DeadLetterRecorder:
             body = None
         body = body if isinstance(body, dict) else {}
         content_id = _uuid_field(body, "content_id")
-        job_id = _uuid_field(body, "job_id")
         message_id = message.message_id or str(body.get("message_id") or uuid.uuid4())
         routing_key = headers.get(ORIGIN_ROUTING_KEY_HEADER) or message.routing_key
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    """INSERT INTO dead_letters
-                           (message_id, queue, routing_key, body, headers, error, attempts,
-                            content_id, job_id)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                       ON CONFLICT (message_id, queue) DO UPDATE
-                       SET body = EXCLUDED.body, headers = EXCLUDED.headers,
-                           error = EXCLUDED.error, attempts = EXCLUDED.attempts,
-                           created_at = now(), requeued_at = NULL""",
-                    message_id,
-                    spec.name,
-                    routing_key,
-                    message.body,
-                    headers,
-                    error,
-                    attempts,
-                    content_id,
-                    job_id,
+                await insert_dead_letter(
+                    conn,
+                    message_id=message_id,
+                    queue=spec.name,
+                    routing_key=routing_key,
+                    body=message.body,
+                    headers=headers,
+                    error=error,
+                    attempts=attempts,
                 )
                 if spec.fails_content and content_id is not None:
                     # Compare-and-set: only content still on its way can fail.

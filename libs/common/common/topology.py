@@ -41,6 +41,10 @@ class QueueSpec:
         return f"{self.name}.dlq"
 
     def delay(self, tier: int) -> str:
+        return f"{self.name}.delay.{tier}"
+
+    def legacy_delay(self, tier: int) -> str:
+        """The classic delay queue of earlier releases, drained and removed on upgrade."""
         return f"{self.name}.retry.{tier}"
 
 
@@ -112,14 +116,20 @@ async def declare_queue(
     )
     await channel.declare_queue(spec.parking, durable=True, arguments={"x-queue-type": "quorum"})
     for tier, delay in enumerate(settings.bus_retry_delays, start=1):
-        # One TTL per delay queue: per-message TTLs only expire at the head.
+        # One TTL per delay queue: per-message TTLs only expire at the head. Quorum, so that
+        # a retry whose origin queue is full waits in the delay queue (at-least-once
+        # dead-lettering) instead of being dropped, as a classic queue would drop it.
         await channel.declare_queue(
             spec.delay(tier),
             durable=True,
             arguments={
+                "x-queue-type": "quorum",
                 "x-message-ttl": int(delay * 1000),
+                "x-max-length": settings.bus_queue_max_length,
+                "x-overflow": "reject-publish",
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": spec.name,
+                "x-dead-letter-strategy": "at-least-once",
             },
         )
     queue = await channel.declare_queue(
@@ -148,3 +158,64 @@ async def declare_all(
     """Declare the exchange and every consumer queue."""
     for spec in specs:
         await declare_queue(channel, settings, spec)
+
+
+LEGACY_DELAY_TIERS = 10  # earlier releases declared one classic delay queue per retry tier
+
+
+async def migrate_legacy_delay_queues(
+    connection: aio_pika.abc.AbstractConnection, specs: tuple[QueueSpec, ...]
+) -> int:
+    """Drain the classic delay queues of earlier releases into their origin queues, then
+    delete them; returns how many messages moved. Idempotent and safe from many processes.
+
+    Redeclaring a queue with other arguments fails (PRECONDITION_FAILED), so the quorum delay
+    queues have new names; what waits in an old one goes back to its origin now (an early
+    retry is harmless: consumers are idempotent) rather than being lost with the queue.
+    """
+    moved = 0
+    publisher = await connection.channel(publisher_confirms=True)
+    try:
+        for spec in specs:
+            for tier in range(1, LEGACY_DELAY_TIERS + 1):
+                moved += await _drain_legacy(connection, publisher, spec, spec.legacy_delay(tier))
+    finally:
+        await publisher.close()
+    return moved
+
+
+async def _drain_legacy(
+    connection: aio_pika.abc.AbstractConnection,
+    publisher: AbstractChannel,
+    spec: QueueSpec,
+    name: str,
+) -> int:
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return 0  # never existed, or already migrated (the failed declare closed the channel)
+    moved = 0
+    try:
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            await publisher.default_exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    headers=dict(message.headers or {}),
+                    message_id=message.message_id,
+                    content_type=message.content_type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=spec.name,
+                mandatory=True,
+            )
+            await message.ack()  # only once the origin queue confirmed its copy
+            moved += 1
+        try:
+            await queue.delete(if_unused=False, if_empty=True)
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            pass  # an old process put a retry in meanwhile: the next run takes it
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return moved

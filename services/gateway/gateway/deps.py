@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -13,7 +14,8 @@ from prometheus_client import Gauge, Histogram
 
 from common.bus import Bus
 from common.embed_client import ImageEmbedClient, TextEmbedClient
-from common.outbox import OUTBOX_LAG, OUTBOX_PENDING, OutboxRelay, OutboxState, outbox_state
+from common.messages import JsonIngested, MediaIngested, MediaUploaded
+from common.outbox import OutboxRelay, OutboxState, measure
 from common.rpc import RpcClient
 from common.storage import FileSystemStorage
 from gateway.batcher import IngestBatcher
@@ -34,10 +36,18 @@ OLDEST_UNFINISHED = Gauge(
     ["stage"],
 )
 UNFINISHED_STAGES = ("ingested", "embedded")
+# The events an upload of each kind writes: its ingest is refused only while these lag.
+EVENTS_OF_KIND = {
+    "image": (MediaIngested.routing_key, MediaUploaded.routing_key),
+    "video": (MediaIngested.routing_key, MediaUploaded.routing_key),
+    "json": (JsonIngested.routing_key,),
+}
 
 
 class Backpressure:
-    """Refuses ingest with 503 while disk is low or the outbox lags; refreshed once a second."""
+    """Refuses ingest with 503 while disk is low, or while the events it would write lag in
+    the outbox (per destination: a full JSON queue does not refuse images); refreshed once a
+    second."""
 
     def __init__(
         self, settings: GatewaySettings, pool: asyncpg.Pool, storage: FileSystemStorage
@@ -46,14 +56,13 @@ class Backpressure:
         self.pool = pool
         self.storage = storage
         self.outbox = OutboxState(0, 0.0)
+        self.destinations: dict[str, OutboxState] = {}
         self.free_bytes = storage.free_bytes()
 
     async def refresh(self) -> None:
         self.free_bytes = await asyncio.to_thread(self.storage.free_bytes)
         STORAGE_FREE.set(self.free_bytes)
-        self.outbox = await outbox_state(self.pool)
-        OUTBOX_PENDING.set(self.outbox.pending)
-        OUTBOX_LAG.set(self.outbox.lag_seconds)
+        self.outbox, self.destinations = await measure(self.pool)
         # One index probe per stage (literal stages match the partial index), not a scan.
         row = await self.pool.fetchrow(
             """SELECT
@@ -74,23 +83,47 @@ class Backpressure:
                 log.warning("backpressure refresh failed", error=str(error))
             await asyncio.sleep(interval)
 
+    def lagging(self, destination: str) -> bool:
+        """Whether events to this destination wait longer, or pile higher, than allowed."""
+        state = self.destinations.get(destination)
+        return state is not None and (
+            state.lag_seconds > self.settings.outbox_max_lag_seconds
+            or state.pending > self.settings.outbox_max_pending
+        )
+
+    @property
+    def disk_low(self) -> bool:
+        return self.free_bytes < self.settings.min_free_disk_bytes
+
     def check(self) -> None:
-        """Raise 503 with Retry-After when the gateway cannot keep more."""
-        retry = {"Retry-After": str(self.settings.retry_after_seconds)}
-        if self.free_bytes < self.settings.min_free_disk_bytes:
-            raise ApiError(
-                503, "storage is low on free space", {"free_bytes": self.free_bytes}, retry
-            )
-        if (
-            self.outbox.lag_seconds > self.settings.outbox_max_lag_seconds
-            or self.outbox.pending > self.settings.outbox_max_pending
-        ):
+        """Raise 503 with Retry-After while storage is too full to take anything."""
+        if self.disk_low:
             raise ApiError(
                 503,
-                "the event outbox is lagging",
-                {"pending": self.outbox.pending, "lag_seconds": round(self.outbox.lag_seconds, 1)},
-                retry,
+                "storage is low on free space",
+                {"free_bytes": self.free_bytes},
+                self._retry_after(),
             )
+
+    def check_events(self, kinds: Iterable[str]) -> None:
+        """Raise 503 with Retry-After while the events uploads of these kinds write lag."""
+        for kind in sorted(set(kinds)):
+            for destination in EVENTS_OF_KIND.get(kind, ()):
+                if self.lagging(destination):
+                    state = self.destinations[destination]
+                    raise ApiError(
+                        503,
+                        f"the event outbox is lagging for {kind} uploads",
+                        {
+                            "destination": destination,
+                            "pending": state.pending,
+                            "lag_seconds": round(state.lag_seconds, 1),
+                        },
+                        self._retry_after(),
+                    )
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_seconds)}
 
 
 @dataclass(frozen=True)

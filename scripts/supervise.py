@@ -9,15 +9,18 @@
 Run it with .venv/bin/python: supervisord, supervisorctl and the services run on the
 interpreter that runs this script. supervisord restarts a service that exits or is killed.
 Each service logs to .run/<name>.log, appended to across restarts and rotated at 10 MiB (five
-kept). The services get the environment `start` had when it started supervisord: to change
-it, stop first. Humans can use supervisorctl itself: `.venv/bin/supervisorctl -c
-.run/supervisord.conf status` (or `tail -f gateway`, `restart embedder`, ...). --run-dir puts
-the config, socket, pid file and logs elsewhere than .run/.
+kept). Each service's section of the config (readable by its owner only) holds the variables
+its settings read, and OTEL_*, as `start` found them; started again with one of them changed,
+supervisord restarts the services that read it. Humans can use supervisorctl itself:
+`.venv/bin/supervisorctl -c .run/supervisord.conf status` (or `tail -f gateway`, `restart
+embedder`, ...). --run-dir puts the config, socket, pid file and logs elsewhere than .run/.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import shlex
 import signal
@@ -35,9 +38,18 @@ UP = {"RUNNING", "STARTING", "BACKOFF"}
 LOG_TAIL_LINES = 20
 
 
+@functools.cache
+def _settings_names(settings: str) -> frozenset[str]:
+    """The variables a settings class (module:name) reads."""
+    module, name = settings.split(":")
+    fields = getattr(importlib.import_module(module), name).model_fields
+    return frozenset(field.upper() for field in fields)
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
+    settings: str  # its settings class, module:name
     port_variable: str  # the variable up.sh sets the port with
     default_port: int
     worker: bool  # workers read their probe port from WORKER_HTTP_PORT
@@ -45,17 +57,28 @@ class Service:
     def port(self) -> int:
         return int(os.environ.get(self.port_variable) or self.default_port)
 
+    def reads(self, variable: str) -> bool:
+        """Whether the service reads this variable: a setting of its own, or OpenTelemetry's."""
+        # Settings are read case-insensitively, as pydantic-settings is configured to.
+        return variable.upper() in _settings_names(self.settings) or variable.startswith("OTEL_")
+
     def environment(self) -> dict[str, str]:
-        return {"WORKER_HTTP_PORT" if self.worker else "HTTP_PORT": str(self.port())}
+        """The variables it reads, as they are now: supervisorctl update restarts the service
+        when one of them changes."""
+        found = {k: v for k, v in os.environ.items() if self.reads(k)}
+        port = "WORKER_HTTP_PORT" if self.worker else "HTTP_PORT"
+        return found | {port: str(self.port())}
 
 
 SERVICES = {
     s.name: s
     for s in (
-        Service("gateway", "HTTP_PORT", 8000, worker=False),
-        Service("embedder", "EMBEDDER_HTTP_PORT", 8081, worker=True),
-        Service("clusterer", "CLUSTERER_HTTP_PORT", 8082, worker=True),
-        Service("analyzer", "ANALYZER_HTTP_PORT", 8083, worker=True),
+        Service("gateway", "gateway.settings:GatewaySettings", "HTTP_PORT", 8000, False),
+        Service("embedder", "embedder.settings:EmbedderSettings", "EMBEDDER_HTTP_PORT", 8081, True),
+        Service(
+            "clusterer", "clusterer.settings:ClustererSettings", "CLUSTERER_HTTP_PORT", 8082, True
+        ),
+        Service("analyzer", "analyzer.settings:AnalyzerSettings", "ANALYZER_HTTP_PORT", 8083, True),
     )
 }
 
@@ -90,6 +113,18 @@ def _value(text: str) -> str:
     return text.replace("%", "%%")
 
 
+def _environment(variables: dict[str, str]) -> str:
+    """KEY="value",... as supervisord parses it: quotes are kept whole, never escaped."""
+    pairs = []
+    for key, value in sorted(variables.items()):
+        quote = "'" if '"' in value else '"'
+        # supervisord strips quotes from both ends of a value, and knows no escapes.
+        if "\n" in value or quote in value or value.strip("'\"") != value:
+            raise SystemExit(f"{key} has a value supervisord cannot be given (quotes, newline)")
+        pairs.append(f"{key}={quote}{value}{quote}")
+    return _value(",".join(pairs))
+
+
 def render_config(paths: Paths, services: list[Service]) -> str:
     """The supervisord configuration: supervisord itself, its socket, one program per service."""
     lines = [
@@ -114,13 +149,12 @@ def render_config(paths: Paths, services: list[Service]) -> str:
     ]
     for service in services:
         command = shlex.join([sys.executable, "-m", service.name])
-        environment = ",".join(f'{k}="{v}"' for k, v in service.environment().items())
         lines += [
             "",
             f"[program:{service.name}]",
             f"command={_value(command)}",
             f"directory={_value(str(ROOT))}",
-            f"environment={_value(environment)}",
+            f"environment={_environment(service.environment())}",
             "autostart=true",
             "autorestart=true",
             # Up this long counts as started; dying sooner is retried with a growing delay,
@@ -208,12 +242,21 @@ def start(paths: Paths, names: list[str]) -> int:
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     text = render_config(paths, services)
     draft = paths.config.with_suffix(".conf.new")
-    draft.write_text(text)
+    draft.unlink(missing_ok=True)
+    # Only ours to read: it holds the services' settings (DATABASE_URL, API keys).
+    with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
     draft.replace(paths.config)
     if states(paths) is None:
         # supervisord forks into the background once its socket is open; it removes a stale one.
+        # Without the services' variables: each gets those from its section of the config
+        # (or goes without), so one unset since supervisord started is unset for it too.
+        inherited = {
+            k: v for k, v in os.environ.items() if not any(s.reads(k) for s in SERVICES.values())
+        }
         result = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(paths.config)],
+            env=inherited,
             capture_output=True,
             text=True,
             timeout=60,

@@ -172,6 +172,31 @@ def test_supervise_restarts_the_gateway_and_appends_to_its_log_when_killed_with_
     assert not any(alive(pid) for pid in supervised.pids)
 
 
+def test_supervise_restarts_only_the_service_that_reads_a_variable_when_it_changes(
+    supervised: Supervised,
+) -> None:
+    supervised.env["LOG_LEVEL"] = "INFO"
+    assert supervised.supervise("start", "gateway").returncode == 0
+    assert supervised.supervise("wait", "--timeout", "60").returncode == 0
+    first_pid = supervised.pid_of()
+    assert supervised.config.stat().st_mode & 0o077 == 0  # it holds DATABASE_URL, API keys
+
+    supervised.env["SHELL_ONLY_NOISE"] = "x"  # not a setting: nothing to restart for
+    assert supervised.supervise("start", "gateway").returncode == 0
+    assert supervised.pid_of() == first_pid
+
+    supervised.env["LOG_LEVEL"] = "WARNING"
+    again = supervised.supervise("start", "gateway")
+    assert again.returncode == 0 and "gateway: updated process group" in again.stdout, again
+    assert supervised.supervise("wait", "--timeout", "60").returncode == 0
+    assert supervised.pid_of() not in (0, first_pid)
+    # Unset now, unset for the service too (supervisord did not keep it from its start).
+    del supervised.env["LOG_LEVEL"]
+    assert "updated process group" in supervised.supervise("start", "gateway").stdout
+    assert "LOG_LEVEL" not in supervised.config.read_text()
+    assert supervised.supervise("stop").returncode == 0
+
+
 def test_supervise_reports_a_service_as_stopped_with_its_log_when_it_was_stopped(
     supervised: Supervised,
 ) -> None:

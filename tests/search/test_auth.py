@@ -160,7 +160,8 @@ async def test_keys_keep_each_owner_to_its_own_uploads_even_when_ids_are_guessed
             0
         ] == 404
         assert (await call("DELETE", f"/api/v1/admin/dlq/{alice_job['job_id']}", BOB))[0] == 404
-        assert (await call("POST", "/api/v1/admin/dlq/requeue", BOB))[1] == {"requeued": 0}
+        requeue_all = await call("POST", "/api/v1/admin/dlq/requeue", BOB, json={"all": True})
+        assert requeue_all[1] == {"requeued": 0}
         assert len((await call("GET", "/api/v1/admin/dlq", ROOT))[1]) == 1
 
 

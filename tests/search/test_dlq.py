@@ -87,7 +87,71 @@ async def test_dead_letter_is_listed_and_requeued_to_done_when_its_cause_is_fixe
     for query in ("state=lost", "limit=0", "limit=x", "offset=-3", "limit=5000"):
         assert (await get(gateway, f"/api/v1/admin/dlq?{query}"))[0] == 400, query
     assert (await gateway.client.post("/api/v1/admin/dlq/not-a-uuid/requeue")).status == 400
-    response = await gateway.client.post("/api/v1/admin/dlq/requeue")
+    response = await gateway.client.post("/api/v1/admin/dlq/requeue", json={"all": True})
     assert response.status == 200 and (await response.json()) == {"requeued": 0}
     response = await gateway.client.delete("/api/v1/admin/dlq")
     assert response.status == 200 and (await response.json()) == {"purged": 0}
+
+
+async def park(db: asyncpg.Connection, queue: str, count: int) -> list[uuid.UUID]:
+    """`count` parked dead letters of `queue`, each of its own job; their job ids."""
+    jobs = []
+    for i in range(count):
+        job = uuid.uuid4()
+        await db.execute("INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'tester', 'r')", job)
+        await db.execute(
+            """INSERT INTO dead_letters (message_id, queue, routing_key, body, error, job_id)
+               VALUES ($1, $2, 'media.ingested.v1', '\\x7b7d', 'boom', $3)""",
+            f"m{i}-{job}",
+            queue,
+            job,
+        )
+        jobs.append(job)
+    return jobs
+
+
+async def test_requeue_all_answers_400_and_requeues_nothing_when_the_body_does_not_ask_for_all(
+    gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    queue = gateway.media_queue
+    [job, _] = await park(db, queue, 2)
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({}, '{"all": true}'),  # no body at all
+        ({"data": b"requeue everything!!"}, "must be JSON"),
+        ({"data": b"\x00\xff garbage"}, "must be JSON"),
+        ({"json": []}, "JSON object"),
+        ({"json": {}}, '{"all": true}'),
+        ({"json": {"all": False}}, '{"all": true}'),
+        ({"json": {"all": "yes"}}, '{"all": true}'),
+        ({"json": {"al": True}}, '{"all": true}'),
+        ({"json": {"all": True, "everything": True}}, '{"all": true}'),
+        ({"json": {"all": True, "queue": ""}}, '{"all": true}'),
+    ]
+    for kwargs, message in bad:
+        response = await gateway.client.post("/api/v1/admin/dlq/requeue", **kwargs)
+        assert response.status == 400, (kwargs, await response.text())
+        body = await response.json()
+        assert message in body["error"] and body["request_id"], (kwargs, body)
+    unknown = await gateway.client.post(
+        "/api/v1/admin/dlq/requeue", json={"all": True, "everything": True}
+    )
+    fields = [d["field"] for d in (await unknown.json())["details"]]
+    assert fields == ["everything"]
+    assert await db.fetchval("SELECT count(*) FROM dead_letters WHERE requeued_at IS NULL") == 2
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+    # The per-job requeue takes no body, or {}; anything else is a 400 too.
+    for kwargs in ({"json": {"all": True}}, {"data": b"garbage"}, {"json": [1]}):
+        response = await gateway.client.post(f"/api/v1/admin/dlq/{job}/requeue", **kwargs)
+        assert response.status == 400, kwargs
+    response = await gateway.client.post(f"/api/v1/admin/dlq/{job}/requeue", json={})
+    assert response.status == 200 and await response.json() == {"requeued": 1}
+
+    # Asked for explicitly: everything of another queue (none), then everything.
+    other = {"all": True, "queue": "elsewhere"}
+    response = await gateway.client.post("/api/v1/admin/dlq/requeue", json=other)
+    assert response.status == 200 and await response.json() == {"requeued": 0}
+    mine = {"all": True, "queue": queue}
+    response = await gateway.client.post("/api/v1/admin/dlq/requeue", json=mine)
+    assert response.status == 200 and await response.json() == {"requeued": 1}
+    assert await db.fetchval("SELECT count(*) FROM dead_letters WHERE requeued_at IS NULL") == 0

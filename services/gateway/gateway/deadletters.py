@@ -8,20 +8,36 @@ a crash strands nothing, and the content's stage never says `failed` while it is
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.outbox import OUTBOX_PARKING
 from common.topology import ATTEMPT_HEADER, ERROR_HEADER, QueueSpec
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
-from gateway.errors import ApiError
+from gateway.errors import ApiError, invalid, read_json
 from gateway.views import parse_id
 
 # The stage a content goes back to when a message of this service is requeued.
 RETRY_STAGE = {"embedder": "ingested", "clusterer": "embedded", "schemer": "ingested"}
+MAX_BODY = 16 * 1024
+ASK_ALL = 'to requeue every parked dead letter, send the JSON body {"all": true}'
+
+
+class RequeueAll(BaseModel):
+    """The body of POST /api/v1/admin/dlq/requeue: requeuing everything is said explicitly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    all: Literal[True] = Field(description="must be true: every parked dead letter")
+    queue: str | None = Field(
+        None, min_length=1, max_length=255, description="only those parked by this queue"
+    )
+
 
 _COLUMNS = """d.id, d.message_id, d.job_id, d.content_id, d.queue, d.routing_key, d.error,
               d.attempts, d.created_at, d.requeued_at,
@@ -113,8 +129,18 @@ def _body(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")
 
 
+async def _optional_json(request: web.Request) -> Any:
+    """The JSON body, or None when there is none."""
+    if not request.body_exists:
+        return None
+    return await read_json(request, MAX_BODY)
+
+
 async def handle_dlq_requeue_job(request: web.Request) -> web.Response:
+    """Requeue one job's parked dead letters; no body, or an empty JSON object."""
     job_id = parse_id(request, "job_id", "job id")
+    if await _optional_json(request) not in (None, {}):
+        raise ApiError(400, "this requeue takes no body (or an empty JSON object)")
     where = f"d.job_id = $1 AND {_mine('$2')}"
     count = await _requeue(request, where, job_id, bound_owner(request))
     if count == 0:
@@ -123,7 +149,19 @@ async def handle_dlq_requeue_job(request: web.Request) -> web.Response:
 
 
 async def handle_dlq_requeue_all(request: web.Request) -> web.Response:
-    count = await _requeue(request, _mine("$1"), bound_owner(request))
+    """Requeue every parked dead letter (of one queue, with `queue`): `{"all": true}`."""
+    body = await _optional_json(request)
+    if body is None:
+        raise ApiError(400, ASK_ALL)
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object; {ASK_ALL}")
+    try:
+        asked = RequeueAll.model_validate(body)
+    except ValidationError as error:
+        details = invalid("requeue", error).details
+        raise ApiError(400, f"invalid requeue request; {ASK_ALL}", details) from None
+    where = f"{_mine('$1')} AND ($2::text IS NULL OR d.queue = $2)"
+    count = await _requeue(request, where, bound_owner(request), asked.queue)
     return web.json_response({"requeued": count})
 
 
@@ -159,13 +197,14 @@ async def _requeue_one(conn: asyncpg.Connection, row: Any, spec: QueueSpec | Non
             row["content_id"],
             stage,
         )
-    # A new message id: the outbox keeps one row per message it ever sent.
+    # A new message id: the outbox keeps one row per message it ever sent. A row the relay
+    # parked as unroutable is routed by its key again; any other goes back to its queue.
     await conn.execute(
         """INSERT INTO outbox (message_id, routing_key, queue, body, headers)
            VALUES ($1, $2, $3, $4, $5::text::jsonb)""",
         uuid.uuid4(),
         row["routing_key"] or "",
-        row["queue"],
+        None if row["queue"] == OUTBOX_PARKING else row["queue"],
         row["body"],
         orjson.dumps(headers).decode(),
     )

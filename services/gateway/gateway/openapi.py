@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from common.cluster_commands import Change
+from gateway.deadletters import RequeueAll
 from gateway.search_query import SearchRequest
 
 REF = "#/components/schemas/{model}"
@@ -180,6 +181,7 @@ def document() -> dict[str, Any]:
     """The whole document (built once)."""
     search_body = _pydantic(TypeAdapter(SearchRequest), "SearchRequest")
     change_body = _pydantic(TypeAdapter(Change), "ClusterChange")
+    requeue_body = _pydantic(TypeAdapter(RequeueAll), "RequeueAll")
     search_query = [
         _query(
             "query", {"type": "string", "minLength": 1, "maxLength": 1000}, "text to search for"
@@ -268,8 +270,10 @@ def document() -> dict[str, Any]:
             "delete": {"tags": ["dead letters"], "summary": "Purge every parked dead letter",
                        "responses": {"200": _json(_ref("Count")), **_errors(401, 403)}}},
         "/api/v1/admin/dlq/requeue": {"post": {
-            "tags": ["dead letters"], "summary": "Requeue every parked dead letter",
-            "responses": {"200": _json(_ref("Count")), **_errors(401, 403)}}},
+            "tags": ["dead letters"],
+            "summary": 'Requeue every parked dead letter (of one queue): {"all": true, "queue"?}',
+            "requestBody": {"required": True, "content": {"application/json": {"schema": requeue_body}}},
+            "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 413)}}},
         "/api/v1/admin/dlq/{job_id}": {
             "get": {"tags": ["dead letters"], "summary": "A job's dead letters with their bodies",
                     "parameters": [_id("job_id", "the job")],
@@ -279,9 +283,11 @@ def document() -> dict[str, Any]:
                        "parameters": [_id("job_id", "the job")],
                        "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 404)}}},
         "/api/v1/admin/dlq/{job_id}/requeue": {"post": {
-            "tags": ["dead letters"], "summary": "Requeue a job's parked dead letters",
+            "tags": ["dead letters"], "summary": "Requeue a job's parked dead letters (no body, or {})",
             "parameters": [_id("job_id", "the job")],
-            "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 404)}}},
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "maxProperties": 0}}}},
+            "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 404, 413)}}},
         "/api/v1/openapi.json": {"get": {**PROBE, "summary": "This document",
                                          "responses": {"200": _json({"type": "object"})}}},
         "/live": {"get": {**PROBE, "summary": "The process is up",

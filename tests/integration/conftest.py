@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.http import AppRunner
 from common.topology import QueueSpec
 from gateway.app import build_app
 from gateway.deps import DEPS, Deps
@@ -32,6 +33,13 @@ class Gateway:
         return self.specs[1].name
 
 
+class GatewayServer(TestServer):
+    """A test server with the gateway's own runner (malformed requests answered as JSON)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return AppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def start_gateway(settings_factory: Callable[..., Any], bus_names: BusNames) -> Callable[..., Any]:
     """Start a gateway with settings overrides; it stops when the block ends."""
@@ -40,7 +48,7 @@ def start_gateway(settings_factory: Callable[..., Any], bus_names: BusNames) -> 
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[Gateway]:
         settings = settings_factory(**overrides)
-        client = TestClient(TestServer(build_app(settings)))
+        client = TestClient(GatewayServer(build_app(settings)))
         await client.start_server()
         try:
             deps = client.app[DEPS]

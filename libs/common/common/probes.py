@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.bus import Bus
+from common.http import AppRunner, harden
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 Info = Callable[[], dict[str, Any]]
@@ -41,7 +42,7 @@ def probe_app(ready: ReadyCheck, info: Info) -> web.Application:
         response.charset = "utf-8"
         return response
 
-    app = web.Application()
+    app = harden(web.Application())
     app.router.add_get("/live", live)
     app.router.add_get("/ready", readiness)
     app.router.add_get("/health", health)
@@ -66,7 +67,7 @@ async def worker_checks(
 @asynccontextmanager
 async def serve_probes(ready: ReadyCheck, info: Info, host: str, port: int) -> AsyncIterator[int]:
     """Serve the probe app while the block runs; yields the bound port (0 picks one)."""
-    runner = web.AppRunner(probe_app(ready, info), access_log=None)
+    runner = AppRunner(probe_app(ready, info), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -13,6 +13,7 @@ from common.bus import Bus
 from common.db import open_pool
 from common.dlq import DeadLetterRecorder
 from common.embed_client import ImageEmbedClient, TextEmbedClient
+from common.http import harden
 from common.outbox import OutboxRelay
 from common.rpc import RpcClient
 from common.storage import open_storage
@@ -54,10 +55,12 @@ def build_app(settings: GatewaySettings) -> web.Application:
             "NO API KEYS CONFIGURED: the API is open to anyone who reaches this port;"
             " set API_KEYS and ADMIN_API_KEY"
         )
-    app = web.Application(
-        middlewares=[cors(settings.cors_allow_origins), request_context, authenticate],
-        client_max_size=settings.max_json_bytes + 1024 * 1024,
-        handler_args={"max_field_size": 16384},
+    app = harden(
+        web.Application(
+            middlewares=[cors(settings.cors_allow_origins), request_context, authenticate],
+            client_max_size=settings.max_json_bytes + 1024 * 1024,
+            handler_args={"max_field_size": 16384},
+        )
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

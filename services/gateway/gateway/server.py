@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import multiprocessing
 import signal
 import sys
@@ -9,6 +11,7 @@ import sys
 import uvloop
 from aiohttp import web
 
+from common.http import AppRunner
 from common.log import configure_logging
 from common.telemetry import configure_telemetry
 from gateway.app import build_app
@@ -21,14 +24,32 @@ def serve(settings: GatewaySettings) -> None:
     configure_logging(settings, "gateway")
     configure_telemetry("gateway")
     uvloop.install()
-    web.run_app(
+    # SIGTERM/SIGINT raise GracefulExit (handle_signals); the runner's cleanup then drains
+    # connections and closes resources, as web.run_app does, and the process exits 0.
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(_serve(settings))
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    # web.run_app cannot take a runner; ours answers malformed requests as JSON errors.
+    runner = AppRunner(
         build_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
+        handle_signals=True,
         access_log_class=AccessLogger,
-        reuse_port=settings.http_workers > 1,
-        print=None,
+        keepalive_timeout=75.0,  # web.run_app's
     )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.http_host,
+            settings.http_port,
+            reuse_port=settings.http_workers > 1,
+        )
+        await site.start()
+        await asyncio.Event().wait()  # until a signal stops the loop
+    finally:
+        await runner.cleanup()
 
 
 def run(settings: GatewaySettings) -> None:

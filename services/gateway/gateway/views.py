@@ -13,6 +13,25 @@ from gateway.errors import ApiError
 from gateway.repo import job_with_uploads, upload_with_content
 from gateway.status import job_status, upload_status
 
+# Stored bytes are shown inline only as types a browser renders passively (the image and video
+# types ingest accepts); anything else (SVG, HTML, XML, a type this list does not know) is a
+# download, so stored content never runs as a page of this origin. Every answer is nosniff.
+INLINE_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "video/mp4",
+        "video/quicktime",
+        "video/webm",
+        "video/x-matroska",
+        "video/x-msvideo",
+    }
+)
+
 
 def parse_id(request: web.Request, name: str, what: str) -> uuid.UUID:
     try:
@@ -116,9 +135,11 @@ async def handle_object_content(request: web.Request) -> web.StreamResponse:
     path = deps.storage.path(row["storage_key"])
     if not path.is_file():
         raise ApiError(410, "the stored file is missing")
-    response = web.FileResponse(path, headers={"Content-Type": row["mime_type"]})
-    if row["filename"]:
-        response.headers["Content-Disposition"] = _disposition(row["filename"])
+    inline = row["mime_type"] in INLINE_TYPES
+    content_type = row["mime_type"] if inline else "application/octet-stream"
+    response = web.FileResponse(path, headers={"Content-Type": content_type})
+    if row["filename"] or not inline:
+        response.headers["Content-Disposition"] = _disposition(row["filename"], inline)
     return response
 
 
@@ -142,8 +163,11 @@ async def handle_object_thumbnail(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
 
 
-def _disposition(filename: str) -> str:
+def _disposition(filename: str | None, inline: bool) -> str:
     from urllib.parse import quote
 
+    kind = "inline" if inline else "attachment"
+    if not filename:
+        return kind
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
-    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"

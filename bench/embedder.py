@@ -180,6 +180,7 @@ async def service_rate(
                 max_batch_size=32,
                 max_batch_wait_ms=batch_wait_ms,
                 decode_workers=decode_workers,
+                worker_http_host="127.0.0.1",
                 worker_http_port=0,
             )
             try:

@@ -121,6 +121,7 @@ async def main() -> None:
             "BUS_EXCHANGE": f"bench-{tag}",
             "BUS_QUEUE_PREFIX": f"bench-{tag}.",
             "STORAGE_PATH": storage,
+            "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": "18000",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
             "MIN_FREE_DISK_BYTES": "0",

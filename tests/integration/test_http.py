@@ -1,15 +1,17 @@
 """What every HTTP server answers alike (the gateway, the workers' probes): plain headers,
 JSON errors even for requests aiohttp refuses before any handler, stored bytes served so
-that a browser never runs them."""
+that a browser never runs them, and no open listening on the network by accident."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,11 @@ import orjson
 import pytest
 import structlog
 
+from clusterer.app import running as clusterer_running
+from clusterer.settings import ClustererSettings
 from common.probes import serve_probes
+from common.settings import OpenBindRefused
+from tests.clusterer.conftest import clusterer_settings  # noqa: F401
 from tests.conftest import BusNames, make_jpeg, service_env
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
@@ -145,6 +151,32 @@ async def test_object_content_is_a_download_unless_its_type_is_a_passive_image_o
         assert served.headers["X-Content-Type-Options"] == "nosniff"
     await db.execute("UPDATE uploads SET filename = NULL")
     assert (await gateway.client.get(url)).headers["Content-Disposition"] == "attachment"
+
+
+async def test_worker_refuses_a_network_probe_address_when_the_deployment_is_open(
+    clusterer_settings: Callable[..., ClustererSettings],  # noqa: F811
+) -> None:
+    with pytest.raises(OpenBindRefused, match=r"WORKER_HTTP_HOST=0\.0\.0\.0"):
+        async with clusterer_running(clusterer_settings(worker_http_host="0.0.0.0")):
+            pytest.fail("started")
+
+
+def test_services_stop_with_one_line_when_open_and_listening_beyond_loopback() -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("API_KEYS", "ADMIN_API_KEY", "ALLOW_OPEN")
+    }
+    for service, variable in (("gateway", "HTTP_HOST"), ("clusterer", "WORKER_HTTP_HOST")):
+        result = subprocess.run(
+            [sys.executable, "-m", service],
+            env={**env, variable: "0.0.0.0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, (service, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (service, lines)
+        assert f"{variable}=0.0.0.0" in lines[0] and "ALLOW_OPEN=true" in lines[0]
 
 
 def free_port() -> int:

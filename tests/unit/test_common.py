@@ -7,7 +7,14 @@ from pydantic import ValidationError
 
 from common.dlq import describe_death
 from common.messages import MediaIngested
-from common.settings import CommonSettings, describe_error, load_settings
+from common.settings import (
+    CommonSettings,
+    OpenBindRefused,
+    check_bind,
+    describe_error,
+    is_loopback,
+    load_settings,
+)
 from tests.conftest import media_event
 
 
@@ -36,6 +43,42 @@ def test_settings_error_is_one_line_naming_variables_when_invalid(
         load_settings(CommonSettings)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_check_bind_refuses_a_network_address_when_no_api_key_is_configured(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "", "10.0.0.5", "192.168.1.2", "example.org", "127.0.0.1.nip.io"):
+        assert not is_loopback(host), host
+    open_settings = CommonSettings()
+    check_bind(open_settings, "127.0.0.1", "HTTP_HOST")  # loopback: always fine
+    for host in ("0.0.0.0", "::", ""):
+        with pytest.raises(OpenBindRefused, match="ALLOW_OPEN=true") as refused:
+            check_bind(open_settings, host, "HTTP_HOST")
+        assert "HTTP_HOST" in str(refused.value) and "\n" not in str(refused.value)
+    # Keys configured (for the gateway, or shared with a worker), or open on purpose: fine.
+    check_bind(CommonSettings(api_keys=("k" * 16 + ":read",)), "0.0.0.0", "HTTP_HOST")
+    check_bind(CommonSettings(admin_api_key="a" * 16), "0.0.0.0", "WORKER_HTTP_HOST")
+    check_bind(CommonSettings(allow_open=True), "0.0.0.0", "HTTP_HOST")
+    # Blank keys are no keys.
+    assert not CommonSettings(api_keys=" , ", admin_api_key="  ").keys_configured
+
+    # At start: one line on stderr and exit code 2, like a bad setting.
+    monkeypatch.setenv("WORKER_HTTP_HOST", "0.0.0.0")
+
+    class Worker(CommonSettings):
+        worker_http_host: str = "127.0.0.1"
+
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(Worker, listen="worker_http_host")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "WORKER_HTTP_HOST=0.0.0.0" in err and "API_KEYS" in err
+    assert load_settings(Worker).worker_http_host == "0.0.0.0"  # no listen: not checked
+    monkeypatch.setenv("ALLOW_OPEN", "true")
+    assert load_settings(Worker, listen="worker_http_host").allow_open
 
 
 def test_describe_death_reads_our_headers_or_the_brokers_when_parked() -> None:

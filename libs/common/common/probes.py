@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.bus import Bus
 from common.http import AppRunner, harden
+from common.settings import OpenBindRefused, check_bind
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 Info = Callable[[], dict[str, Any]]
@@ -96,7 +97,13 @@ async def serve_worker(
 
     With the broker up, the consumers exist before the block starts; without it they start
     when it comes (the probes say not ready meanwhile). A start that fails is an error here.
+    An open deployment (no API key) refuses a probe port beyond loopback (check_bind).
     """
+    try:
+        check_bind(bus.settings, host, "WORKER_HTTP_HOST")
+    except OpenBindRefused:
+        consume.close()  # never started
+        raise
     started: asyncio.Task[None] = asyncio.create_task(consume)
     await asyncio.wait({started}, timeout=10)
     if started.done() and not started.cancelled() and started.exception() is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -27,6 +28,13 @@ class CommonSettings(BaseSettings):
     metrics_enabled: bool = True
     debug: bool = False
     log_level: LogLevel = "INFO"
+
+    # API keys: comma-separated key:role[:owner] (the gateway checks them); none = open. Every
+    # service reads them (one secret for the deployment) to know whether it runs open.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    admin_api_key: SecretStr | None = None
+    # Open (no keys) and listening beyond loopback is refused unless this says it is meant.
+    allow_open: bool = False
 
     # Bus tuning: queue length limit, retry tiers (seconds) and the broker's crash-loop guard.
     bus_exchange: str = "mammothbox"
@@ -64,10 +72,25 @@ class CommonSettings(BaseSettings):
             raise ValueError("needs at least one delay")
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        return comma_separated(value)
+
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _blank_key(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @property
     def db_pool_max(self) -> int:
         """asyncpg max_size: pool size plus overflow."""
         return self.db_pool_size + self.db_max_overflow
+
+    @property
+    def keys_configured(self) -> bool:
+        """Whether the deployment has API keys (API_KEYS or ADMIN_API_KEY); none = open."""
+        return bool(self.api_keys) or self.admin_api_key is not None
 
 
 def comma_separated(value: object, *, lower: bool = False) -> object:
@@ -90,13 +113,53 @@ def describe_error(error: ValidationError) -> str:
     return "invalid setting " + "; ".join(parts)
 
 
-def load_settings(cls: type[S]) -> S:
-    """Build settings from the environment or exit with one line naming the bad variable."""
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and localhost; anything else reaches out."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
     try:
-        return cls()
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+class OpenBindRefused(ValueError):
+    """Listening beyond loopback with no API key configured, and ALLOW_OPEN not set."""
+
+
+def check_bind(settings: CommonSettings, host: str, variable: str) -> None:
+    """Refuse (OpenBindRefused, one line) to listen on a non-loopback `host` in an open
+    deployment (no API_KEYS, no ADMIN_API_KEY) unless ALLOW_OPEN=true says it is meant."""
+    if settings.allow_open or settings.keys_configured or is_loopback(host):
+        return
+    raise OpenBindRefused(
+        f"refusing to listen on {variable}={host or '(all interfaces)'} with no API key"
+        " configured: set API_KEYS or ADMIN_API_KEY, listen on 127.0.0.1, or set"
+        " ALLOW_OPEN=true to run open on the network"
+    )
+
+
+def load_settings(cls: type[S], *, listen: str | None = None) -> S:
+    """Build settings from the environment or exit with one line naming the bad variable.
+
+    `listen` names the setting holding the address the process will listen on; an open
+    deployment listening beyond loopback stops here too (check_bind).
+    """
+    try:
+        settings = cls()
     except ValidationError as error:
         print(describe_error(error), file=sys.stderr)
         raise SystemExit(2) from None
     except SettingsError as error:
         print(f"invalid setting: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if listen is not None and isinstance(settings, CommonSettings):
+        try:
+            check_bind(settings, str(getattr(settings, listen)), listen.upper())
+        except OpenBindRefused as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(2) from None
+    return settings

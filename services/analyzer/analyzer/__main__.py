@@ -14,7 +14,7 @@ from common.telemetry import configure_telemetry
 
 
 def main() -> None:
-    settings = load_settings(AnalyzerSettings)
+    settings = load_settings(AnalyzerSettings, listen="worker_http_host")
     configure_logging(settings, "analyzer")
     configure_telemetry("analyzer")
     uvloop.install()

@@ -35,7 +35,9 @@ def main() -> None:
         "--from-scratch", action="store_true", help="remove each folder first, then recreate it"
     )
     args = parser.parse_args()
-    settings = load_settings(ClustererSettings)
+    # rebuild-folders listens on nothing; the service serves its probes.
+    listen = None if args.command == "rebuild-folders" else "worker_http_host"
+    settings = load_settings(ClustererSettings, listen=listen)
     configure_logging(settings, "clusterer")
     uvloop.install()
     if args.command == "rebuild-folders":

@@ -14,7 +14,7 @@ from embedder.settings import EmbedderSettings
 
 
 def main() -> None:
-    settings = load_settings(EmbedderSettings)
+    settings = load_settings(EmbedderSettings, listen="worker_http_host")
     configure_logging(settings, "embedder")
     configure_telemetry("embedder")
     uvloop.install()

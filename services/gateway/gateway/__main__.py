@@ -8,7 +8,7 @@ from gateway.settings import GatewaySettings
 
 
 def main() -> None:
-    run(load_settings(GatewaySettings))
+    run(load_settings(GatewaySettings, listen="http_host"))
 
 
 if __name__ == "__main__":

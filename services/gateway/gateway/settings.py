@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from common.settings import CommonSettings, comma_separated
@@ -41,9 +41,8 @@ class GatewaySettings(CommonSettings):
     # The largest image a search by image accepts.
     search_image_max_bytes: int = Field(10 * MB, ge=1, le=32 * MB)
 
-    # API keys: comma-separated key:role[:owner] (role read, write or admin); none = open.
-    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
-    admin_api_key: SecretStr | None = None
+    # API_KEYS and ADMIN_API_KEY are common settings (every service knows whether it runs
+    # open); the gateway checks their entries: role read, write or admin.
     # Origins allowed to call the API from a browser (CORS); "*" for any.
     cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
@@ -51,19 +50,14 @@ class GatewaySettings(CommonSettings):
     outbox_relay_enabled: bool = True
     dlq_recorder_enabled: bool = True
 
-    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @field_validator("cors_allow_origins", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return comma_separated(value)
 
-    @field_validator("admin_api_key", mode="before")
-    @classmethod
-    def _blank_key(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
     @field_validator("api_keys")
     @classmethod
-    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _key_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         from gateway.auth import parse_keys
 
         parse_keys(value, None)  # a bad entry stops the gateway at start, naming the entry

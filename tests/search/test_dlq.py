@@ -13,9 +13,11 @@ import asyncpg
 from clusterer.handlers import ClustererDeps
 from embedder.app import running as embedder_running
 from embedder.colour_model import COLOURS
+from embedder.handlers import EmbedderDeps
 from embedder.settings import EmbedderSettings
 from tests.clusterer.conftest import colour_png, wait_for
 from tests.clusterer.test_pipeline import upload
+from tests.conftest import make_jpeg
 from tests.integration.conftest import Gateway
 
 
@@ -155,3 +157,37 @@ async def test_requeue_all_answers_400_and_requeues_nothing_when_the_body_does_n
     response = await gateway.client.post("/api/v1/admin/dlq/requeue", json=mine)
     assert response.status == 200 and await response.json() == {"requeued": 1}
     assert await db.fetchval("SELECT count(*) FROM dead_letters WHERE requeued_at IS NULL") == 0
+
+
+def corrupt_mp4() -> bytes:
+    """An MP4 signature (the gateway takes it for a video) followed by noise."""
+    return b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 8
+
+
+async def test_failure_records_name_the_content_not_the_storage_path_when_media_is_corrupt(
+    gateway: Gateway,
+    colour_embedder: EmbedderDeps,
+    storage_path: Path,
+    db: asyncpg.Connection,
+) -> None:
+    corrupt_jpeg = make_jpeg(7, size=(200, 200))[:1500]
+    ids = await upload(gateway, ("broken.jpg", corrupt_jpeg), ("broken.mp4", corrupt_mp4()))
+
+    async def parked() -> bool:
+        return len((await get(gateway, "/api/v1/admin/dlq"))[1]) == 2
+
+    await wait_for(parked, what="both dead letters")
+    root = str(storage_path.resolve())
+    job_id = (await get(gateway, f"/api/v1/objects/{ids[0]}"))[1]["job_id"]
+    status = (await get(gateway, f"/api/v1/ingest/{job_id}/status"))[1]
+    letters = (await get(gateway, "/api/v1/admin/dlq"))[1]
+    errors = [u["error"] for u in status["uploads"]] + [d["error"] for d in letters]
+    errors += [(await get(gateway, f"/api/v1/objects/{i}"))[1]["error"] for i in ids]
+    assert [u["status"] for u in status["uploads"]] == ["failed", "failed"]
+    assert len(errors) == 6 and all("cannot decode" in e for e in errors), errors
+    for error in errors:
+        assert root not in error and str(storage_path) not in error, error
+        assert "objects/" not in error, error  # not even the path inside the storage root
+    # The video's decoder names its file: by the content's sha256.
+    video = next(u for u in status["uploads"] if u["kind"] == "video")
+    assert video["sha256"] in video["error"]

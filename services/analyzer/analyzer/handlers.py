@@ -94,6 +94,9 @@ async def _image(deps: AnalyzerDeps, row: repo.ContentToAnalyse) -> bytes:
     path = deps.storage.path(key)
     try:
         data = await asyncio.to_thread(path.read_bytes)
+    except OSError as error:  # named by its key, never by where storage keeps it
+        raise _Unreadable(f"cannot read {key}: {error.strerror or type(error).__name__}") from None
+    try:
         return await asyncio.to_thread(for_vlm, data, deps.settings.vlm_max_image_px)
     except (OSError, ValueError) as error:  # PIL's errors are OSError/ValueError subclasses
         raise _Unreadable(f"{type(error).__name__}: {error}") from None

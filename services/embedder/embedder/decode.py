@@ -72,6 +72,15 @@ class DecodedVideo:
     frames: tuple[tuple[float, NDArray[np.float32]], ...] = field(repr=False)
 
 
+def _reason(error: BaseException, path: str) -> str:
+    """The error's text naming the file by its name alone (a stored file's is its sha256):
+    failure records name the content, never where storage keeps it."""
+    text, name = str(error), os.path.basename(path)
+    for where in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len)[::-1]:
+        text = text.replace(where, name)
+    return text
+
+
 def _check_not_empty(path: str) -> None:
     try:
         size = os.path.getsize(path)
@@ -165,15 +174,16 @@ def _open_image(
             f"unsupported or unrecognised image format (accepted: {', '.join(IMAGE_FORMATS)})"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DecodeError(f"image too large: {error}") from None
+        raise DecodeError(f"image too large: {_reason(error, path)}") from None
     except MemoryError:
         raise DecodeError("image needs more memory than the decoder may use") from None
     except OSError as error:
         if "truncated" in str(error):
-            raise DecodeError(f"truncated image file: {error}") from None
-        raise DecodeError(f"corrupt image data: {error}") from None
+            raise DecodeError(f"truncated image file: {_reason(error, path)}") from None
+        raise DecodeError(f"corrupt image data: {_reason(error, path)}") from None
     except Exception as error:  # Pillow's plugins raise many types for bad data
-        raise DecodeError(f"corrupt image data: {type(error).__name__}: {error}") from None
+        reason = f"{type(error).__name__}: {_reason(error, path)}"
+        raise DecodeError(f"corrupt image data: {reason}") from None
 
 
 def decode_image(
@@ -206,7 +216,8 @@ def decode_image(
     except MemoryError:
         raise DecodeError("image needs more memory than the decoder may use") from None
     except Exception as error:  # decoded but unusable (an odd mode, say) is still a bad file
-        raise DecodeError(f"cannot process image: {type(error).__name__}: {error}") from None
+        reason = f"{type(error).__name__}: {_reason(error, path)}"
+        raise DecodeError(f"cannot process image: {reason}") from None
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
@@ -303,6 +314,7 @@ def decode_video(
     except MemoryError:
         raise DecodeError("video needs more memory than the decoder may use") from None
     except av.FFmpegError as error:
-        raise DecodeError(f"corrupt or unsupported video: {error}") from None
+        raise DecodeError(f"corrupt or unsupported video: {_reason(error, path)}") from None
     except Exception as error:
-        raise DecodeError(f"corrupt video data: {type(error).__name__}: {error}") from None
+        reason = f"{type(error).__name__}: {_reason(error, path)}"
+        raise DecodeError(f"corrupt video data: {reason}") from None

@@ -111,3 +111,12 @@ def test_cluster_changes_validate_when_parsed() -> None:
     ):
         with pytest.raises(ValidationError):
             adapter.validate_python(bad)
+
+
+@pytest.mark.parametrize("threshold", [1e-300, 5e-324, 1e-39, 0.0, -0.1, 1.5, float("nan")])
+def test_update_threshold_refuses_values_when_a_real_column_cannot_hold_them(
+    threshold: float,
+) -> None:
+    with pytest.raises(ValidationError):
+        UpdateThreshold(action="update_threshold", threshold=threshold)
+    assert UpdateThreshold(action="update_threshold", threshold=2e-38).threshold == 2e-38

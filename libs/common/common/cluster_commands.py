@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 ClusterName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# The smallest normal 32-bit float (a `real` column): 2 ** -126.
+FLOAT32_MIN_NORMAL = 2.0**-126
 
 
 class _Action(BaseModel):
@@ -30,8 +32,18 @@ class UpdateThreshold(_Action):
     """Change the similarity a newcomer needs; optionally refile members below it."""
 
     action: Literal["update_threshold"]
-    threshold: float = Field(gt=0, le=1)
+    threshold: float = Field(gt=0, le=1, allow_inf_nan=False)
     reevaluate: bool = False
+
+    @field_validator("threshold")
+    @classmethod
+    def _fits_real(cls, value: float) -> float:
+        # clusters.threshold is `real`: smaller values round to 0 or lose their precision.
+        if value < FLOAT32_MIN_NORMAL:
+            raise ValueError(
+                f"a threshold below {FLOAT32_MIN_NORMAL:.6g} cannot be stored as a 32-bit float"
+            )
+        return value
 
 
 class Confirm(_Action):

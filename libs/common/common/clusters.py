@@ -16,7 +16,9 @@ def cluster_json(row: Any) -> dict[str, Any]:
         "name": row["name"],
         "name_source": row["name_source"],
         "provisional": row["provisional"],
-        "threshold": round(float(row["threshold"]), 6),
+        # Six significant digits hide the `real` column's noise (0.72 reads back 0.7200000286)
+        # without rounding a tiny threshold to 0.
+        "threshold": float(f"{row['threshold']:.6g}"),
         "member_count": row["member_count"],
         "model_id": row["model_id"],
         "created_at": row["created_at"].isoformat(),

@@ -182,11 +182,20 @@ async def _refile(conn: asyncpg.Connection, content_ids: list[uuid.UUID], model_
 async def _update_threshold(
     conn: asyncpg.Connection, cluster: asyncpg.Record, change: UpdateThreshold
 ) -> dict[str, Any]:
-    await conn.execute(
-        "UPDATE clusters SET threshold = $2, updated_at = now() WHERE id = $1",
-        cluster["id"],
-        change.threshold,
-    )
+    try:
+        await conn.execute(
+            "UPDATE clusters SET threshold = $2, updated_at = now() WHERE id = $1",
+            cluster["id"],
+            change.threshold,
+        )
+    except (asyncpg.CheckViolationError, asyncpg.NumericValueOutOfRangeError, ValueError):
+        # The command model refuses these; one from a sender that did not check is still a
+        # 400, not a failed command (asyncpg's DataError for an argument is a ValueError).
+        raise CommandError(
+            400,
+            "the threshold cannot be stored: it must be in (0, 1] and fit a 32-bit float",
+            {"threshold": change.threshold},
+        ) from None
     if not change.reevaluate:
         return {"refiled": 0}
     # One pass against the current centroid; members below the new threshold are refiled.

@@ -189,7 +189,7 @@ async def main() -> None:
             channel = await connection.channel()
             for service, queue in (("embedder", "media-ingested"), ("schemer", "json-ingested")):
                 name = f"bench-{tag}.{service}.{queue}"
-                for suffix in ("", ".dlq", ".retry.1", ".retry.2", ".retry.3"):
+                for suffix in ("", ".dlq", ".delay.1", ".delay.2", ".delay.3"):
                     await channel.queue_delete(name + suffix)
             await channel.exchange_delete(f"bench-{tag}")
             await connection.close()

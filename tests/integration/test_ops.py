@@ -9,6 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
+
+from common.messages import MediaIngested
 from tests.conftest import RABBITMQ_URL, make_jpeg
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
@@ -44,6 +47,67 @@ async def test_health_shows_every_section_when_healthy(gateway: Gateway) -> None
     }
     assert body["system"]["memory_rss_mb"] > 0
     assert {"cpu_percent", "uptime_seconds"} <= set(body["system"])
+    # Where files live and which process serves are for admin keys only.
+    assert "path" not in body["storage"] and "pid" not in body["system"]
+
+
+ADMIN_KEY = "admin-key-0123456789abcdef"
+READ_KEY = "read-key-0123456789abcdef"
+
+
+async def test_health_shows_storage_path_and_pid_only_to_an_admin_key(
+    start_gateway: Callable[..., Any],
+) -> None:
+    async with start_gateway(api_keys=f"{READ_KEY}:read", admin_api_key=ADMIN_KEY) as gateway:
+        anonymous = await (await gateway.client.get("/health")).json()
+        reader = await (await gateway.client.get("/health", headers={"X-API-Key": READ_KEY})).json()
+        admin = await (
+            await gateway.client.get("/health", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        ).json()
+    for body in (anonymous, reader):
+        assert "path" not in body["storage"] and "pid" not in body["system"]
+    assert admin["storage"]["path"] == str(gateway.deps.storage.root)
+    assert admin["system"]["pid"] == os.getpid()
+
+
+async def test_health_counts_disk_headroom_when_free_space_runs_low(
+    start_gateway: Callable[..., Any],
+) -> None:
+    async with start_gateway() as probe:
+        free = probe.deps.storage.free_bytes()
+    # Less than twice the reserve left: degraded; less than the reserve: unhealthy.
+    async with start_gateway(min_free_disk_bytes=int(free * 0.75)) as gateway:
+        response = await gateway.client.get("/health")
+        body = await response.json()
+        assert response.status == 429 and body["storage"]["status"] == "low", body
+    async with start_gateway(min_free_disk_bytes=free * 4) as gateway:
+        response = await gateway.client.get("/health")
+        body = await response.json()
+        assert response.status == 503 and body["storage"]["status"] == "full", body
+        refused = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(9))))
+        assert refused.status == 503 and "Retry-After" in refused.headers
+
+
+async def test_health_is_degraded_and_ingest_refused_when_outbox_events_lag(
+    start_gateway: Callable[..., Any], db: asyncpg.Connection
+) -> None:
+    async with start_gateway(outbox_relay_enabled=False) as gateway:
+        await db.execute(
+            """INSERT INTO outbox (message_id, routing_key, body, created_at)
+               VALUES (gen_random_uuid(), $1, '{}', now() - interval '130 seconds')""",
+            MediaIngested.routing_key,
+        )
+        await gateway.deps.backpressure.refresh()
+        response = await gateway.client.get("/health")
+        body = await response.json()
+        assert response.status == 429 and body["status"] == "degraded", body
+        lag = body["outbox"]["destinations"][MediaIngested.routing_key]
+        assert lag["lagging"] is True and lag["lag_seconds"] >= 130
+        refused = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(8))))
+        assert refused.status == 503 and "Retry-After" in refused.headers
+        assert "image uploads" in (await refused.json())["error"]
+        # JSON writes other events, which do not lag: it is still taken.
+        assert (await gateway.client.post("/api/v1/ingest", json={"a": 1})).status == 202
 
 
 async def test_metrics_exposes_ingest_latency_outbox_lag_and_queue_depth(
@@ -86,8 +150,9 @@ async def test_health_turns_degraded_when_broker_is_unreachable_then_recovers(
                 if body["status"] == "degraded":
                     break
                 await asyncio.sleep(0.1)
-            assert response.status == 200
+            assert response.status == 429  # degraded: told apart from 200 and 503
             assert body["status"] == "degraded"
+            assert "bus down" in body["reasons"]
             assert body["bus"]["status"] == "down"
             assert body["database"]["status"] == "ok"
             assert (await gateway.client.get("/ready")).status == 503

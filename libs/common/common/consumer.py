@@ -98,7 +98,7 @@ class Consumer(Generic[E]):
         service: str,
         prefetch: int,
         pause_base: float = 0.5,
-        pause_max: float = 15.0,
+        pause_max: float | None = None,
     ) -> None:
         self.bus = bus
         self.spec = spec
@@ -108,7 +108,7 @@ class Consumer(Generic[E]):
         self.prefetch = prefetch
         self.max_attempts = len(bus.settings.bus_retry_delays) + 1
         self.pause_base = pause_base
-        self.pause_max = pause_max
+        self.pause_max = bus.settings.bus_pause_max_s if pause_max is None else pause_max
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._holds = 0  # refused publishes since the last message handled in full

@@ -147,7 +147,7 @@ class OutboxRelay:
         poll_interval: float = 0.5,
         retention_seconds: float = 3600.0,
         max_backoff: float = 10.0,
-        park_unroutable_after: float = 300.0,
+        park_unroutable_after: float | None = None,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -155,7 +155,11 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.retention_seconds = retention_seconds
         self.max_backoff = max_backoff
-        self.park_unroutable_after = park_unroutable_after
+        self.park_unroutable_after = (
+            bus.settings.outbox_park_unroutable_after_s
+            if park_unroutable_after is None
+            else park_unroutable_after
+        )
         self.state = OutboxState(0, 0.0)
         self.stalls: dict[str, Stall] = {}
         self._wake = asyncio.Event()

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.bus import Bus
+from common.health import STATUS_CODE, Status
 from common.http import AppRunner, harden
 from common.settings import OpenBindRefused, check_bind
 
@@ -19,7 +20,7 @@ ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 Info = Callable[[], dict[str, Any]]
 
 
-def probe_app(ready: ReadyCheck, info: Info) -> web.Application:
+def probe_app(ready: ReadyCheck, info: Info, bus: Bus | None = None) -> web.Application:
     """/live, /ready (every check true), /health (what the worker runs) and /metrics."""
 
     async def live(_: web.Request) -> web.Response:
@@ -34,8 +35,14 @@ def probe_app(ready: ReadyCheck, info: Info) -> web.Application:
 
     async def health(_: web.Request) -> web.Response:
         checks = await ready()
-        status = "healthy" if all(checks.values()) else "degraded"
-        return web.json_response({"status": status, "checks": checks, **info()})
+        refused = bus.refusal_report() if bus is not None else {}
+        status: Status = "healthy"
+        if not checks.get("database", True):
+            status = "unhealthy"
+        elif not all(checks.values()) or refused:
+            status = "degraded"
+        body = {"status": status, "checks": checks, "refused_publishes": refused, **info()}
+        return web.json_response(body, status=STATUS_CODE[status])
 
     async def metrics(_: web.Request) -> web.Response:
         response = web.Response(body=generate_latest())
@@ -66,9 +73,11 @@ async def worker_checks(
 
 
 @asynccontextmanager
-async def serve_probes(ready: ReadyCheck, info: Info, host: str, port: int) -> AsyncIterator[int]:
+async def serve_probes(
+    ready: ReadyCheck, info: Info, host: str, port: int, bus: Bus | None = None
+) -> AsyncIterator[int]:
     """Serve the probe app while the block runs; yields the bound port (0 picks one)."""
-    runner = AppRunner(probe_app(ready, info), access_log=None)
+    runner = AppRunner(probe_app(ready, info, bus), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -114,7 +123,7 @@ async def serve_worker(
         return {**checks, **(extra_checks() if extra_checks else {})}
 
     try:
-        async with serve_probes(ready, info, host, port) as bound:
+        async with serve_probes(ready, info, host, port, bus) as bound:
             yield bound
     finally:
         started.cancel()

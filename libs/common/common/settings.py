@@ -43,6 +43,15 @@ class CommonSettings(BaseSettings):
     # Comma-separated seconds, e.g. BUS_RETRY_DELAYS=1,10,60.
     bus_retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
     bus_delivery_limit: int = Field(20, ge=1)
+    # How long a publish waits for the broker's confirm (a broker blocked by a memory or disk
+    # alarm never answers): past it the publish counts as refused.
+    bus_publish_timeout_s: float = Field(10.0, gt=0, le=300)
+    # A worker whose outgoing event is refused pauses its consumer, doubling the pause on
+    # each refusal in a row up to this many seconds.
+    bus_pause_max_s: float = Field(15.0, gt=0, le=600)
+    # An outbox row no queue is bound to is parked (dead-letter API, queue "outbox") once it
+    # is this old and has failed three times; rows waiting on a full queue never are.
+    outbox_park_unroutable_after_s: float = Field(300.0, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -133,6 +133,14 @@ def principal(request: web.Request) -> Principal:
     return found
 
 
+def presents_admin_key(request: web.Request) -> bool:
+    """Whether an open endpoint's caller presented a valid admin key (never so when open)."""
+    ring = request.app[KEYS]
+    key = _presented_key(request)
+    found = ring.lookup(key) if key and not ring.open else None
+    return found is not None and found.may("admin")
+
+
 def bound_owner(request: web.Request) -> str | None:
     """The owner a key is bound to (its uploads are all it may touch); None for any."""
     return principal(request).owner

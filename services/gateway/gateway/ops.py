@@ -8,30 +8,38 @@ import time
 from typing import Any
 
 import psutil
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from gateway.auth import KEYS
+from common.health import STATUS_CODE, Status
+from gateway.auth import KEYS, presents_admin_key
 from gateway.deps import DEPS, Deps
 
+log = structlog.get_logger(__name__)
 QUEUE_DEPTH = Gauge("queue_depth", "Messages waiting, by queue.", ["queue"])
 DLQ_DEPTH = Gauge("dlq_depth", "Messages parked in dead-letter queues, by origin queue.", ["queue"])
 _PROCESS = psutil.Process(os.getpid())
 _PROBE_TIMEOUT = 2.0
+# A queue this full (of its length limit) is reported before it starts refusing publishes.
+QUEUE_NEARLY_FULL = 0.9
 
 
 async def handle_live(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
 
-async def _database(deps: Deps) -> dict[str, Any]:
+async def _database(deps: Deps, admin: bool = False) -> dict[str, Any]:
     pool = deps.pool
     start = time.perf_counter()
     try:
         await asyncio.wait_for(pool.fetchval("SELECT 1"), _PROBE_TIMEOUT)
         status = "ok"
     except Exception as error:
-        return {"status": "down", "error": str(error) or type(error).__name__}
+        text = str(error) or type(error).__name__
+        log.warning("health: database unreachable", error=text)
+        # The driver's words go to the log, and to admin keys; not to anyone who asks.
+        return {"status": "down", **({"error": text} if admin else {})}
     return {
         "status": status,
         "latency_ms": round((time.perf_counter() - start) * 1000, 2),
@@ -42,15 +50,25 @@ async def _database(deps: Deps) -> dict[str, Any]:
     }
 
 
-def _storage(deps: Deps) -> dict[str, Any]:
+def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
     writable = deps.storage.writable()
-    return {
-        "status": "ok" if writable else "down",
+    free = deps.storage.free_bytes()
+    minimum = deps.settings.min_free_disk_bytes
+    status = "ok" if writable else "down"
+    if writable and free < minimum:
+        status = "full"  # ingest refuses everything
+    elif writable and free < 2 * minimum:
+        status = "low"  # headroom for less than the reserve again
+    section = {
+        "status": status,
         "backend": deps.storage.backend,
-        "path": str(deps.storage.root),
         "writable": writable,
-        "free_bytes": deps.storage.free_bytes(),
+        "free_bytes": free,
+        "min_free_bytes": minimum,
     }
+    if admin:
+        section["path"] = str(deps.storage.root)
+    return section
 
 
 async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,7 +86,15 @@ async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
             continue
         depth, consumers = main
         dlq_depth = parked[0] if parked else None
-        queues[spec.name] = {"depth": depth, "dlq_depth": dlq_depth, "consumers": consumers}
+        limit = deps.settings.bus_queue_max_length
+        queues[spec.name] = {
+            "depth": depth,
+            "max_length": limit,
+            "full": depth >= limit,
+            "nearly_full": depth >= QUEUE_NEARLY_FULL * limit,
+            "dlq_depth": dlq_depth,
+            "consumers": consumers,
+        }
         QUEUE_DEPTH.labels(spec.name).set(depth)
         if dlq_depth is not None:
             DLQ_DEPTH.labels(spec.name).set(dlq_depth)
@@ -78,20 +104,74 @@ async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
     return queues, workers
 
 
-def _system(deps: Deps) -> dict[str, Any]:
-    return {
+def _system(deps: Deps, admin: bool) -> dict[str, Any]:
+    section: dict[str, Any] = {
         "cpu_percent": _PROCESS.cpu_percent(None),
         "memory_rss_mb": round(_PROCESS.memory_info().rss / 2**20, 1),
         "uptime_seconds": round(time.time() - deps.started_at, 1),
-        "pid": _PROCESS.pid,
+    }
+    if admin:
+        section["pid"] = _PROCESS.pid
+    return section
+
+
+def _outbox(deps: Deps) -> dict[str, Any]:
+    """The backlog in all and per destination: which ones lag, and which this relay backs
+    off from because the broker refuses their publishes."""
+    backpressure = deps.backpressure
+    stalls = deps.relay.report() if deps.relay is not None else {}
+    destinations: dict[str, Any] = {}
+    for name in sorted(backpressure.destinations.keys() | stalls.keys()):
+        state = backpressure.destinations.get(name)
+        destinations[name] = {
+            "pending": state.pending if state else 0,
+            "lag_seconds": round(state.lag_seconds, 3) if state else 0.0,
+            "lagging": backpressure.lagging(name),
+            "refused": stalls.get(name),
+        }
+    outbox = backpressure.outbox
+    return {
+        "pending": outbox.pending,
+        "lag_seconds": round(outbox.lag_seconds, 3),
+        "max_lag_seconds": deps.settings.outbox_max_lag_seconds,
+        "destinations": destinations,
     }
 
 
+def _overall(
+    database: dict[str, Any],
+    storage: dict[str, Any],
+    bus_ok: bool,
+    queues: dict[str, Any],
+    outbox: dict[str, Any],
+) -> tuple[Status, list[str]]:
+    """healthy, degraded (serving, but refusing or delaying some work) or unhealthy, and why."""
+    if database["status"] != "ok":
+        return "unhealthy", ["database down"]
+    if storage["status"] in ("down", "full"):
+        return "unhealthy", [f"storage {storage['status']}"]
+    reasons = [] if bus_ok else ["bus down"]
+    if storage["status"] == "low":
+        reasons.append("storage low on free space")
+    for name, queue in queues.items():
+        if queue.get("full"):
+            reasons.append(f"queue {name} full")
+        elif queue.get("nearly_full"):
+            reasons.append(f"queue {name} nearly full")
+    for name, destination in outbox["destinations"].items():
+        if destination["refused"]:
+            reasons.append(f"publishes to {name} refused ({destination['refused']['reason']})")
+        if destination["lagging"]:
+            reasons.append(f"events to {name} lagging: ingest of that kind refused")
+    return ("degraded" if reasons else "healthy"), reasons
+
+
 async def handle_health(request: web.Request) -> web.Response:
-    """Every section DESIGN names; degraded (200) or unhealthy (503), never a crash."""
+    """Every section DESIGN names; 200 healthy, 429 degraded, 503 unhealthy; never a crash."""
     deps = request.app[DEPS]
-    database = await _database(deps)
-    storage = await asyncio.to_thread(_storage, deps)
+    admin = presents_admin_key(request)
+    database = await _database(deps, admin)
+    storage = await asyncio.to_thread(_storage, deps, admin)
     bus_ok = deps.bus.connected
     if bus_ok:
         try:
@@ -100,25 +180,21 @@ async def handle_health(request: web.Request) -> web.Response:
             queues, workers, bus_ok = {}, {}, False
     else:
         queues, workers = {}, {}
-    if database["status"] != "ok" or storage["status"] != "ok":
-        status = "unhealthy"
-    elif not bus_ok:
-        status = "degraded"
-    else:
-        status = "healthy"
-    outbox = deps.backpressure.outbox
+    outbox = _outbox(deps)
+    status, reasons = _overall(database, storage, bus_ok, queues, outbox)
     body = {
         "status": status,
+        "reasons": reasons,
         "database": database,
         "storage": storage,
         "bus": {"status": "ok" if bus_ok else "down"},
         "queues": queues,
         "workers": workers,
-        "outbox": {"pending": outbox.pending, "lag_seconds": round(outbox.lag_seconds, 3)},
-        "system": _system(deps),
+        "outbox": outbox,
+        "system": _system(deps, admin),
         "auth": _auth(request),
     }
-    return web.json_response(body, status=503 if status == "unhealthy" else 200)
+    return web.json_response(body, status=STATUS_CODE[status])
 
 
 def _auth(request: web.Request) -> dict[str, str]:

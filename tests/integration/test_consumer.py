@@ -74,6 +74,24 @@ async def test_consumer_parks_and_records_failure_when_retries_are_exhausted(
     assert "model server unavailable" in status["uploads"][0]["error"]
 
 
+async def test_dead_letter_error_never_names_the_storage_root_when_a_handler_leaks_a_path(
+    gateway: Gateway,
+    db: asyncpg.Connection,
+) -> None:
+    root = str(gateway.deps.settings.storage_path.resolve())
+
+    async def leaky(event: MediaIngested, delivery: Delivery) -> None:
+        raise Permanent(f"[Errno 2] No such file or directory: '{root}/objects/ab/cd/x'")
+
+    async with consuming(gateway, leaky):
+        job = await ingest_one(gateway, 7)
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"))
+    error = await db.fetchval("SELECT error FROM dead_letters")
+    assert root not in error and "<storage>/objects/ab/cd/x" in error
+    status = await (await gateway.client.get(f"/api/v1/ingest/{job['job_id']}/status")).json()
+    assert root not in str(status)
+
+
 async def test_consumer_parks_at_once_when_error_is_permanent(
     gateway: Gateway,
     db: asyncpg.Connection,

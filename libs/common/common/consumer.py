@@ -113,6 +113,7 @@ class Consumer(Generic[E]):
         self._tag: str | None = None
         self._holds = 0  # refused publishes since the last message handled in full
         self._resume: asyncio.Task[None] | None = None
+        self._storage_root = str(bus.settings.storage_path.resolve())
 
     async def start(self) -> None:
         channel = await self.bus.channel(prefetch=self.prefetch)
@@ -256,6 +257,8 @@ class Consumer(Generic[E]):
         self, message: AbstractIncomingMessage, headers: dict[str, Any], error: str, attempt: int
     ) -> str:
         log.error("message parked", error=error)
+        # A dead letter's error is shown through the API: never where the files live.
+        error = error.replace(self._storage_root, "<storage>")
         headers = {
             **headers,
             ERROR_HEADER: error,

@@ -89,6 +89,7 @@ async def test_full_queues_refuse_only_their_own_kind_and_drain_by_themselves_wh
     json_queue = gateway.json_queue
     analyzer_queue = next(s.name for s in gateway.specs if s.service == "analyzer")
     held_before = metric("jobs_processed_total", service="embedder", outcome="held")
+    clusterer_before = metric("jobs_processed_total", service="clusterer", outcome="ok")
     with capture_logs() as logs:
         accepted_json = []
         for n in range(3 * LIMIT):
@@ -207,6 +208,10 @@ async def test_full_queues_refuse_only_their_own_kind_and_drain_by_themselves_wh
     assert len(json_drain.content_ids) == len(json_contents)  # each relayed once
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
     assert await db.fetchval("SELECT count(*) FROM content WHERE stage = 'failed'") == 0
+    # The clusterer did get media.embedded more than once per image (each held message was
+    # published again), and filed each image once all the same.
+    handled = metric("jobs_processed_total", service="clusterer", outcome="ok") - clusterer_before
+    assert handled > len(image_contents)
     filed = await db.fetchval("SELECT count(*) FROM content WHERE cluster_id IS NOT NULL")
     assert filed == len(image_contents) == 8
     assert await db.fetchval("SELECT sum(member_count) FROM clusters") == 8

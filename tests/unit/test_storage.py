@@ -88,3 +88,44 @@ def test_stale_temp_files_are_removed_when_old(tmp_path: Path) -> None:
     assert storage.remove_stale_temp(older_than=3600) == 1
     assert not old.exists() and new.exists()
     assert storage.free_bytes() > 0 and storage.writable()
+
+
+async def test_put_refreshes_the_stored_copy_when_the_same_bytes_come_again(
+    tmp_path: Path,
+) -> None:
+    storage = FileSystemStorage(tmp_path)
+    stored = await storage.put(chunks(b"same"))
+    path = storage.path(stored.key)
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    inode = path.stat().st_ino
+    await storage.put(chunks(b"same"))
+    assert path.stat().st_ino == inode  # kept, never rewritten
+    assert path.stat().st_mtime > time.time() - 60  # but the sweeper's age bound starts again
+
+
+async def test_ensure_placed_links_the_content_again_when_it_was_removed_after_commit(
+    tmp_path: Path,
+) -> None:
+    storage = FileSystemStorage(tmp_path)
+    writer = storage.writer()
+    writer.write(b"placed, then swept before its row committed")
+    stored = await writer.commit()
+    path = storage.path(stored.key)
+    path.unlink()
+    await writer.ensure_placed()
+    assert path.read_bytes() == b"placed, then swept before its row committed"
+    writer.abort()
+    assert storage.temp_files() == [] and path.exists()
+
+
+async def test_remove_orphan_keeps_an_object_when_it_was_refreshed_after_the_cutoff(
+    tmp_path: Path,
+) -> None:
+    storage = FileSystemStorage(tmp_path)
+    stored = await storage.put(chunks(b"orphan"))
+    assert not storage.remove_orphan(stored.key, time.time() - 3600)
+    assert storage.path(stored.key).read_bytes() == b"orphan"
+    assert storage.remove_orphan(stored.key, time.time() + 1)
+    assert not storage.path(stored.key).exists()
+    assert not storage.remove_orphan(stored.key, time.time() + 1)  # gone already
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -12,9 +13,11 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Protocol
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PREFIX = re.compile(r"^[0-9a-f]{2}$")
 HEAD_BYTES = 8192
 
 
@@ -45,6 +48,7 @@ class Writer(Protocol):
     def sha256(self) -> str: ...
     def write(self, chunk: bytes) -> None: ...
     async def commit(self) -> StoredObject: ...
+    async def ensure_placed(self) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -74,13 +78,19 @@ def key_for(sha256: str) -> str:
 
 
 class FileWriter:
-    """Streams to a temp file under the storage root; commit moves it to its content name."""
+    """Streams to a temp file under the storage root; commit links it under its content name.
+
+    The temp file stays (a second name for the same bytes) until `abort`, so that
+    `ensure_placed` can give the content its name again if the storage sweeper removed it
+    as an orphan before the caller's row committed.
+    """
 
     def __init__(self, storage: FileSystemStorage) -> None:
         self._storage = storage
         self._hash = hashlib.sha256()
         self.temp_path = storage.root / "tmp" / f"{uuid.uuid4().hex}.part"
         self._file = open(self.temp_path, "xb")
+        self._final: Path | None = None
         self.head = b""
         self.size = 0
 
@@ -102,13 +112,28 @@ class FileWriter:
         key = key_for(sha256)
         self._file.flush()
         try:
-            await asyncio.to_thread(self._storage._place, self._file, self.temp_path, key)
+            final = await asyncio.to_thread(self._storage._place, self._file, self.temp_path, key)
         except BaseException:
             self.abort()
             raise
+        self._final = final
         return StoredObject(key, sha256, self.size)
 
+    async def ensure_placed(self) -> None:
+        """Give the committed content its name again if it went missing since `commit`.
+
+        Call it holding the object's lock (see gateway/sweep.py): the sweeper removes an
+        object only under that lock, so once this returns the name stays until the lock is
+        released, by then with the caller's row committed.
+        """
+        if self._final is None:
+            raise StorageError("ensure_placed before commit")
+        # One stat of a name just placed (in the dentry cache): cheaper than a thread hop.
+        if not os.path.exists(self._final):  # noqa: ASYNC240
+            await asyncio.to_thread(self._storage._link_content, self.temp_path, self._final)
+
     def abort(self) -> None:
+        """Remove the temp file; content placed by `commit` stays."""
         if not self._file.closed:
             self._file.close()
         self.temp_path.unlink(missing_ok=True)
@@ -133,12 +158,11 @@ class FileSystemStorage:
         try:
             async for chunk in chunks:
                 writer.write(chunk)
-        except BaseException:
+            return await writer.commit()
+        finally:
             writer.abort()
-            raise
-        return await writer.commit()
 
-    def _place(self, file: object, temp_path: Path, key: str) -> None:
+    def _place(self, file: object, temp_path: Path, key: str) -> Path:
         """Make the temp file durable and give it its content name (runs in a thread)."""
         import io
 
@@ -146,14 +170,27 @@ class FileSystemStorage:
         if self.fsync:
             os.fsync(file.fileno())
         file.close()
+        os.chmod(temp_path, 0o444)
         final = self.path(key)
-        if final.exists():
-            # The same content is already stored: keep the first copy, never rewrite it.
-            temp_path.unlink(missing_ok=True)
+        self._link_content(temp_path, final)
+        return final
+
+    def _link_content(self, temp_path: Path, final: Path) -> None:
+        """Link the temp file under its content name, unless the same content is there."""
+        try:
+            # Stored already: keep the first copy, never rewrite it. Its mtime is refreshed
+            # so the sweeper's age bound also covers an orphan that someone relies on again.
+            os.utime(final)
+            return
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # another owner's copy: keep it as it is
             return
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(temp_path, 0o444)
-        os.replace(temp_path, final)  # atomic; a concurrent twin writes identical bytes
+        try:
+            os.link(temp_path, final)  # atomic; never replaces a copy placed meanwhile
+        except FileExistsError:
+            return  # a concurrent twin placed identical bytes first
         if self.fsync:
             fd = os.open(final.parent, os.O_RDONLY)
             try:
@@ -244,17 +281,73 @@ class FileSystemStorage:
         return True
 
     def remove_stale_temp(self, older_than: float = 3600.0) -> int:
-        """Delete temp files left by a crash; returns how many were removed."""
+        """Delete temp files not written for `older_than` seconds (left by a crash or a
+        killed process); returns how many were removed."""
         cutoff = time.time() - older_than
         removed = 0
-        for entry in (self.root / "tmp").iterdir():
+        for entry in os.scandir(self.root / "tmp"):
             try:
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                ):
+                    os.unlink(entry.path)
                     removed += 1
             except FileNotFoundError:
                 continue
         return removed
+
+    def object_prefixes(self) -> list[str]:
+        """The first-level folders of objects/ (the `ab` of objects/ab/cd/<sha256>)."""
+        return sorted(
+            entry.name
+            for entry in os.scandir(self.root / "objects")
+            if entry.is_dir(follow_symlinks=False) and _PREFIX.match(entry.name)
+        )
+
+    def objects_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        """Keys of the objects under objects/<prefix>/ last modified before `cutoff`.
+
+        Only regular files named as `key_for` names them; anything else is left alone.
+        """
+        keys = []
+        for folder in os.scandir(self.root / "objects" / prefix):
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(folder.path):
+                name = entry.name
+                if not (_SHA256.match(name) and name[:2] == prefix and name[2:4] == folder.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    keys.append(key_for(name))
+        return keys
+
+    def remove_orphan(self, key: str, cutoff: float) -> bool:
+        """Remove an object no row refers to, unless it was placed or refreshed after
+        `cutoff`; True when it was removed. Call it holding the object's lock.
+
+        The object is moved aside first and its age read from the moved file, so a writer
+        that refreshed it (see `_link_content`) before the move is seen and the object goes
+        back, and one that comes after the move finds no object and places its own.
+        """
+        final = self.path(key)
+        aside = self.root / "tmp" / f"{final.name}.{uuid.uuid4().hex}.swept"
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.lstat(aside).st_mtime < cutoff:
+                return True
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, final)
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
 
     def temp_files(self) -> list[Path]:
         """Uploads in progress (tests use this to prove nothing is left behind)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -95,6 +95,9 @@ WITH job AS (
     SELECT t.id, t.sha256, t.kind, t.mime, t.size, t.key, t.doc::jsonb, t.job_id
     FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[],
                 $11::text[], $12::uuid[]) AS t(id, sha256, kind, mime, size, key, doc, job_id)
+    -- The stored objects' locks (see lock_objects), all taken before any content row is.
+    WHERE (SELECT count(pg_advisory_xact_lock(hashtextextended('mammothbox.object:' || s, 0)))
+           FROM unnest($27::text[]) AS s) >= 0
     ORDER BY t.sha256
     ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256
     RETURNING id, sha256, kind, stage
@@ -136,7 +139,8 @@ async def write_ingests(
     """Record requests in one statement: jobs, content (deduplicated by sha256), uploads,
     events for new content and a media.uploaded event for each new upload of stored media.
     Exact duplicates are decided by the unique key on content.sha256, within the batch and
-    against concurrent writers, never by a race between workers.
+    against concurrent writers, never by a race between workers. The statement first takes
+    the locks of the stored objects (lock_objects), held until the transaction ends.
     """
     content: dict[str, tuple[uuid.UUID, NewUpload, uuid.UUID]] = {}
     for request in requests:
@@ -175,6 +179,7 @@ async def write_ingests(
         [cid for _, cid, _ in events],
         [r.headers for r in requests],
         MediaUploaded.routing_key,
+        [s for s in ordered if content[s][1].storage_key is not None],
     )
     created = {row["key"]: row["created_at"] for row in rows if row["created_at"] is not None}
     stages = {row["key"]: (row["kind"], row["stage"]) for row in rows if row["kind"] is not None}
@@ -186,6 +191,48 @@ async def write_ingests(
     ]
 
 
+# The lock of one stored object, keyed on its sha256; the storage sweeper takes it too
+# (gateway/sweep.py). Taken in sha256 order (the array comes sorted, unnest keeps its order)
+# so that concurrent ingests never deadlock on each other.
+_LOCK_OBJECTS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended('mammothbox.object:' || s, 0)))
+FROM unnest($1::text[]) AS s
+"""
+
+
+async def lock_objects(conn: asyncpg.Connection, sha256s: Iterable[str]) -> None:
+    """Take the locks of these stored objects until the transaction ends.
+
+    Rows read after this (in a later statement: READ COMMITTED takes each statement's
+    snapshot at its start) see whatever a holder of the lock committed before.
+    """
+    ordered = sorted(set(sha256s))
+    if ordered:
+        await conn.fetchval(_LOCK_OBJECTS, ordered)
+
+
+def _stored(requests: Iterable[IngestRequest]) -> set[str]:
+    return {item.sha256 for r in requests for item in r.items if item.storage_key is not None}
+
+
+async def record_ingests(
+    conn: asyncpg.Connection,
+    requests: list[IngestRequest],
+    ensure_placed: Iterable[Callable[[], Awaitable[None]]],
+) -> list[IngestRecord]:
+    """Record requests whose files were placed beforehand, in one transaction: write
+    (the statement takes their objects' locks first), then, holding the locks, put back any
+    file the sweeper removed since it was placed (it found no row then), then commit.
+    JSON-only requests need neither locks nor a transaction of their own."""
+    if not _stored(requests):
+        return await write_ingests(conn, requests)
+    async with conn.transaction():
+        records = await write_ingests(conn, requests)  # takes the objects' locks first
+        for ensure in ensure_placed:
+            await ensure()
+    return records
+
+
 async def write_ingest_with_key(
     conn: asyncpg.Connection,
     request: IngestRequest,
@@ -195,10 +242,12 @@ async def write_ingest_with_key(
 ) -> IngestRecord:
     """Claim the idempotency key (scope, key, request hash) and record, in one transaction.
 
-    The key is claimed before the files are placed, so a refused request leaves no file.
+    The key is claimed before the files are placed, so a refused request leaves no file;
+    the files are placed under their objects' locks, so the sweeper cannot take them.
     """
     async with conn.transaction():
         await _claim_idempotency_key(conn, idempotency, request.job_id)
+        await lock_objects(conn, _stored([request]))
         await place_files()
         [record] = await write_ingests(conn, [request])
         await conn.execute(
@@ -265,3 +314,17 @@ async def upload_with_content(
            FROM uploads u JOIN content c ON c.id = u.content_id WHERE u.id = $1""",
         upload_id,
     )
+
+
+async def referenced_keys(conn: asyncpg.Connection | asyncpg.Pool, keys: list[str]) -> set[str]:
+    """The storage keys among `keys` that a row refers to: content (its storage key is
+    `key_for(sha256)`, found through the sha256 key), a thumbnail, a video frame."""
+    rows = await conn.fetch(
+        """SELECT k FROM unnest($1::text[]) AS k
+           WHERE EXISTS (SELECT FROM content c
+                         WHERE c.sha256 = right(k, 64) AND c.storage_key = k)
+              OR EXISTS (SELECT FROM content c WHERE c.thumbnail_key = k)
+              OR EXISTS (SELECT FROM video_frames f WHERE f.storage_key = k)""",
+        keys,
+    )
+    return {row["k"] for row in rows}

@@ -59,9 +59,7 @@ class Refusal:
 def _refusal_reason(error: BaseException) -> RefusalReason:
     if isinstance(error, aiormq.exceptions.PublishError):
         return "unroutable"
-    if isinstance(error, aiormq.exceptions.DeliveryError) and isinstance(
-        error.frame, Basic.Nack
-    ):
+    if isinstance(error, aiormq.exceptions.DeliveryError) and isinstance(error.frame, Basic.Nack):
         return "full"
     if isinstance(error, TimeoutError):
         return "timeout"

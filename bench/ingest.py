@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.benchdb import server_url
+from common.topology import queue_specs
 
 
 def base_jpegs(count: int, target: int = 100_000) -> list[bytes]:
@@ -187,10 +188,11 @@ async def main() -> None:
             gateway.wait()
             connection = await aio_pika.connect(rabbitmq_url)
             channel = await connection.channel()
-            for service, queue in (("embedder", "media-ingested"), ("schemer", "json-ingested")):
-                name = f"bench-{tag}.{service}.{queue}"
-                for suffix in ("", ".dlq", ".delay.1", ".delay.2", ".delay.3"):
-                    await channel.queue_delete(name + suffix)
+            # Every queue the gateway declared (all the topology, not only what it feeds):
+            # quorum queues left behind pile up on the broker and slow its restarts.
+            for spec in queue_specs(f"bench-{tag}."):
+                for name in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
+                    await channel.queue_delete(name)
             await channel.exchange_delete(f"bench-{tag}")
             await connection.close()
             admin = await asyncpg.connect(admin_url)

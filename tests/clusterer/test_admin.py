@@ -9,11 +9,14 @@ from typing import Any
 import asyncpg
 import numpy as np
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
+from clusterer.commands import CommandError, answer, run
 from clusterer.folders import rebuild
 from clusterer.handlers import ClustererDeps
 from clusterer.repo import SEARCH_KEY_DRIFT
+from common.cluster_commands import ClusterCommand, ClusterCommandReply, UpdateThreshold
 from common.messages import MediaAnalyzed
 from common.topology import spec_of
 from embedder.colour_model import COLOURS
@@ -239,3 +242,73 @@ async def test_admin_actions_work_end_to_end_when_sent_through_the_gateway(
     before = folder_snapshot(storage_path)
     await rebuild(clusterer.pool, clusterer.storage, from_scratch=True)
     assert folder_snapshot(storage_path) == before
+
+
+async def lone_cluster(db: asyncpg.Connection) -> uuid.UUID:
+    """A cluster made in the database: commands that change it need no members."""
+    cluster_id = uuid.uuid4()
+    await db.execute("INSERT INTO models (id, dim) VALUES ('test/model', 3)")
+    await db.execute(
+        """INSERT INTO clusters (id, model_id, name, threshold, centroid_sum, centroid)
+           VALUES ($1, 'test/model', 'cats', 0.7, '[1,0,0]', '[1,0,0]')""",
+        cluster_id,
+    )
+    return cluster_id
+
+
+async def test_cluster_changes_answer_400_when_a_value_cannot_be_stored(
+    gateway: Gateway, clusterer: ClustererDeps, db: asyncpg.Connection
+) -> None:
+    cluster_id = await lone_cluster(db)
+    deep = b'{"action": "rename", "name": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    for body, message in (
+        # A `real` column rounds these to 0 or holds them only as subnormals.
+        ({"action": "update_threshold", "threshold": 1e-300}, "32-bit float"),
+        ({"action": "update_threshold", "threshold": 5e-324}, "32-bit float"),
+        ({"action": "update_threshold", "threshold": 1e-39}, "32-bit float"),
+        (b'{"action": "update_threshold", "threshold": 1e400}', "JSON"),
+        (b'{"action": "update_threshold", "threshold": NaN}', "JSON"),
+        ({"action": "rename", "name": "x\x00y"}, "NUL character"),
+        (deep, "nested more than 64 levels"),
+    ):
+        status, error = await patch(gateway, cluster_id, body)
+        assert status == 400, (body, error)
+        assert message in orjson.dumps(error).decode(), (body, error)
+        assert error["request_id"]
+    row = await db.fetchrow("SELECT name, threshold FROM clusters WHERE id = $1", cluster_id)
+    assert (row["name"], row["threshold"]) == ("cats", pytest.approx(0.7))
+    # The smallest normal 32-bit float is a threshold the column holds, and is shown as such.
+    status, body = await patch(
+        gateway, cluster_id, {"action": "update_threshold", "threshold": 2e-38}
+    )
+    assert status == 200, body
+    assert body["cluster"]["threshold"] == pytest.approx(2e-38, rel=1e-5)
+
+
+async def test_clusterer_answers_400_when_a_command_holds_a_threshold_the_column_cannot(
+    clusterer: ClustererDeps, db: asyncpg.Connection
+) -> None:
+    cluster_id = await lone_cluster(db)
+    raw = orjson.dumps(
+        {
+            "cluster_id": str(cluster_id),
+            "actor": "admin",
+            "change": {"action": "update_threshold", "threshold": 1e-300},
+        }
+    )
+    reply = ClusterCommandReply.model_validate_json(await answer(clusterer, raw))
+    assert reply.status == 400 and reply.error and "threshold" in reply.error
+    # Past the model (a sender that did not validate), the database's refusal is a 400 too.
+    unchecked = ClusterCommand.model_construct(
+        cluster_id=cluster_id,
+        actor="admin",
+        change=UpdateThreshold.model_construct(
+            action="update_threshold", threshold=1e-300, reevaluate=False
+        ),
+    )
+    with pytest.raises(CommandError) as error:
+        await run(clusterer, unchecked)
+    assert error.value.status == 400 and "threshold" in error.value.error
+    assert await db.fetchval("SELECT threshold FROM clusters WHERE id = $1", cluster_id) == (
+        pytest.approx(0.7)
+    )

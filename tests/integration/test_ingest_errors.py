@@ -25,6 +25,7 @@ LIMITS = {
 }
 BIG_JPEG = make_jpeg(1, size=(200, 200))  # well over 20 kB of noise
 assert len(BIG_JPEG) > LIMITS["max_image_bytes"]
+DEEP = b'{"a":' + b"[" * 1000 + b"]" * 1000 + b"}"  # within MAX_JSON_BYTES, over MAX_JSON_DEPTH
 
 
 def multipart(parts: list[tuple[str, bytes, str | None]]) -> FormData:
@@ -36,6 +37,10 @@ def multipart(parts: list[tuple[str, bytes, str | None]]) -> FormData:
 
 def raw(body: bytes, boundary: str = "XyZ") -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def json_body(data: bytes) -> dict[str, Any]:
+    return {"data": data, "headers": {"Content-Type": "application/json"}}
 
 
 CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
@@ -74,7 +79,7 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
             "headers": {"Content-Type": "application/json"},
         },
         400,
-        "invalid JSON",
+        "nested more than 64 levels",
     ),
     (
         "huge integer",
@@ -173,6 +178,71 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         "too many parts",
     ),
     ("urlencoded unknown field", lambda: {"data": {"nope": "1"}}, 400, "unknown form field"),
+    # PostgreSQL text and jsonb cannot hold a NUL character: refused wherever text comes in.
+    (
+        "NUL in multipart comments",
+        lambda: {"data": form(("a.jpg", make_jpeg(60)), comments="a\x00b")},
+        400,
+        "field 'comments' contains a NUL character",
+    ),
+    (
+        "NUL in urlencoded comments",
+        lambda: {"data": {"payload": '{"a": 1}', "comments": "a\x00b"}},
+        400,
+        "field 'comments' contains a NUL character",
+    ),
+    (
+        "NUL in query string comments",
+        lambda: {"json": {"a": 1}, "params": {"comments": "a\x00b"}},
+        400,
+        "query parameter 'comments' contains a NUL character",
+    ),
+    ("NUL escape in JSON value", lambda: json_body(b'{"a": "x\\u0000y"}'), 400, "NUL"),
+    ("NUL escape in JSON key", lambda: json_body(b'{"k\\u0000": 1}'), 400, "NUL"),
+    (
+        "NUL escape after an escaped backslash",
+        lambda: json_body(b'[{"a": 1}, {"b": ["\\\\\\u0000"]}]'),
+        400,
+        "JSON body contains a NUL character",
+    ),
+    (
+        "NUL escape in urlencoded payload",
+        lambda: {"data": {"payload": '{"a": "\\u0000"}'}},
+        400,
+        "payload contains a NUL character",
+    ),
+    (
+        "NUL escape in multipart payload",
+        lambda: {"data": form(("a.jpg", make_jpeg(61)), payload='{"a": "\\u0000"}')},
+        400,
+        "payload contains a NUL character",
+    ),
+    (
+        "NUL escape in a JSON file",
+        lambda: {"data": form(("doc.json", b'{"a": "\\u0000"}'))},
+        400,
+        "'doc.json' contains a NUL character",
+    ),
+    # Nested deeper than MAX_JSON_DEPTH (64): refused before it is parsed.
+    ("JSON body 1,000 deep", lambda: json_body(DEEP), 400, "nested more than 64 levels"),
+    (
+        "urlencoded payload 1,000 deep",
+        lambda: {"data": {"payload": DEEP.decode()}},
+        400,
+        "payload is nested more than 64 levels",
+    ),
+    (
+        "multipart payload 1,000 deep",
+        lambda: {"data": form(("a.jpg", make_jpeg(62)), payload=DEEP.decode())},
+        400,
+        "payload is nested more than 64 levels",
+    ),
+    (
+        "JSON file 1,000 deep",
+        lambda: {"data": form(("deep.json", DEEP))},
+        400,
+        "'deep.json' is nested more than 64 levels",
+    ),
 ]
 
 
@@ -214,6 +284,20 @@ async def test_ingest_answers_503_with_retry_after_when_disk_is_low(
         assert response.status == 503
         assert int(response.headers["Retry-After"]) > 0
         assert "free space" in (await response.json())["error"]
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def test_ingest_answers_503_without_naming_paths_when_storage_cannot_write(
+    gateway: Gateway, storage_path: Path, db: asyncpg.Connection
+) -> None:
+    # Where uploads are staged is not a folder any more (chmod would not stop root).
+    (storage_path / "tmp").rmdir()
+    (storage_path / "tmp").write_bytes(b"")
+    response = await gateway.client.post("/api/v1/ingest", data=form(("a.jpg", make_jpeg(3))))
+    assert response.status == 503 and "Retry-After" in response.headers
+    text = await response.text()
+    assert "storage cannot accept" in text
+    assert str(storage_path) not in text and "tmp" not in text
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncpg
+import orjson
 import pytest
 
-from gateway.errors import ApiError
+from common.bus import BusUnavailable
+from common.rpc import RpcTimeout
+from gateway.errors import ApiError, unavailable
 from gateway.intake import (
     check_idempotency_key,
     check_owner,
@@ -12,9 +16,10 @@ from gateway.intake import (
     fingerprint,
     json_documents,
     parse_disposition,
-    parse_json,
     sniff,
+    text_field,
 )
+from gateway.jsonbody import nested_deeper_than, nul_escape_at, parse_json
 from gateway.settings import GatewaySettings
 from gateway.status import job_status, upload_status
 from tests.conftest import make_jpeg, make_png
@@ -54,10 +59,88 @@ def test_sniff_refuses_when_type_is_unsupported(head: bytes) -> None:
 
 def test_parse_json_names_line_and_column_when_invalid() -> None:
     with pytest.raises(ApiError) as error:
-        parse_json(b'{\n  "a": tru\n}', "body")
+        parse_json(b'{\n  "a": tru\n}', "body", 64)
     assert error.value.status == 400
     assert error.value.details["line"] == 2
     assert "line 2" in error.value.error
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        (b"1", 0),
+        (b'{"a": [1, {"b": []}]}', 4),
+        (b'[[], [[]], {"x": [[{}]]}]', 5),
+        (b'["[[[[", "]", {"k[{": "\\\\"}]', 2),  # brackets in strings do not count
+        (b'["\\\\\\"[[[[[["]', 1),  # an escaped backslash, then an escaped quote
+        (b'[["\\\\"], [[["\\\\\\\\"]]]]', 4),
+    ],
+)
+def test_nested_deeper_than_counts_arrays_and_objects_when_strings_hold_brackets(
+    text: bytes, depth: int
+) -> None:
+    orjson.loads(text)  # valid JSON
+    assert not nested_deeper_than(text, depth)
+    assert depth == 0 or nested_deeper_than(text, depth - 1)
+
+
+def test_nested_deeper_than_reads_documents_larger_than_one_chunk_when_scanning() -> None:
+    text = b"[" + b",".join([b'{"s": "[[[[[[[[[[", "a": [[1]]}'] * 100_000) + b"]"
+    assert not nested_deeper_than(text, 4)
+    assert nested_deeper_than(text[:-1] + b',[[[[["x"]]]]]]', 5)
+
+
+def test_parse_json_refuses_a_nul_and_keeps_an_escaped_backslash_when_followed_by_u0000() -> None:
+    assert parse_json(b'{"a\\\\u0000": "\\\\u0000"}', "body", 64) == {"a\\u0000": "\\u0000"}
+    for text in (b'{"a": "\\u0000"}', b'{"\\u0000": 1}', b'["\\\\\\u0000"]'):
+        with pytest.raises(ApiError) as error:
+            parse_json(text, "body", 64)
+        assert error.value.status == 400 and "NUL" in error.value.error
+        assert text[error.value.details["position"]] == ord("\\")
+    assert nul_escape_at(b'"u0000"') is None
+
+
+def test_parse_json_names_the_limit_when_nested_deeper() -> None:
+    assert parse_json(b"[" * 5 + b"]" * 5, "body", 5) == [[[[[]]]]]
+    with pytest.raises(ApiError) as error:
+        parse_json(b"[" * 6 + b"]" * 6, "body", 5)
+    assert error.value.status == 400 and "more than 5 levels" in error.value.error
+    assert error.value.details == {"limit": 5}
+
+
+def test_text_field_refuses_nul_and_invalid_utf8_when_decoding() -> None:
+    assert text_field("ünï".encode(), "comments") == "ünï"
+    for data in (b"a\x00b", b"\xff"):
+        with pytest.raises(ApiError) as error:
+            text_field(data, "comments")
+        assert error.value.status == 400 and "'comments'" in error.value.error
+
+
+@pytest.mark.parametrize(
+    ("error", "answer"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), "database unavailable"),
+        (TimeoutError(), "database unavailable"),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), "database"),
+        (asyncpg.AdminShutdownError("terminating connection"), "database"),
+        (asyncpg.CrashShutdownError("crash"), "database"),
+        (asyncpg.TooManyConnectionsError("too many clients"), "database"),
+        (asyncpg.ConnectionDoesNotExistError("closed in the middle"), "database"),
+        (asyncpg.ConnectionFailureError("08006"), "database"),
+        (asyncpg.InterfaceError("pool is closing"), "database"),
+        (BusUnavailable("bus not connected"), "message bus"),
+        (RpcTimeout(), None),
+        (asyncpg.exceptions._base.DataError("invalid input for query argument"), None),
+        (asyncpg.UniqueViolationError("duplicate key"), None),
+        (asyncpg.QueryCanceledError("canceling statement"), None),
+        (ValueError("a bug"), None),
+    ],
+)
+def test_unavailable_names_what_is_down_when_the_error_class_says_so(
+    error: BaseException, answer: str | None
+) -> None:
+    found = unavailable(error)
+    assert (found is None) if answer is None else (found is not None and answer in found)
 
 
 def test_json_documents_split_arrays_and_bound_their_length() -> None:

@@ -30,12 +30,14 @@ from gateway.deadletters import (
     handle_dlq_requeue_job,
 )
 from gateway.deps import DEPS, Backpressure, Deps
-from gateway.errors import request_context
+from gateway.errors import RETRY_AFTER, request_context
 from gateway.ingest import handle_ingest
 from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
 from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
+from gateway.sweep import Sweeper
+from gateway.uploads import UPLOAD_SLOTS, UploadSlots
 from gateway.views import (
     handle_job_status,
     handle_object,
@@ -59,7 +61,11 @@ def build_app(settings: GatewaySettings) -> web.Application:
         web.Application(
             middlewares=[cors(settings.cors_allow_origins), request_context, authenticate],
             client_max_size=settings.max_json_bytes + 1024 * 1024,
-            handler_args={"max_field_size": 16384},
+            # The keep-alive timeout also bounds how long a request's headers may take.
+            handler_args={
+                "max_field_size": 16384,
+                "keepalive_timeout": settings.http_keepalive_timeout_seconds,
+            },
         )
     )
 
@@ -69,6 +75,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
             yield
 
     app[KEYS] = keys
+    app[RETRY_AFTER] = settings.retry_after_seconds
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads, settings.retry_after_seconds)
     app.cleanup_ctx.append(resources)
     app.router.add_post("/api/v1/ingest", handle_ingest)
     app.router.add_get("/api/v1/ingest/{job_id}/status", handle_job_status)
@@ -99,7 +107,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
     storage = open_storage(
         settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync
     )
-    removed = storage.remove_stale_temp()
+    removed = storage.remove_stale_temp(settings.sweep_min_age_seconds)
     if removed:
         log.info("removed stale temp files", count=removed)
     async with open_pool(settings) as pool:
@@ -111,6 +119,10 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
         tasks = [asyncio.create_task(backpressure.run(), name="backpressure")]
         if relay is not None:
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+        if settings.sweep_interval_seconds > 0:
+            sweeper = Sweeper(pool, storage, settings.sweep_min_age_seconds)
+            sweeps = sweeper.run(settings.sweep_interval_seconds)
+            tasks.append(asyncio.create_task(sweeps, name="storage-sweeper"))
         if settings.dlq_recorder_enabled:
             recorder = DeadLetterRecorder(bus, pool, bus.specs)
             tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))

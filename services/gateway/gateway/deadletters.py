@@ -19,7 +19,8 @@ from common.outbox import OUTBOX_PARKING
 from common.topology import ATTEMPT_HEADER, ERROR_HEADER, QueueSpec
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
-from gateway.errors import ApiError, invalid, read_json
+from gateway.errors import ApiError, invalid
+from gateway.jsonbody import read_json
 from gateway.views import parse_id
 
 # The stage a content goes back to when a message of this service is requeued.

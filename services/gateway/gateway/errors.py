@@ -6,18 +6,42 @@ import re
 import uuid
 from typing import Any
 
-import orjson
+import aio_pika
+import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
+from common.bus import BusUnavailable
+from common.rpc import RpcTimeout
+
 log = structlog.get_logger("gateway")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+# The Retry-After of a 503 while a dependency is down (RETRY_AFTER_SECONDS).
+RETRY_AFTER: web.AppKey[int] = web.AppKey("retry_after", int)
+
+# What a database that is down, starting, stopping or out of connections raises, by class:
+# connecting (refused, unreachable, timed out: OSError, TimeoutError among them; 57P03),
+# losing the connection (class 08, 57P01, 57P02) and running out of resources (class 53).
+# A plain InterfaceError (connection or pool closed) counts too; its subclasses are misuse.
+_DATABASE_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InsufficientResourcesError,
+)
+_BUS_DOWN = (
+    BusUnavailable,
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+)
 
 
 class ApiError(Exception):
@@ -48,17 +72,22 @@ def invalid(what: str, error: ValidationError) -> ApiError:
     return ApiError(400, f"invalid {what}", details)
 
 
-async def read_json(request: web.Request, max_bytes: int) -> Any:
-    """The request's JSON body: 413 over `max_bytes`, 400 when it is not JSON."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, "the request body is too large")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise ApiError(413, "the request body is too large")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body must be JSON") from None
+def no_nul(value: str, what: str) -> str:
+    """The value, or a 400 naming it when it holds a NUL character (PostgreSQL text cannot)."""
+    if "\x00" in value:
+        raise ApiError(400, f"{what} contains a NUL character, which cannot be stored")
+    return value
+
+
+def unavailable(error: BaseException) -> str | None:
+    """The error to answer (with 503) when `error` means a dependency is down, else None."""
+    if isinstance(error, _BUS_DOWN):  # first: AMQP connection errors are OSErrors too
+        return "the message bus is unavailable"
+    if isinstance(error, RpcTimeout):  # a TimeoutError, but no answer is not an outage
+        return None
+    if isinstance(error, _DATABASE_DOWN) or type(error) is asyncpg.InterfaceError:
+        return "database unavailable"
+    return None
 
 
 def request_id(request: web.Request) -> str:
@@ -89,6 +118,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = rid
     with structlog.contextvars.bound_contextvars(request_id=rid):
         try:
+            _refuse_nul_in_query(request)
             response = await handler(request)
         except ApiError as e:
             response = error_response(request, e.status, e.error, e.details, e.headers, **e.extra)
@@ -96,11 +126,24 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             if e.status < 400:
                 raise
             response = error_response(request, e.status, e.reason, headers=_allow(e))
-        except Exception:
-            log.exception("unhandled error", path=request.path)
-            response = error_response(request, 500, "internal error")
+        except Exception as e:
+            down = unavailable(e)
+            if down is None:
+                log.exception("unhandled error", path=request.path)
+                response = error_response(request, 500, "internal error")
+            else:
+                # The driver's words stay in the log: they may name hosts, users or files.
+                log.warning(down, path=request.path, error=f"{type(e).__name__}: {e}")
+                retry = {"Retry-After": str(request.app[RETRY_AFTER])}
+                response = error_response(request, 503, down, headers=retry)
     response.headers[REQUEST_ID_HEADER] = rid
     return response
+
+
+def _refuse_nul_in_query(request: web.Request) -> None:
+    for name, value in request.query.items():
+        no_nul(name, "a query parameter name")
+        no_nul(value, f"query parameter {name!r}")
 
 
 def _allow(error: web.HTTPException) -> dict[str, str]:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
+import structlog
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
 from gateway.auth import OPEN, Principal, principal
+from gateway.batcher import PendingIngest
 from gateway.deps import DEPS, INGEST_LATENCY, Deps
-from gateway.errors import ApiError, request_id
+from gateway.errors import ApiError, no_nul, request_id
 from gateway.intake import (
     IMAGE_TYPES,
     SNIFF_BYTES,
@@ -29,10 +31,11 @@ from gateway.intake import (
     json_documents,
     limit_for,
     parse_disposition,
-    parse_json,
     sniff,
+    text_field,
     too_large,
 )
+from gateway.jsonbody import parse_json
 from gateway.repo import (
     IdempotencyHit,
     IngestRecord,
@@ -42,6 +45,9 @@ from gateway.repo import (
 )
 from gateway.settings import GatewaySettings
 from gateway.status import job_status, upload_status
+from gateway.uploads import UPLOAD_SLOTS, client_aborted, read_deadline
+
+log = structlog.get_logger(__name__)
 
 FILE_FIELDS = frozenset({"files[]", "files", "file"})
 TEXT_FIELDS = frozenset({"owner", "comments", "idempotency_key"})
@@ -72,7 +78,8 @@ class Intake:
             )
 
     def add_json(self, data: bytes, what: str, filename: str | None) -> None:
-        documents = json_documents(parse_json(data, what), what, self.settings)
+        value = parse_json(data, what, self.settings.max_json_depth)
+        documents = json_documents(value, what, self.settings)
         self._count(len(documents))
         self.entries.extend((doc, filename) for doc in documents)
 
@@ -138,6 +145,16 @@ class Intake:
         """Make media durable under their content names (inside the ingest transaction)."""
         await asyncio.gather(*(e.writer.commit() for e in self.entries if isinstance(e, _Media)))
 
+    async def ensure_placed(self) -> None:
+        """Place again what the sweeper removed since `place` (under the objects' locks)."""
+        for entry in self.entries:
+            if isinstance(entry, _Media):
+                await entry.writer.ensure_placed()
+
+    def kinds(self) -> set[str]:
+        """The kinds of upload this request brought (image, video, json)."""
+        return {e.kind if isinstance(e, _Media) else "json" for e in self.entries}
+
     def abort(self) -> None:
         for entry in self.entries:
             if isinstance(entry, _Media):
@@ -154,11 +171,7 @@ async def _read_bounded(part: BodyPartReader, budget: int, label: str, limit: in
 
 
 async def _read_text(part: BodyPartReader, name: str, limit: int) -> str:
-    data = await _read_bounded(part, limit, f"field {name!r}", limit)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, f"field {name!r} is not valid UTF-8") from None
+    return text_field(await _read_bounded(part, limit, f"field {name!r}", limit), name)
 
 
 async def _read_multipart(request: web.Request, intake: Intake) -> None:
@@ -221,7 +234,7 @@ async def _read_urlencoded(request: web.Request, intake: Intake) -> None:
     for name in TEXT_FIELDS:
         value = form.get(name)
         if isinstance(value, str):
-            intake.fields[name] = value
+            intake.fields[name] = no_nul(value, f"field {name!r}")
     payload = form.get("payload")
     if isinstance(payload, str) and payload.strip():
         intake.add_json(payload.encode(), "payload", None)
@@ -242,12 +255,16 @@ async def handle_ingest(request: web.Request) -> web.Response:
     """Accept files and JSON; 202 once everything is durable and its events are queued."""
     deps = request.app[DEPS]
     deps.backpressure.check()
+    slots = request.app[UPLOAD_SLOTS]
+    slots.acquire()
     start = time.perf_counter()
     intake = Intake(deps.settings, deps.storage)
     try:
-        await _read_request(request, intake)
+        async with read_deadline(request, deps.settings):
+            await _read_request(request, intake)
         if not intake.entries:
             raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
+        deps.backpressure.check_events(intake.kinds())
         caller = principal(request)
         owner = _owner(caller, intake.fields.get("owner"))
         comments = check_comments(intake.fields.get("comments"))
@@ -259,6 +276,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
         response = await _record(request, deps, intake, owner, comments, key, scope)
     finally:
         intake.abort()  # removes temp files of anything not placed; placed files stay
+        slots.release()
     INGEST_LATENCY.observe(time.perf_counter() - start)
     deps.wake_relay()
     return response
@@ -295,11 +313,15 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
     # part header (HttpProcessingError) — found by fuzzing the API from its OpenAPI document.
     except (ValueError, AssertionError, HttpProcessingError) as error:
         raise ApiError(400, f"malformed request body: {error}") from None
+    except ConnectionResetError as error:  # the client went away (aiohttp's errors are these)
+        raise client_aborted(request, error) from None
     except OSError as error:  # ENOSPC and friends while writing to storage
+        # The error names paths: it goes to the log; the client gets its kind only.
+        log.warning("storage refused an upload", error=str(error))
         raise ApiError(
             503,
             "storage cannot accept the upload now",
-            {"reason": str(error)},
+            {"reason": os.strerror(error.errno) if error.errno else type(error).__name__},
             headers={"Retry-After": str(intake.settings.retry_after_seconds)},
         ) from None
 
@@ -320,9 +342,10 @@ async def _record(
     request_record = IngestRequest(owner, comments, rid, current_trace_id(), uploads)
     try:
         if idempotency is None:
-            # Files first, then the rows that make them visible (in a shared group commit).
+            # Files first, then the rows that make them visible (in a shared group commit,
+            # which re-places under the objects' locks what the sweeper took meanwhile).
             await intake.place()
-            record = await deps.batcher.submit(request_record)
+            record = await deps.batcher.submit(PendingIngest(request_record, intake.ensure_placed))
         else:
             async with deps.pool.acquire() as conn:
                 record = await write_ingest_with_key(
@@ -336,13 +359,7 @@ async def _record(
                 existing_job_id=str(hit.job_id),
             ) from None
         return web.json_response(hit.response, status=202, headers=_location(hit.job_id))
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as error:
-        raise ApiError(
-            503,
-            "database unavailable",
-            {"reason": str(error)},
-            headers={"Retry-After": str(deps.settings.retry_after_seconds)},
-        ) from None
+    # A database that is down answers 503 through the request middleware (gateway/errors.py).
     return web.json_response(_response(record, rid), status=202, headers=_location(record.job_id))
 
 

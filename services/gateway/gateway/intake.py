@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import filetype
 import orjson
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, no_nul
 from gateway.settings import GatewaySettings
 
 Kind = Literal["image", "video", "json"]
@@ -88,18 +88,13 @@ def too_large(what: str, limit: int) -> ApiError:
     return ApiError(413, f"{what} is larger than the limit of {limit} bytes", {"limit": limit})
 
 
-def parse_json(data: bytes, what: str) -> Any:
-    """Parse JSON or raise a 400 naming the position of the first error."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+def text_field(data: bytes, name: str) -> str:
+    """A form field's value: UTF-8 text without NUL characters."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as error:
-        raise ApiError(
-            400,
-            f"invalid JSON in {what}: {error.msg} at line {error.lineno} column {error.colno}",
-            {"line": error.lineno, "column": error.colno, "position": error.pos},
-        ) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"field {name!r} is not valid UTF-8") from None
+    return no_nul(text, f"field {name!r}")
 
 
 def json_documents(value: Any, what: str, settings: GatewaySettings) -> list[bytes]:

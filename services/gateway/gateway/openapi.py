@@ -31,6 +31,8 @@ ERROR = _json(_ref("Error"), "An error")
 
 
 def _errors(*codes: int) -> dict[str, Any]:
+    """An operation's error answers; every one may answer 503 while a dependency is down."""
+    codes = (*codes, 503) if 503 not in codes else codes
     text = {400: "Malformed request", 401: "No valid API key", 403: "The key may not do this",
             404: "Not found (or not visible to this key)", 409: "Conflict",
             413: "Too large", 415: "Unsupported media type", 503: "Unavailable; retry later",

@@ -22,11 +22,12 @@ from numpy.typing import NDArray
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
-from common.bus import BusUnavailable
 from common.embed_client import EmbedError, NoTextEncoder
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
-from gateway.errors import ApiError, invalid, read_json
+from gateway.errors import ApiError, invalid
+from gateway.intake import text_field
+from gateway.jsonbody import read_json
 from gateway.search_query import (
     ImageSearch,
     SearchRequest,
@@ -136,9 +137,9 @@ async def _embed_text(request: web.Request, text: str) -> tuple[str, NDArray[np.
         raise ApiError(
             409, "text search is off: the embedding model has no text encoder; search with like="
         ) from None
-    except (EmbedError, BusUnavailable) as error:
+    except EmbedError as error:  # BusUnavailable is answered by the request middleware
         raise ApiError(
-            503, f"text embedding unavailable: {error}", headers={"Retry-After": "5"}
+            503, f"text embedding unavailable: {error}", headers=_retry(request)
         ) from None
     return model_id, vectors[0]
 
@@ -158,7 +159,7 @@ async def _read_image_search(request: web.Request) -> tuple[dict[str, Any], byte
             if part.name == "image":
                 image = await _read_limited(part, limit, "the image")
             elif part.name in SearchRequest.model_fields and part.name not in ("query", "like"):
-                value = (await _read_limited(part, 2000, part.name)).decode("utf-8", "replace")
+                value = text_field(await _read_limited(part, 2000, part.name), part.name)
                 fields[part.name] = value.split(",") if part.name == "tags" else value
             else:
                 raise ApiError(400, "invalid search", {"unknown field": part.name})
@@ -185,10 +186,12 @@ async def _embed_image(request: web.Request, image: bytes) -> tuple[str, NDArray
         if "cannot decode" in str(error):
             raise ApiError(400, f"not a readable image: {error}") from None
         raise ApiError(
-            503, f"image embedding unavailable: {error}", headers={"Retry-After": "5"}
+            503, f"image embedding unavailable: {error}", headers=_retry(request)
         ) from None
-    except BusUnavailable:
-        raise ApiError(503, "image embedding unavailable", headers={"Retry-After": "5"}) from None
+
+
+def _retry(request: web.Request) -> dict[str, str]:
+    return {"Retry-After": str(request.app[DEPS].settings.retry_after_seconds)}
 
 
 async def _embed_of_upload(

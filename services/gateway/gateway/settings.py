@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from common.settings import CommonSettings, comma_separated
@@ -25,8 +25,23 @@ class GatewaySettings(CommonSettings):
     max_video_bytes: int = Field(1024 * MB, ge=1)
     max_json_bytes: int = Field(16 * MB, ge=1)
     max_json_items: int = Field(10_000, ge=1)
+    # Arrays and objects nested in any JSON the gateway reads; orjson writes at most 254.
+    max_json_depth: int = Field(64, ge=1, le=254)
     max_files_per_request: int = Field(100, ge=1)
     max_field_bytes: int = Field(64 * 1024, ge=1)
+
+    # Slow clients: a body must keep arriving and finish in time (408), uploads at once are
+    # capped per process (503), and request headers must arrive within the keep-alive timeout
+    # (aiohttp's: it closes a connection whose request has not started in that time).
+    upload_idle_timeout_seconds: float = Field(30.0, gt=0)
+    upload_timeout_seconds: float = Field(1800.0, gt=0)
+    max_concurrent_uploads: int = Field(128, ge=1)
+    http_keepalive_timeout_seconds: float = Field(30.0, gt=0)
+
+    # The storage sweeper (gateway/sweep.py): how often (0: never, in this process) and how
+    # old an object without a row or a temp file must be before it is removed.
+    sweep_interval_seconds: float = Field(600.0, ge=0)
+    sweep_min_age_seconds: float = Field(3600.0, ge=0)
 
     # Backpressure: answer 503 rather than accept what cannot be kept.
     min_free_disk_bytes: int = Field(1024 * MB, ge=0)
@@ -62,3 +77,13 @@ class GatewaySettings(CommonSettings):
 
         parse_keys(value, None)  # a bad entry stops the gateway at start, naming the entry
         return value
+
+    @model_validator(mode="after")
+    def _sweep_after_uploads(self) -> GatewaySettings:
+        # A temp file younger than the longest upload may belong to one still arriving.
+        if self.sweep_min_age_seconds < self.upload_timeout_seconds:
+            raise ValueError(
+                "SWEEP_MIN_AGE_SECONDS must be at least UPLOAD_TIMEOUT_SECONDS"
+                f" ({self.sweep_min_age_seconds:g} < {self.upload_timeout_seconds:g})"
+            )
+        return self

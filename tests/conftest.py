@@ -212,6 +212,23 @@ async def read_queue(
     return got
 
 
+async def fill_queue(
+    amqp: aio_pika.abc.AbstractRobustConnection, queue: str, body: bytes = b"{}"
+) -> int:
+    """Publish until the queue refuses (reject-publish); how many it took. A quorum queue
+    enforces its length limit a little late, so this asks rather than counts."""
+    channel = await amqp.channel(publisher_confirms=True)
+    try:
+        for taken in range(1000):
+            try:
+                await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+            except aio_pika.exceptions.DeliveryError:
+                return taken
+        raise AssertionError(f"{queue} never refused a publish")
+    finally:
+        await channel.close()
+
+
 @pytest.fixture(scope="session")
 def lite2_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """EfficientNet-Lite2 with its ImageNet weights, exported once per run (MODEL_DIR)."""

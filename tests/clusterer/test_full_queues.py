@@ -27,6 +27,7 @@ from common.messages import JsonIngested, MediaEmbedded
 from embedder.handlers import EmbedderDeps
 from tests.clusterer.conftest import colour_png, wait_for
 from tests.clusterer.test_pipeline import upload
+from tests.conftest import fill_queue
 from tests.integration.conftest import Gateway
 
 LIMIT = 4
@@ -50,22 +51,6 @@ def metric(name: str, **labels: str) -> float:
 
 async def post_json(gateway: Gateway, n: int) -> Any:
     return await gateway.client.post("/api/v1/ingest", json={"doc": n, "tag": uuid.uuid4().hex})
-
-
-async def fill(amqp: aio_pika.abc.AbstractRobustConnection, queue: str) -> None:
-    """Publish fillers until the queue refuses one."""
-    channel = await amqp.channel(publisher_confirms=True)
-    try:
-        for _ in range(10 * LIMIT):
-            try:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(b'{"content_id": "filler"}'), routing_key=queue
-                )
-            except aio_pika.exceptions.DeliveryError:
-                return
-        raise AssertionError(f"{queue} never refused a publish")
-    finally:
-        await channel.close()
 
 
 class Drain:
@@ -124,7 +109,7 @@ async def test_full_queues_refuse_only_their_own_kind_and_drain_by_themselves_wh
 
         # Images are still taken and filed, while both full queues stay full. (The analyzer's
         # is filled first: a quorum queue enforces its limit a little late under a burst.)
-        await fill(amqp, analyzer_queue)
+        await fill_queue(amqp, analyzer_queue, b'{"content_id": "filler"}')
         image_ids = []
         for start in range(0, 8, 4):
             files = [(f"red{i}.png", colour_png((220, 30, 30), i)) for i in range(start, start + 4)]

@@ -26,7 +26,7 @@ from common.db import open_pool
 from common.messages import JsonIngested, MediaEmbedded, MediaIngested
 from common.outbox import OutboxRelay, add_events
 from common.topology import declare_queue, migrate_legacy_delay_queues
-from tests.conftest import BusNames, media_event, read_queue
+from tests.conftest import BusNames, fill_queue, media_event, read_queue
 
 
 def json_event() -> JsonIngested:
@@ -208,21 +208,12 @@ async def test_retry_waits_in_its_delay_queue_when_the_origin_queue_is_full(
     spec = bus_names.specs[0]
     channel = await amqp.channel(publisher_confirms=True)
     await declare_queue(channel, settings, spec)
-    # Fill the origin queue until it refuses (quorum queues enforce the limit one late).
-    for n in range(5):
-        try:
-            await channel.default_exchange.publish(
-                aio_pika.Message(f"filler {n}".encode()), routing_key=spec.name
-            )
-        except aio_pika.exceptions.DeliveryError:
-            break
-    else:
-        pytest.fail("the origin queue never refused a publish")
+    fillers = await fill_queue(amqp, spec.name)
     await channel.default_exchange.publish(
         aio_pika.Message(b"the retry"), routing_key=spec.delay(1)
     )
     await asyncio.sleep(1.0)  # its TTL expired long ago, into a full queue
-    bodies = [m.body for m in await read_queue(amqp, spec.name, expect=n + 1, timeout=10)]
+    bodies = [m.body for m in await read_queue(amqp, spec.name, expect=fillers + 1, timeout=10)]
     assert b"the retry" in bodies, "a retry that met a full queue was dropped"
     await channel.close()
 
@@ -297,14 +288,8 @@ async def test_worker_whose_outgoing_publish_is_refused_puts_the_message_back_an
         )
         try:
             # Fill the analyzer's queue; the clusterer's stays free (it is drained below).
+            await fill_queue(amqp, embedded_analyzer.name)
             channel = await amqp.channel(publisher_confirms=True)
-            for _ in range(5):
-                try:
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(b"{}"), routing_key=embedded_analyzer.name
-                    )
-                except aio_pika.exceptions.DeliveryError:
-                    break
             # The clusterer's queue takes every copy (its consumer is stood in for here).
             copies: list[bytes] = []
 

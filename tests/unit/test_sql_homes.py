@@ -41,7 +41,7 @@ def _docstrings(tree: ast.Module) -> set[int]:
         body = owner.body
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
             found.add(id(body[0].value))
-    return sorted(found)
+    return found
 
 
 def sql_literals(source: str) -> list[tuple[int, str]]:

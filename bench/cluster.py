@@ -40,7 +40,7 @@ from clusterer.handlers import ClustererDeps, _assign
 from common.db import open_pool
 from common.settings import CommonSettings
 from common.vectors import register_model
-from embedder.sample_photos import calibrate_threshold
+from mammoth_export.sample_photos import calibrate_threshold
 
 DIM = 512
 
@@ -191,10 +191,10 @@ async def quality(
 def photo_vectors(model_dir: Path | None) -> tuple[NDArray[np.float32], list[int], float]:
     from embedder.model import OnnxModel
     from embedder.preprocess import batch, to_model_input
-    from embedder.sample_photos import kind_photos
+    from mammoth_export.sample_photos import kind_photos
 
     if model_dir is None:
-        from embedder.efficientnet import export_image_encoder
+        from mammoth_export.efficientnet import export_image_encoder
 
         model_dir = Path(tempfile.mkdtemp(prefix="mb-lite2-")) / "efficientnet-lite2"
         export_image_encoder(model_dir, fp16=False, int8=False)

@@ -40,15 +40,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.benchdb import scratch_database
 from bench.photos import held_out_photos, photo_jpegs, photos, variants
-from embedder.efficientnet import efficientnet_lite2, export_image_encoder
-from embedder.export import (
+from embedder.manifest import Manifest, Preprocess
+from embedder.preprocess import to_model_input
+from mammoth_export.efficientnet import efficientnet_lite2, export_image_encoder
+from mammoth_export.export import (
     ClipImageFeatures,
     ImageEncoder,
     export_onnx,
     quantize_int8,
 )
-from embedder.manifest import Manifest, Preprocess
-from embedder.preprocess import to_model_input
 
 
 def clip_b32(directory: Path) -> tuple[torch.nn.Module, Manifest]:
@@ -60,7 +60,7 @@ def clip_b32(directory: Path) -> tuple[torch.nn.Module, Manifest]:
     directory.mkdir(parents=True, exist_ok=True)
     export_onnx(encoder, {"pixel_values": torch.randn(2, 3, 224, 224)}, directory / "vision.onnx")
     quantize_int8(directory / "vision.onnx", directory / "vision_int8.onnx")
-    from embedder.export import clip_preprocess
+    from mammoth_export.export import clip_preprocess
 
     manifest = Manifest(
         model_id="bench/clip-vit-b32-random",

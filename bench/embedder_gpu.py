@@ -34,15 +34,15 @@ import onnxruntime as ort
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-for folder in (ROOT, ROOT / "libs/common", ROOT / "services/embedder"):
+for folder in (ROOT, ROOT / "libs/common", ROOT / "services/embedder", ROOT / "tools/export"):
     sys.path.insert(0, str(folder))
 
 from bench.photos import photo_jpegs
 from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
-from embedder.export import ClipImageFeatures, _export_image_variants, clip_preprocess
 from embedder.manifest import Manifest
 from embedder.model import OnnxModel
+from mammoth_export.export import ClipImageFeatures, _export_image_variants, clip_preprocess
 
 BATCHES = (1, 8, 32, 128, 256, 512)
 

@@ -8,7 +8,7 @@ import random
 from PIL import Image
 from skimage import data as samples
 
-from embedder.efficientnet import SAMPLE_PHOTOS
+from mammoth_export.efficientnet import SAMPLE_PHOTOS
 
 # The colour photos scikit-image ships without a download, as used for int8 calibration.
 PHOTOS = [*SAMPLE_PHOTOS, "colorwheel"]

@@ -15,7 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
-from embedder.export import export_pretrained_clip, export_tiny_clip, quiet_export_logs
+from mammoth_export.export import export_pretrained_clip, export_tiny_clip, quiet_export_logs
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 

@@ -13,8 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
-from embedder.efficientnet import export_image_encoder
-from embedder.export import quiet_export_logs
+from mammoth_export.efficientnet import export_image_encoder
+from mammoth_export.export import quiet_export_logs
 
 
 def main() -> None:

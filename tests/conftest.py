@@ -232,7 +232,7 @@ async def fill_queue(
 @pytest.fixture(scope="session")
 def lite2_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """EfficientNet-Lite2 with its ImageNet weights, exported once per run (MODEL_DIR)."""
-    from embedder.efficientnet import export_image_encoder
+    from mammoth_export.efficientnet import export_image_encoder
 
     models = tmp_path_factory.mktemp("models")
     export_image_encoder(models / "efficientnet-lite2")

@@ -15,8 +15,8 @@ from analyzer.handlers import AnalyzerDeps
 from common.messages import MediaEmbedded
 from common.storage import FileSystemStorage
 from common.topology import spec_of
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.analyzer.fake_gemini import FakeGemini
 from tests.analyzer.test_scenarios import analysed
 from tests.clusterer.conftest import colour_png

@@ -22,8 +22,8 @@ from common.messages import MediaEmbedded
 from common.storage import FileSystemStorage
 from common.topology import spec_of
 from common.vectors import register_model
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.analyzer.fake_gemini import FakeGemini
 from tests.clusterer.conftest import colour_png, consumers_on, wait_for
 from tests.clusterer.test_pipeline import upload, wait_done

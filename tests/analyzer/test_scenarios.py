@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 from analyzer.handlers import AnalyzerDeps
 from common.messages import MediaAnalyzed, MediaEmbedded
 from common.topology import spec_of
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.analyzer.fake_gemini import FakeGemini, Reply, answer, error
 from tests.clusterer.conftest import colour_png, wait_for
 from tests.clusterer.test_pipeline import upload

@@ -26,9 +26,9 @@ from clusterer.settings import ClustererSettings
 from common.storage import FileSystemStorage
 from common.vectors import register_model
 from embedder.app import running as embedder_running
-from embedder.colour_model import COLOURS, export_colour_model
 from embedder.handlers import EmbedderDeps
 from embedder.settings import EmbedderSettings
+from mammoth_export.colour_model import COLOURS, export_colour_model
 from tests.conftest import BusNames
 
 COLOUR_WORDS = tuple(COLOURS)

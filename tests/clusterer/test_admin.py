@@ -19,8 +19,8 @@ from clusterer.repo import SEARCH_KEY_DRIFT
 from common.cluster_commands import ClusterCommand, ClusterCommandReply, UpdateThreshold
 from common.messages import MediaAnalyzed
 from common.topology import spec_of
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.clusterer.conftest import colour_png, folder_snapshot, wait_for
 from tests.clusterer.test_pipeline import upload, wait_done
 from tests.integration.conftest import Gateway

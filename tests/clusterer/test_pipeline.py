@@ -12,8 +12,8 @@ from aiohttp import FormData
 
 from clusterer.handlers import ClustererDeps
 from common.messages import MediaAnalyzed
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.clusterer.conftest import colour_png, folder_snapshot, wait_for
 from tests.integration.conftest import Gateway
 

@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 
 from clusterer.handlers import ClustererDeps
-from embedder.efficientnet import LITE2_CLUSTER_THRESHOLD
 from embedder.handlers import EmbedderDeps
 from embedder.manifest import Manifest
 from embedder.model import OnnxModel
 from embedder.preprocess import batch, to_model_input
-from embedder.sample_photos import calibrate_threshold, kind_photos
+from mammoth_export.efficientnet import LITE2_CLUSTER_THRESHOLD
+from mammoth_export.sample_photos import calibrate_threshold, kind_photos
 from tests.clusterer.test_pipeline import upload, wait_done
 from tests.integration.conftest import Gateway
 

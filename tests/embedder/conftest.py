@@ -16,7 +16,7 @@ from embedder.settings import EmbedderSettings
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Export once per run: a randomly initialised tiny CLIP with vision and text graphs."""
-    from embedder.export import export_tiny_clip
+    from mammoth_export.export import export_tiny_clip
 
     models = tmp_path_factory.mktemp("models")
     export_tiny_clip(models / "clip-tiny", seed=0)

@@ -9,10 +9,10 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from embedder.colour_model import COLOURS, export_colour_model
 from embedder.manifest import Manifest
 from embedder.model import OnnxModel
 from embedder.preprocess import batch, to_model_input
+from mammoth_export.colour_model import COLOURS, export_colour_model
 
 RED, GREEN, BLUE = COLOURS["red"], COLOURS["green"], COLOURS["blue"]
 

@@ -323,7 +323,7 @@ async def test_text_query_finds_the_image_it_describes_when_model_has_known_mean
     tmp_path: Any,
 ) -> None:
     from embedder.app import running
-    from embedder.colour_model import export_colour_model
+    from mammoth_export.colour_model import export_colour_model
 
     export_colour_model(tmp_path / "models" / "colour")
     settings = embedder_settings(model_dir=tmp_path / "models", embedding_model="colour")

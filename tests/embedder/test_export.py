@@ -18,8 +18,8 @@ from skimage import data
 from tokenizers import Tokenizer
 from transformers import CLIPModel
 
-from embedder import efficientnet, export
 from embedder.manifest import Manifest, Preprocess
+from mammoth_export import efficientnet, export
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 
 from clusterer.handlers import ClustererDeps
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.clusterer.conftest import colour_png
 from tests.clusterer.test_pipeline import wait_done
 from tests.integration.test_ingest import form

@@ -12,9 +12,9 @@ import asyncpg
 
 from clusterer.handlers import ClustererDeps
 from embedder.app import running as embedder_running
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
 from embedder.settings import EmbedderSettings
+from mammoth_export.colour_model import COLOURS
 from tests.clusterer.conftest import colour_png, wait_for
 from tests.clusterer.test_pipeline import upload
 from tests.conftest import make_jpeg

@@ -15,8 +15,8 @@ from aiohttp import FormData
 
 from analyzer.handlers import AnalyzerDeps
 from clusterer.handlers import ClustererDeps
-from embedder.colour_model import COLOURS
 from embedder.handlers import EmbedderDeps
+from mammoth_export.colour_model import COLOURS
 from tests.analyzer.fake_gemini import GOOD_ANSWER, FakeGemini, answer
 from tests.clusterer.conftest import colour_png, wait_for
 from tests.clusterer.test_pipeline import wait_done

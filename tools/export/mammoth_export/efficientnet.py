@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedder.export import _eval, _export_image_variants
 from embedder.manifest import Manifest, Preprocess
+from mammoth_export.export import _eval, _export_image_variants
 
 LITE2_ID = "efficientnet-lite2-imagenet"
 LITE2_SIZE = 260

@@ -12,7 +12,7 @@ import asyncio
 
 import asyncpg
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.vlm-rate', 0))"
+from analyzer import repo
 
 
 class RateLimiter:
@@ -36,20 +36,11 @@ class RateLimiter:
     async def _try(self) -> float:
         """Take a slot (0.0) or say how long until the oldest call leaves the window."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_LOCK)
-            await conn.execute(
-                "DELETE FROM vlm_calls WHERE at < clock_timestamp() - make_interval(secs => $1)",
-                self.window_s,
-            )
-            row = await conn.fetchrow(
-                """SELECT count(*) AS calls,
-                          extract(epoch FROM min(at) + make_interval(secs => $1)
-                                             - clock_timestamp()) AS wait
-                   FROM vlm_calls""",
-                self.window_s,
-            )
-            assert row is not None
-            if row["calls"] < self.per_window:
-                await conn.execute("INSERT INTO vlm_calls DEFAULT VALUES")
+            await repo.lock_vlm_window(conn)
+            await repo.forget_vlm_calls(conn, self.window_s)
+            calls, wait = await repo.vlm_window(conn, self.window_s)
+            if calls < self.per_window:
+                await repo.record_vlm_call(conn)
                 return 0.0
-            return max(0.01, float(row["wait"]))
+            assert wait is not None  # a full window holds at least one call
+            return max(0.01, wait)

@@ -1,4 +1,4 @@
-"""The analyzer's SQL: read the content and its embedding; store the analysis once (CAS)."""
+"""The analyzer's SQL: content and embedding read, analysis stored once (CAS), the VLM window."""
 
 from __future__ import annotations
 
@@ -62,3 +62,39 @@ async def save(
         tags,
     )
     return bool(stored)
+
+
+# The VLM rate limit's sliding window (see ratelimit.py): every statement below runs in the
+# limiter's one short transaction, after `lock_vlm_window`.
+
+
+async def lock_vlm_window(conn: asyncpg.Connection) -> None:
+    """Take the window's lock for this transaction (every analyzer replica shares it)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.vlm-rate', 0))")
+
+
+async def forget_vlm_calls(conn: asyncpg.Connection, window_s: float) -> None:
+    """Delete the calls that have left the window."""
+    await conn.execute(
+        "DELETE FROM vlm_calls WHERE at < clock_timestamp() - make_interval(secs => $1)",
+        window_s,
+    )
+
+
+async def vlm_window(conn: asyncpg.Connection, window_s: float) -> tuple[int, float | None]:
+    """The calls in the window and the seconds until the oldest leaves it (None if none)."""
+    row = await conn.fetchrow(
+        """SELECT count(*) AS calls,
+                  extract(epoch FROM min(at) + make_interval(secs => $1)
+                                     - clock_timestamp()) AS wait
+           FROM vlm_calls""",
+        window_s,
+    )
+    assert row is not None
+    wait = row["wait"]
+    return int(row["calls"]), None if wait is None else float(wait)
+
+
+async def record_vlm_call(conn: asyncpg.Connection) -> None:
+    """Count one call in the window, now."""
+    await conn.execute("INSERT INTO vlm_calls DEFAULT VALUES")

@@ -11,8 +11,8 @@ import aio_pika
 import asyncpg
 
 from clusterer.app import running
-from clusterer.folders import request_sync
 from clusterer.handlers import ClustererDeps, handle_embedded
+from clusterer.repo import request_folder_syncs
 from clusterer.settings import ClustererSettings
 from common.consumer import Delivery
 from common.messages import MediaAnalyzed, MediaClustered, MediaEmbedded, MediaUploaded
@@ -220,7 +220,7 @@ async def test_sweep_syncs_a_folder_left_waiting_when_a_crash_interrupted_a_comm
     gone = uuid.uuid4()
     await storage.link(stray_object.key, f"media/clusters/{gone}/{uuid.uuid4()}.png")
     async with db.transaction():
-        await request_sync(db, [cluster_id, gone])
+        await request_folder_syncs(db, [cluster_id, gone])
 
     async def synced() -> bool:
         return await db.fetchval("SELECT count(*) FROM folder_syncs") == 0

@@ -25,7 +25,7 @@ from common.cluster_commands import (
     Rename,
     UpdateThreshold,
 )
-from common.clusters import CLUSTER_COLUMNS, cluster_json
+from common.clusters import cluster_json
 from common.messages import Event, MediaRecluster
 from common.outbox import add_events
 
@@ -71,10 +71,7 @@ async def run(deps: ClustererDeps, command: ClusterCommand) -> dict[str, Any]:
         if isinstance(change, Rename):
             details = await _rename(conn, command.cluster_id, change)
         elif isinstance(change, Confirm):
-            await conn.execute(
-                "UPDATE clusters SET provisional = false, updated_at = now() WHERE id = $1",
-                command.cluster_id,
-            )
+            await repo.confirm(conn, command.cluster_id)
             details = {}
         elif isinstance(change, UpdateThreshold):
             details = await _update_threshold(conn, target[0], change)
@@ -84,9 +81,9 @@ async def run(deps: ClustererDeps, command: ClusterCommand) -> dict[str, Any]:
             syncs = [command.cluster_id, *change.source_ids]
         else:
             assert isinstance(change, Reject)
-            details = await _reject(conn, command.cluster_id)
+            details = await _reject(conn, target[0])
             syncs = [command.cluster_id]
-        await folders.request_sync(conn, syncs)
+        await repo.request_folder_syncs(conn, syncs)
         await repo.audit(
             conn,
             command.actor,
@@ -95,9 +92,7 @@ async def run(deps: ClustererDeps, command: ClusterCommand) -> dict[str, Any]:
             command.cluster_id,
             {**change.model_dump(mode="json"), **details},
         )
-        row = await conn.fetchrow(
-            f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = $1", command.cluster_id
-        )
+        row = await repo.cluster_row(conn, command.cluster_id)
         result = {"cluster": cluster_json(row) if row else None, **details}
     deps.relay.wake()
     if syncs:
@@ -108,11 +103,7 @@ async def run(deps: ClustererDeps, command: ClusterCommand) -> dict[str, Any]:
 async def _lock(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
     """Lock clusters in id order (one order: concurrent commands never deadlock); 404 if any
     is unknown."""
-    rows = await conn.fetch(
-        "SELECT id, model_id, threshold, member_count FROM clusters"
-        " WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-        ids,
-    )
+    rows = await repo.lock_clusters(conn, ids)
     found = {r["id"] for r in rows}
     missing = [str(i) for i in ids if i not in found]
     if missing:
@@ -126,12 +117,7 @@ async def _rename(
 ) -> dict[str, Any]:
     try:
         async with conn.transaction():  # a savepoint: the 409 must not poison the command
-            await conn.execute(
-                """UPDATE clusters SET name = $2, name_source = 'admin', updated_at = now()
-                   WHERE id = $1""",
-                cluster_id,
-                change.name,
-            )
+            await repo.rename(conn, cluster_id, change.name, "admin")
     except asyncpg.UniqueViolationError:
         raise CommandError(409, "another cluster has this name", {"name": change.name}) from None
     return {}
@@ -139,33 +125,15 @@ async def _rename(
 
 async def _recompute(conn: asyncpg.Connection, cluster_id: uuid.UUID, model_id: str) -> int:
     """Centroid from the members' embeddings; the cluster goes when it has none left."""
-    row = await conn.fetchrow(
-        """WITH m AS (
-               SELECT sum(e.embedding) AS total, count(*) AS n
-               FROM content c JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
-               WHERE c.cluster_id = $1
-           )
-           UPDATE clusters SET centroid_sum = m.total, centroid = l2_normalize(m.total),
-                               member_count = m.n, updated_at = now()
-           FROM m WHERE clusters.id = $1
-           RETURNING member_count""",
-        cluster_id,
-        model_id,
-    )
-    count = int(row["member_count"]) if row else 0
+    count = await repo.recompute_centroid(conn, cluster_id, model_id)
     if count == 0:
-        await conn.execute("DELETE FROM clusters WHERE id = $1", cluster_id)
+        await repo.delete_clusters(conn, [cluster_id])
     return count
 
 
 async def _refile(conn: asyncpg.Connection, content_ids: list[uuid.UUID], model_id: str) -> None:
     """Take content out of its cluster and ask for it to be filed again as if new."""
-    rows = await conn.fetch(
-        """UPDATE content SET cluster_id = NULL, stage = 'embedded', stage_updated_at = now()
-           WHERE id = ANY($1::uuid[]) AND stage = 'clustered'
-           RETURNING id, first_job_id, kind, near_duplicate_of""",
-        content_ids,
-    )
+    rows = await repo.unfile(conn, content_ids)
     events: list[Event] = [
         MediaRecluster(
             content_id=r["id"],
@@ -183,11 +151,7 @@ async def _update_threshold(
     conn: asyncpg.Connection, cluster: asyncpg.Record, change: UpdateThreshold
 ) -> dict[str, Any]:
     try:
-        await conn.execute(
-            "UPDATE clusters SET threshold = $2, updated_at = now() WHERE id = $1",
-            cluster["id"],
-            change.threshold,
-        )
+        await repo.set_threshold(conn, cluster["id"], change.threshold)
     except (asyncpg.CheckViolationError, asyncpg.NumericValueOutOfRangeError, ValueError):
         # The command model refuses these; one from a sender that did not check is still a
         # 400, not a failed command (asyncpg's DataError for an argument is a ValueError).
@@ -199,16 +163,7 @@ async def _update_threshold(
     if not change.reevaluate:
         return {"refiled": 0}
     # One pass against the current centroid; members below the new threshold are refiled.
-    below = await conn.fetch(
-        """SELECT c.id FROM content c
-           JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
-           JOIN clusters cl ON cl.id = c.cluster_id
-           WHERE c.cluster_id = $1 AND 1 - (e.embedding <=> cl.centroid_sum) < $3""",
-        cluster["id"],
-        cluster["model_id"],
-        change.threshold,
-    )
-    ids = [r["id"] for r in below]
+    ids = await repo.members_below(conn, cluster["id"], cluster["model_id"], change.threshold)
     if ids:
         await _refile(conn, ids, cluster["model_id"])
         await _recompute(conn, cluster["id"], cluster["model_id"])
@@ -227,25 +182,14 @@ async def _merge(conn: asyncpg.Connection, target: asyncpg.Record, change: Merge
             "clusters of different embedding models cannot be merged",
             {"model_id": target["model_id"], "other_models": other},
         )
-    moved = await conn.fetchval(
-        """WITH m AS (UPDATE content SET cluster_id = $1 WHERE cluster_id = ANY($2::uuid[])
-                      RETURNING 1)
-           SELECT count(*) FROM m""",
-        target["id"],
-        sources_ids,
-    )
-    await conn.execute("DELETE FROM clusters WHERE id = ANY($1::uuid[])", sources_ids)
+    moved = await repo.move_members(conn, target["id"], sources_ids)
+    await repo.delete_clusters(conn, sources_ids)
     count = await _recompute(conn, target["id"], target["model_id"])
-    return {"moved": int(moved), "member_count": count}
+    return {"moved": moved, "member_count": count}
 
 
-async def _reject(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> dict[str, Any]:
-    row = await conn.fetchrow("SELECT model_id FROM clusters WHERE id = $1", cluster_id)
-    assert row is not None
-    members = [
-        r["id"]
-        for r in await conn.fetch("SELECT id FROM content WHERE cluster_id = $1", cluster_id)
-    ]
-    await _refile(conn, members, row["model_id"])
-    await conn.execute("DELETE FROM clusters WHERE id = $1", cluster_id)
+async def _reject(conn: asyncpg.Connection, cluster: asyncpg.Record) -> dict[str, Any]:
+    members = await repo.members(conn, cluster["id"])
+    await _refile(conn, members, cluster["model_id"])
+    await repo.delete_clusters(conn, [cluster["id"]])
     return {"rejected": True, "refiled": len(members)}

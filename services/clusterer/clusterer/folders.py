@@ -30,16 +30,13 @@ THUMBNAILS = "thumbnails"
 async def _folder_lock(
     pool: asyncpg.Pool, cluster_id: uuid.UUID, *, shared: bool
 ) -> AsyncIterator[asyncpg.Connection]:
-    kind = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
     async with pool.acquire() as conn:
-        await conn.execute(repo.folder_lock_sql(kind), str(cluster_id))
+        await repo.lock_folder(conn, cluster_id, shared=shared)
         try:
             yield conn
         finally:
             try:
-                await conn.execute(
-                    repo.folder_lock_sql(kind.replace("lock", "unlock")), str(cluster_id)
-                )
+                await repo.unlock_folder(conn, cluster_id, shared=shared)
             except BaseException:
                 # A session lock must never go back to the pool with its connection.
                 conn.terminate()
@@ -108,37 +105,20 @@ async def sync_folder(
                 await _add(storage, cluster_id, link)
 
 
-async def request_sync(conn: asyncpg.Connection, cluster_ids: list[uuid.UUID]) -> None:
-    """Record, in the caller's transaction, that these folders must be synced."""
-    await conn.executemany(
-        """INSERT INTO folder_syncs (cluster_id) VALUES ($1)
-           ON CONFLICT (cluster_id) DO UPDATE SET requested_at = clock_timestamp()""",
-        [(c,) for c in cluster_ids],
-    )
-
-
 async def run_pending_syncs(
     pool: asyncpg.Pool, storage: FileSystemStorage, cluster_ids: list[uuid.UUID] | None = None
 ) -> int:
     """Sync the folders waiting for it (these, or all); a request made meanwhile stays."""
-    rows = await pool.fetch(
-        "SELECT cluster_id, requested_at FROM folder_syncs"
-        + (" WHERE cluster_id = ANY($1::uuid[])" if cluster_ids is not None else ""),
-        *([cluster_ids] if cluster_ids is not None else []),
-    )
-    for row in rows:
-        await sync_folder(pool, storage, row["cluster_id"])
-        await pool.execute(
-            "DELETE FROM folder_syncs WHERE cluster_id = $1 AND requested_at <= $2",
-            row["cluster_id"],
-            row["requested_at"],
-        )
-    return len(rows)
+    pending = await repo.pending_folder_syncs(pool, cluster_ids)
+    for cluster_id, requested_at in pending:
+        await sync_folder(pool, storage, cluster_id)
+        await repo.folder_synced(pool, cluster_id, requested_at)
+    return len(pending)
 
 
 async def rebuild(pool: asyncpg.Pool, storage: FileSystemStorage, *, from_scratch: bool) -> int:
     """Bring every folder in line with the database; folders of unknown clusters go."""
-    ids = {r["id"] for r in await pool.fetch("SELECT id FROM clusters")}
+    ids = await repo.cluster_ids(pool)
     on_disk = set()
     root = storage.path("media/clusters")
     if root.is_dir():
@@ -149,5 +129,5 @@ async def rebuild(pool: asyncpg.Pool, storage: FileSystemStorage, *, from_scratc
                 log.warning("not a cluster folder; left alone", path=str(entry))
     for cluster_id in sorted(ids | on_disk):
         await sync_folder(pool, storage, cluster_id, from_scratch=from_scratch)
-    await pool.execute("DELETE FROM folder_syncs WHERE cluster_id <> ALL($1::uuid[])", list(ids))
+    await repo.forget_folder_syncs_except(pool, ids)
     return len(ids)

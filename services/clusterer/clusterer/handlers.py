@@ -173,7 +173,7 @@ async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: D
     suggestion = clean_name(event.suggested_cluster_name) or clean_name(event.primary_category)
     if suggestion is None or event.vlm_model == CLIP_FALLBACK_MODEL:
         return
-    stage = await deps.pool.fetchval("SELECT stage FROM content WHERE id = $1", event.content_id)
+    stage = await repo.content_stage(deps.pool, event.content_id)
     if stage is None:
         raise Permanent(f"content {event.content_id} does not exist")
     if stage in ("ingested", "embedded"):
@@ -182,23 +182,13 @@ async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: D
     for _ in range(ATTEMPTS):
         try:
             async with deps.pool.acquire() as conn, conn.transaction():
-                cluster = await conn.fetchrow(
-                    """SELECT cl.id, cl.name FROM content c JOIN clusters cl ON cl.id = c.cluster_id
-                       WHERE c.id = $1 AND cl.provisional AND cl.name_source = 'placeholder'
-                       FOR UPDATE OF cl""",
-                    event.content_id,
-                )
+                cluster = await repo.lock_placeholder_cluster(conn, event.content_id)
                 if cluster is None:
                     return  # named already (by the VLM or an admin), confirmed, or not filed
                 # The cluster's own name is not in the way of itself.
                 taken = await repo.taken_names(conn, suggestion) - {cluster["name"]}
                 name = unique_name(suggestion, taken)
-                await conn.execute(
-                    """UPDATE clusters SET name = $2, name_source = 'vlm', updated_at = now()
-                       WHERE id = $1""",
-                    cluster["id"],
-                    name,
-                )
+                await repo.rename(conn, cluster["id"], name, "vlm")
                 await repo.audit(
                     conn,
                     event.vlm_model,

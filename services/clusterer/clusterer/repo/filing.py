@@ -1,10 +1,9 @@
-"""The clusterer's SQL: nearest centroids, atomic joins, the serialised create path, links."""
+"""Filing content: the model, nearest centroids, atomic joins, the serialised create path."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import numpy as np
@@ -12,6 +11,7 @@ import orjson
 from numpy.typing import NDArray
 
 from clusterer.logic import Candidate
+from clusterer.repo.audit import audit
 from common.vectors import as_array, model_literal
 
 
@@ -51,17 +51,6 @@ class ContentToFile:
     embedding: NDArray[np.float32] | None
 
 
-@dataclass(frozen=True)
-class Link:
-    """One upload's place in a folder: what it points at."""
-
-    upload_id: uuid.UUID
-    filename: str | None
-    mime_type: str
-    storage_key: str
-    thumbnail_key: str | None
-
-
 async def model(conn: asyncpg.Connection | asyncpg.Pool, model_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, dim, cluster_threshold FROM models WHERE id = $1", model_id
@@ -84,6 +73,14 @@ async def content_to_file(
     values = dict(row)
     values["embedding"] = as_array(values["embedding"])
     return ContentToFile(**values)
+
+
+async def content_stage(
+    conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID
+) -> str | None:
+    """The content's stage; None if there is no such content."""
+    stage: str | None = await conn.fetchval("SELECT stage FROM content WHERE id = $1", content_id)
+    return stage
 
 
 # The search key (`centroid`, in the model's HNSW index) is refreshed when the exact direction
@@ -210,15 +207,6 @@ async def join(
         raise AlreadyFiled(str(content_id))
 
 
-async def taken_names(conn: asyncpg.Connection, base: str) -> set[str]:
-    """Names that `unique_name(base, ...)` must avoid."""
-    pattern = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " %"
-    rows = await conn.fetch(
-        "SELECT name FROM clusters WHERE name = $1 OR name LIKE $2", base, pattern
-    )
-    return {r["name"] for r in rows}
-
-
 async def create(
     conn: asyncpg.Connection,
     cluster_id: uuid.UUID,
@@ -247,58 +235,3 @@ async def create(
         cluster_id,
         {"name": name, "first_member": str(content_id), "threshold": model.threshold},
     )
-
-
-async def audit(
-    conn: asyncpg.Connection,
-    actor: str,
-    action: str,
-    entity: str,
-    entity_id: uuid.UUID | str,
-    details: dict[str, Any],
-) -> None:
-    await conn.execute(
-        """INSERT INTO audit_log (actor, action, entity, entity_id, details)
-           VALUES ($1, $2, $3, $4, $5::text::jsonb)""",
-        actor,
-        action,
-        entity,
-        str(entity_id),
-        orjson.dumps(details).decode(),
-    )
-
-
-async def cluster_of(conn: asyncpg.Connection, content_id: uuid.UUID) -> uuid.UUID | None:
-    value: uuid.UUID | None = await conn.fetchval(
-        "SELECT cluster_id FROM content WHERE id = $1", content_id
-    )
-    return value
-
-
-async def links_of_content(conn: asyncpg.Connection, content_id: uuid.UUID) -> list[Link]:
-    """A link per upload of one content."""
-    return await _links(conn, "c.id = $1", content_id)
-
-
-async def links_of_cluster(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> list[Link]:
-    """A link per upload of every content in a cluster."""
-    return await _links(conn, "c.cluster_id = $1", cluster_id)
-
-
-async def _links(conn: asyncpg.Connection, where: str, value: uuid.UUID) -> list[Link]:
-    rows = await conn.fetch(
-        f"""SELECT u.id AS upload_id, u.filename, c.mime_type, c.storage_key, c.thumbnail_key
-            FROM content c JOIN uploads u ON u.content_id = c.id
-            WHERE {where} AND c.storage_key IS NOT NULL""",
-        value,
-    )
-    return [Link(**dict(r)) for r in rows]
-
-
-async def cluster_exists(conn: asyncpg.Connection, cluster_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM clusters WHERE id = $1", cluster_id))
-
-
-def folder_lock_sql(kind: str) -> str:
-    """SQL taking or releasing the session-level advisory lock of one folder."""
-    return f"SELECT {kind}(hashtextextended('mammothbox.folder:' || $1::text, 0))"

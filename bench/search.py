@@ -33,7 +33,8 @@ from bench.benchdb import scratch_database
 from common.db import open_pool
 from common.settings import CommonSettings
 from common.vectors import register_model
-from gateway.search_query import SEARCH_SETTINGS, SearchRequest, nearest, search_query
+from gateway.repo.search import SEARCH_SETTINGS, nearest, search_query
+from gateway.search_query import SearchRequest
 
 DIM = 512
 MODEL = "bench/search-512"

@@ -1,5 +1,8 @@
 """Clusters: listed and shown from the database; changed by commands the clusterer carries out.
 
+A key bound to an owner sees of a cluster only what its own members make of it (counts,
+name, thumbnails, members): gateway/repo/clusters.py.
+
 PATCH waits for the clusterer's answer (up to CLUSTER_COMMAND_TIMEOUT_S) and answers with the
 result: 200, or 404/400/409 as the clusterer decided. 504 means no answer in time; the command
 may still be carried out later, so look at the cluster before sending it again.
@@ -7,25 +10,22 @@ may still be carried out later, so look at the cluster before sending it again.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from common.cluster_commands import Change, ClusterCommand, ClusterCommandReply
-from common.clusters import CLUSTER_COLUMNS, cluster_json
+from common.clusters import cluster_json
 from common.rpc import RpcTimeout
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError, invalid
 from gateway.jsonbody import read_json
-from gateway.views import parse_id
+from gateway.repo.clusters import cluster_members, list_clusters
+from gateway.views import parse_id, scope
 
 CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
-# Does the cluster hold an upload of the owner? Formatted with SQL for both.
-_OWNED = """SELECT 1 FROM content oc JOIN uploads ou ON ou.content_id = oc.id
-            WHERE oc.cluster_id = {cluster} AND ou.owner = {owner}"""
 THUMBNAILS_PER_CLUSTER = 4
 MAX_BODY = 64 * 1024
 
@@ -59,91 +59,52 @@ def _member_json(row: Any) -> dict[str, Any]:
 
 
 async def handle_clusters(request: web.Request) -> web.Response:
-    """Clusters, newest first: filter by `provisional` and `model_id`; a few thumbnails each."""
-    pool = request.app[DEPS].pool
+    """Clusters, newest first: filter by `provisional` and `model_id`; a few thumbnails each.
+
+    A key bound to an owner sees the clusters that hold its uploads, as its members make them
+    (gateway/repo/clusters.py says what of a cluster it sees)."""
     limit = _int_param(request, "limit", 50, 1, 100)
     offset = _int_param(request, "offset", 0, 0, 1_000_000)
     provisional = request.query.get("provisional")
     if provisional not in (None, "true", "false"):
         raise ApiError(400, "provisional must be true or false")
-    model_id = request.query.get("model_id")
-    owner = bound_owner(request)
-    # A key bound to an owner sees the clusters that hold its uploads, and only its thumbnails.
-    owned = _OWNED.format(cluster="clusters.id", owner="$3")
-    where = f"""WHERE ($1::boolean IS NULL OR provisional = $1)
-                  AND ($2::text IS NULL OR model_id = $2)
-                  AND ($3::text IS NULL OR EXISTS ({owned}))"""
-    args = (None if provisional is None else provisional == "true", model_id, owner)
-    total = await pool.fetchval(f"SELECT count(*) FROM clusters {where}", *args)
-    rows = await pool.fetch(
-        f"""SELECT {CLUSTER_COLUMNS} FROM clusters {where}
-            ORDER BY created_at DESC, id LIMIT $4 OFFSET $5""",
-        *args,
+    page = await list_clusters(
+        request.app[DEPS].pool,
+        scope(request),
+        None if provisional is None else provisional == "true",
+        request.query.get("model_id"),
         limit,
         offset,
-    )
-    ids = [r["id"] for r in rows]
-    thumbs = await pool.fetch(
-        """SELECT cluster_id, upload_id FROM (
-               SELECT c.cluster_id, u.id AS upload_id,
-                      row_number() OVER (PARTITION BY c.cluster_id ORDER BY u.created_at, u.id) AS n
-               FROM content c JOIN uploads u ON u.content_id = c.id
-               WHERE c.cluster_id = ANY($1::uuid[]) AND c.thumbnail_key IS NOT NULL
-                 AND ($3::text IS NULL OR u.owner = $3)
-           ) t WHERE n <= $2""",
-        ids,
         THUMBNAILS_PER_CLUSTER,
-        owner,
     )
-    by_cluster: dict[uuid.UUID, list[str]] = {}
-    for t in thumbs:
-        by_cluster.setdefault(t["cluster_id"], []).append(
-            f"/api/v1/objects/{t['upload_id']}/thumbnail"
-        )
-    clusters = [{**cluster_json(r), "thumbnails": by_cluster.get(r["id"], [])} for r in rows]
+    clusters = [
+        {
+            **cluster_json(r),
+            "thumbnails": [
+                f"/api/v1/objects/{upload_id}/thumbnail"
+                for upload_id in page.thumbnails.get(r["id"], [])
+            ],
+        }
+        for r in page.clusters
+    ]
     return web.json_response(
-        {"clusters": clusters, "total": total, "limit": limit, "offset": offset}
+        {"clusters": clusters, "total": page.total, "limit": limit, "offset": offset}
     )
 
 
 async def handle_cluster(request: web.Request) -> web.Response:
     """One cluster and its members (one per upload, oldest first), paged."""
-    pool = request.app[DEPS].pool
     cluster_id = parse_id(request, "cluster_id", "cluster id")
     limit = _int_param(request, "limit", 50, 1, 500)
     offset = _int_param(request, "offset", 0, 0, 10_000_000)
-    owner = bound_owner(request)
-    owned = _OWNED.format(cluster="$1", owner="$2")
-    row = await pool.fetchrow(
-        f"""SELECT {CLUSTER_COLUMNS} FROM clusters
-            WHERE id = $1 AND ($2::text IS NULL OR EXISTS ({owned}))""",
-        cluster_id,
-        owner,
-    )
-    if row is None:
+    found = await cluster_members(request.app[DEPS].pool, scope(request), cluster_id, limit, offset)
+    if found is None:
         raise ApiError(404, "cluster not found")
-    total = await pool.fetchval(
-        """SELECT count(*) FROM content c JOIN uploads u ON u.content_id = c.id
-           WHERE c.cluster_id = $1 AND ($2::text IS NULL OR u.owner = $2)""",
-        cluster_id,
-        owner,
-    )
-    members = await pool.fetch(
-        """SELECT u.id AS upload_id, u.filename, u.owner, u.created_at, c.id AS content_id,
-                  c.kind, c.mime_type, c.thumbnail_key
-           FROM content c JOIN uploads u ON u.content_id = c.id
-           WHERE c.cluster_id = $1 AND ($4::text IS NULL OR u.owner = $4)
-           ORDER BY u.created_at, u.id LIMIT $2 OFFSET $3""",
-        cluster_id,
-        limit,
-        offset,
-        owner,
-    )
     return web.json_response(
         {
-            **cluster_json(row),
-            "members": [_member_json(m) for m in members],
-            "members_total": total,
+            **cluster_json(found.cluster),
+            "members": [_member_json(m) for m in found.members],
+            "members_total": found.total,
             "limit": limit,
             "offset": offset,
         }

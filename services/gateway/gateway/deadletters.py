@@ -8,19 +8,18 @@ a crash strands nothing, and the content's stage never says `failed` while it is
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
-import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.outbox import OUTBOX_PARKING
-from common.topology import ATTEMPT_HEADER, ERROR_HEADER, QueueSpec
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError, invalid
 from gateway.jsonbody import read_json
+from gateway.repo import deadletters as dead_letters
+from gateway.repo.scope import OwnerScope
 from gateway.views import parse_id
 
 # The stage a content goes back to when a message of this service is requeued.
@@ -37,21 +36,6 @@ class RequeueAll(BaseModel):
     all: Literal[True] = Field(description="must be true: every parked dead letter")
     queue: str | None = Field(
         None, min_length=1, max_length=255, description="only those parked by this queue"
-    )
-
-
-_COLUMNS = """d.id, d.message_id, d.job_id, d.content_id, d.queue, d.routing_key, d.error,
-              d.attempts, d.created_at, d.requeued_at,
-              (SELECT u.id FROM uploads u
-               WHERE u.content_id = d.content_id AND u.job_id = d.job_id
-               ORDER BY u.position LIMIT 1) AS upload_id"""
-
-
-def _mine(placeholder: str) -> str:
-    """Only dead letters of the caller's owner's jobs, when its key is bound to an owner."""
-    return (
-        f"({placeholder}::text IS NULL"
-        f" OR d.job_id IN (SELECT id FROM jobs WHERE owner = {placeholder}))"
     )
 
 
@@ -74,13 +58,16 @@ def _json(row: Any) -> dict[str, Any]:
     }
 
 
-def _state(request: web.Request) -> str:
+def _state(request: web.Request) -> dead_letters.State:
     state = request.query.get("state", "parked")
-    if state not in ("parked", "requeued", "all"):
-        raise ApiError(400, "state must be parked, requeued or all")
-    return {"parked": "d.requeued_at IS NULL", "requeued": "d.requeued_at IS NOT NULL"}.get(
-        state, "true"
-    )
+    for known in get_args(dead_letters.State):
+        if state == known:
+            return cast(dead_letters.State, known)
+    raise ApiError(400, "state must be parked, requeued or all")
+
+
+def _scope(request: web.Request) -> OwnerScope:
+    return OwnerScope(bound_owner(request))
 
 
 def _int(request: web.Request, name: str, default: int, high: int) -> int:
@@ -95,15 +82,13 @@ def _int(request: web.Request, name: str, default: int, high: int) -> int:
 
 async def handle_dlq_list(request: web.Request) -> web.Response:
     """Parked messages, newest first, as a JSON array; `queue`, `state`, `limit`, `offset`."""
-    queue = request.query.get("queue")
-    rows = await request.app[DEPS].pool.fetch(
-        f"""SELECT {_COLUMNS} FROM dead_letters d
-            WHERE {_state(request)} AND ($1::text IS NULL OR d.queue = $1) AND {_mine("$4")}
-            ORDER BY d.created_at DESC, d.id DESC LIMIT $2 OFFSET $3""",
-        queue,
+    rows = await dead_letters.list_dead_letters(
+        request.app[DEPS].pool,
+        _scope(request),
+        _state(request),
+        request.query.get("queue"),
         _int(request, "limit", 100, 1000),
         _int(request, "offset", 0, 1_000_000),
-        bound_owner(request),
     )
     return web.json_response([_json(r) for r in rows])
 
@@ -111,13 +96,7 @@ async def handle_dlq_list(request: web.Request) -> web.Response:
 async def handle_dlq_job(request: web.Request) -> web.Response:
     """Every dead letter of one job (parked or requeued), with the message body."""
     job_id = parse_id(request, "job_id", "job id")
-    rows = await request.app[DEPS].pool.fetch(
-        f"""SELECT {_COLUMNS}, d.body FROM dead_letters d
-            WHERE d.job_id = $1 AND {_mine("$2")}
-            ORDER BY d.created_at, d.id""",
-        job_id,
-        bound_owner(request),
-    )
+    rows = await dead_letters.dead_letters_of_job(request.app[DEPS].pool, _scope(request), job_id)
     if not rows:
         raise ApiError(404, "no dead letters for this job")
     return web.json_response([{**_json(r), "body": _body(r["body"])} for r in rows])
@@ -142,8 +121,7 @@ async def handle_dlq_requeue_job(request: web.Request) -> web.Response:
     job_id = parse_id(request, "job_id", "job id")
     if await _optional_json(request) not in (None, {}):
         raise ApiError(400, "this requeue takes no body (or an empty JSON object)")
-    where = f"d.job_id = $1 AND {_mine('$2')}"
-    count = await _requeue(request, where, job_id, bound_owner(request))
+    count = await _requeue(request, job_id=job_id)
     if count == 0:
         raise ApiError(404, "no parked dead letters for this job")
     return web.json_response({"requeued": count})
@@ -161,77 +139,37 @@ async def handle_dlq_requeue_all(request: web.Request) -> web.Response:
     except ValidationError as error:
         details = invalid("requeue", error).details
         raise ApiError(400, f"invalid requeue request; {ASK_ALL}", details) from None
-    where = f"{_mine('$1')} AND ($2::text IS NULL OR d.queue = $2)"
-    count = await _requeue(request, where, bound_owner(request), asked.queue)
+    count = await _requeue(request, queue=asked.queue)
     return web.json_response({"requeued": count})
 
 
-async def _requeue(request: web.Request, where: str, *args: Any) -> int:
+async def _requeue(
+    request: web.Request, *, job_id: uuid.UUID | None = None, queue: str | None = None
+) -> int:
     deps = request.app[DEPS]
     specs = {s.name: s for s in deps.bus.specs}
-    async with deps.pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            f"""SELECT d.id, d.message_id, d.queue, d.routing_key, d.body, d.headers::text AS h,
-                       d.content_id
-                FROM dead_letters d WHERE {where} AND d.requeued_at IS NULL
-                ORDER BY d.id FOR UPDATE SKIP LOCKED""",
-            *args,
-        )
-        for row in rows:
-            await _requeue_one(conn, row, specs.get(row["queue"]))
-    deps.wake_relay()
-    return len(rows)
 
+    def retry_stage(queue_name: str) -> str | None:
+        spec = specs.get(queue_name)
+        return RETRY_STAGE.get(spec.service) if spec is not None and spec.fails_content else None
 
-async def _requeue_one(conn: asyncpg.Connection, row: Any, spec: QueueSpec | None) -> None:
-    headers = {
-        k: v
-        for k, v in orjson.loads(row["h"]).items()
-        if k not in (ERROR_HEADER, ATTEMPT_HEADER, "x-death", "x-first-death-exchange",
-                     "x-first-death-queue", "x-first-death-reason", "x-origin-queue")
-    }  # fmt: skip
-    stage = RETRY_STAGE.get(spec.service) if spec is not None and spec.fails_content else None
-    if stage is not None and row["content_id"] is not None:
-        await conn.execute(
-            """UPDATE content SET stage = $2, error = NULL, stage_updated_at = now()
-               WHERE id = $1 AND stage = 'failed'""",
-            row["content_id"],
-            stage,
-        )
-    # A new message id: the outbox keeps one row per message it ever sent. A row the relay
-    # parked as unroutable is routed by its key again; any other goes back to its queue.
-    await conn.execute(
-        """INSERT INTO outbox (message_id, routing_key, queue, body, headers)
-           VALUES ($1, $2, $3, $4, $5::text::jsonb)""",
-        uuid.uuid4(),
-        row["routing_key"] or "",
-        None if row["queue"] == OUTBOX_PARKING else row["queue"],
-        row["body"],
-        orjson.dumps(headers).decode(),
+    count = await dead_letters.requeue(
+        deps.pool, _scope(request), retry_stage, job_id=job_id, queue=queue
     )
-    await conn.execute("UPDATE dead_letters SET requeued_at = now() WHERE id = $1", row["id"])
+    deps.wake_relay()
+    return count
 
 
 async def handle_dlq_purge(request: web.Request) -> web.Response:
     """Forget every parked dead letter (their content stays failed)."""
-    deleted = await request.app[DEPS].pool.fetchval(
-        f"""WITH gone AS (DELETE FROM dead_letters d WHERE requeued_at IS NULL AND {_mine("$1")}
-                          RETURNING 1)
-            SELECT count(*) FROM gone""",
-        bound_owner(request),
-    )
+    deleted = await dead_letters.purge(request.app[DEPS].pool, _scope(request))
     return web.json_response({"purged": deleted})
 
 
 async def handle_dlq_purge_job(request: web.Request) -> web.Response:
+    """Forget every dead letter of one job (parked or requeued)."""
     job_id = parse_id(request, "job_id", "job id")
-    deleted = await request.app[DEPS].pool.fetchval(
-        f"""WITH gone AS (DELETE FROM dead_letters d WHERE job_id = $1 AND {_mine("$2")}
-                          RETURNING 1)
-            SELECT count(*) FROM gone""",
-        job_id,
-        bound_owner(request),
-    )
+    deleted = await dead_letters.purge(request.app[DEPS].pool, _scope(request), job_id)
     if not deleted:
         raise ApiError(404, "no dead letters for this job")
     return web.json_response({"purged": deleted})

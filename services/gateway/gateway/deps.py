@@ -20,6 +20,7 @@ from common.rpc import RpcClient
 from common.storage import FileSystemStorage
 from gateway.batcher import IngestBatcher
 from gateway.errors import ApiError
+from gateway.repo.ops import oldest_unfinished
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -63,17 +64,9 @@ class Backpressure:
         self.free_bytes = await asyncio.to_thread(self.storage.free_bytes)
         STORAGE_FREE.set(self.free_bytes)
         self.outbox, self.destinations = await measure(self.pool)
-        # One index probe per stage (literal stages match the partial index), not a scan.
-        row = await self.pool.fetchrow(
-            """SELECT
-                 extract(epoch FROM now() - (SELECT min(stage_updated_at) FROM content
-                                             WHERE stage = 'ingested')) AS ingested,
-                 extract(epoch FROM now() - (SELECT min(stage_updated_at) FROM content
-                                             WHERE stage = 'embedded')) AS embedded"""
-        )
-        assert row is not None
+        ages = await oldest_unfinished(self.pool)
         for stage in UNFINISHED_STAGES:
-            OLDEST_UNFINISHED.labels(stage).set(float(row[stage] or 0.0))
+            OLDEST_UNFINISHED.labels(stage).set(ages[stage])
 
     async def run(self, interval: float = 1.0) -> None:
         while True:

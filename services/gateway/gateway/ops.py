@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from common.health import STATUS_CODE, Status
 from gateway.auth import KEYS, presents_admin_key
 from gateway.deps import DEPS, Deps
+from gateway.repo.ops import ping
 
 log = structlog.get_logger(__name__)
 QUEUE_DEPTH = Gauge("queue_depth", "Messages waiting, by queue.", ["queue"])
@@ -33,7 +34,7 @@ async def _database(deps: Deps, admin: bool = False) -> dict[str, Any]:
     pool = deps.pool
     start = time.perf_counter()
     try:
-        await asyncio.wait_for(pool.fetchval("SELECT 1"), _PROBE_TIMEOUT)
+        await asyncio.wait_for(ping(pool), _PROBE_TIMEOUT)
         status = "ok"
     except Exception as error:
         text = str(error) or type(error).__name__

@@ -13,9 +13,7 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg
 import numpy as np
-import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from numpy.typing import NDArray
@@ -28,14 +26,9 @@ from gateway.deps import DEPS
 from gateway.errors import ApiError, invalid
 from gateway.intake import text_field
 from gateway.jsonbody import read_json
-from gateway.search_query import (
-    ImageSearch,
-    SearchRequest,
-    describe,
-    merge,
-    nearest,
-    text_matches,
-)
+from gateway.repo import search as search_sql
+from gateway.repo.scope import OwnerScope
+from gateway.search_query import Hit, ImageSearch, SearchRequest, merge
 
 SEARCH_LATENCY = Histogram(
     "search_latency_seconds",
@@ -101,16 +94,17 @@ async def _search(
         model_id, vector = await _embed_text(request, search.query)
     else:
         assert search.like is not None
-        model_id, vector, exclude = await _embed_of_upload(deps.pool, search.like, owner)
-    dim = await deps.pool.fetchval("SELECT dim FROM models WHERE id = $1", model_id)
+        model_id, vector, exclude = await _embed_of_upload(request, search.like)
+    dim = await search_sql.model_dim(deps.pool, model_id)
     if dim is None:
         raise ApiError(503, "the embedding model is not registered yet")
     async with deps.pool.acquire() as conn:
-        hits = await nearest(conn, model_id, int(dim), vector, search, exclude)
+        hits = await search_sql.nearest(conn, model_id, dim, vector, search, exclude)
         if search.query is not None:
-            hits = merge(hits, await text_matches(conn, model_id, vector, search))
+            hits = merge(hits, await search_sql.text_matches(conn, model_id, vector, search))
         page = hits[search.offset : search.offset + search.limit]
-        results = await describe(conn, page, search.owner)
+        rows = await search_sql.describe(conn, page, OwnerScope(search.owner), OwnerScope(owner))
+        results = _results(page, rows)
     elapsed = time.perf_counter() - start
     kind = "image" if by_image else "text" if search.query is not None else "like"
     SEARCH_LATENCY.labels(kind).observe(elapsed)
@@ -195,18 +189,45 @@ def _retry(request: web.Request) -> dict[str, str]:
 
 
 async def _embed_of_upload(
-    pool: asyncpg.Pool, upload_id: uuid.UUID, owner: str | None
+    request: web.Request, upload_id: uuid.UUID
 ) -> tuple[str, NDArray[np.float32], uuid.UUID]:
-    row = await pool.fetchrow(
-        """SELECT c.id, u.owner, e.model_id, e.embedding::text AS embedding
-           FROM uploads u JOIN content c ON c.id = u.content_id
-           LEFT JOIN embeddings e ON e.content_id = c.id
-           WHERE u.id = $1 ORDER BY e.created_at DESC LIMIT 1""",
-        upload_id,
-    )
-    if row is None or (owner is not None and row["owner"] != owner):
+    scope = OwnerScope(bound_owner(request))
+    found = await search_sql.embedding_of_upload(request.app[DEPS].pool, scope, upload_id)
+    if found is None:
         raise ApiError(404, "object not found")
-    if row["embedding"] is None:
+    content_id, model_id, vector = found
+    if model_id is None or vector is None:
         raise ApiError(409, "this object has no embedding (yet): it cannot be searched by")
-    vector = np.asarray(orjson.loads(row["embedding"]), dtype=np.float32)
-    return row["model_id"], vector, row["id"]
+    return model_id, vector, content_id
+
+
+def _results(hits: list[Hit], rows: list[Any]) -> list[dict[str, Any]]:
+    """The page's hits as the API shows them, best first (a hit with no row is left out)."""
+    by_id = {r["id"]: r for r in rows}
+    results = []
+    for hit in hits:
+        row = by_id.get(hit.content_id)
+        if row is None:
+            continue
+        upload_id = str(row["upload_id"])
+        results.append(
+            {
+                "id": upload_id,
+                "content_id": str(row["id"]),
+                "kind": row["kind"],
+                "similarity": round(hit.similarity, 6),
+                "score": round(hit.score, 6),
+                "text_match": hit.text_match,
+                "tags": list(row["tags"] or []),
+                "cluster": {"id": str(row["cluster_id"]), "name": row["cluster_name"]}
+                if row["cluster_id"]
+                else None,
+                "filename": row["filename"],
+                "owner": row["owner"],
+                "content_url": f"/api/v1/objects/{upload_id}/content",
+                "thumbnail_url": f"/api/v1/objects/{upload_id}/thumbnail"
+                if row["thumbnail_key"]
+                else None,
+            }
+        )
+    return results

@@ -41,15 +41,12 @@ from common.db import open_pool
 from common.log import configure_logging
 from common.settings import load_settings
 from common.storage import FileSystemStorage, open_storage
-from gateway.repo import lock_objects, referenced_keys
+from gateway.repo.objects import lock_objects, referenced_keys, take_sweeper_lock
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
 SWEPT = Counter("storage_swept_total", "Files the storage sweeper removed, by kind.", ["kind"])
-# One sweeper at a time: held, for the whole sweep, in a transaction of its own.
-_TRY_SWEEPER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('mammothbox.sweeper', 0))"
-_SWEEPER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.sweeper', 0))"
 _CHUNK = 1000
 
 
@@ -95,9 +92,8 @@ class Sweeper:
         # Files written or refreshed after this instant are kept, even with an age of 0.
         cutoff = time.time() - age
         async with self.pool.acquire() as guard, guard.transaction():
-            if wait:
-                await guard.execute(_SWEEPER_LOCK)
-            elif not await guard.fetchval(_TRY_SWEEPER_LOCK):
+            # One sweeper at a time: held, for the whole sweep, in a transaction of its own.
+            if not await take_sweeper_lock(guard, wait):
                 log.info("storage sweep skipped: another process is sweeping")
                 return None
             temp = await asyncio.to_thread(self.storage.remove_stale_temp, temp_age)

@@ -10,7 +10,8 @@ from aiohttp import web
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError
-from gateway.repo import job_with_uploads, upload_with_content
+from gateway.repo.objects import document_of, job_with_uploads, thumbnail_of, upload_with_content
+from gateway.repo.scope import OwnerScope
 from gateway.status import job_status, upload_status
 
 # Stored bytes are shown inline only as types a browser renders passively (the image and video
@@ -40,11 +41,15 @@ def parse_id(request: web.Request, name: str, what: str) -> uuid.UUID:
         raise ApiError(400, f"{what} must be a UUID") from None
 
 
-def visible(request: web.Request, row: Any) -> Any:
-    """The upload's row, or 404 when there is none or the caller's key may not see it
-    (another owner's upload is as good as absent: its existence is not confirmed)."""
-    owner = bound_owner(request)
-    if row is None or (owner is not None and row["owner"] != owner):
+def scope(request: web.Request) -> OwnerScope:
+    """What the caller's key may see: its owner's rows, or everyone's for an unbound key."""
+    return OwnerScope(bound_owner(request))
+
+
+def visible(row: Any) -> Any:
+    """The upload's row, or 404 when the caller's scope holds none (another owner's upload
+    is as good as absent: its existence is not confirmed)."""
+    if row is None:
         raise ApiError(404, "object not found")
     return row
 
@@ -52,9 +57,8 @@ def visible(request: web.Request, row: Any) -> Any:
 async def handle_job_status(request: web.Request) -> web.Response:
     """Overall status derived from the stages of the job's content, and a row per upload."""
     job_id = parse_id(request, "job_id", "job id")
-    rows = await job_with_uploads(request.app[DEPS].pool, job_id)
-    owner = bound_owner(request)
-    if not rows or (owner is not None and rows[0]["owner"] != owner):
+    rows = await job_with_uploads(request.app[DEPS].pool, scope(request), job_id)
+    if not rows:
         raise ApiError(404, "job not found")
     uploads = []
     for row in rows:
@@ -118,7 +122,7 @@ def _object_json(row: Any) -> dict[str, Any]:
 
 async def handle_object(request: web.Request) -> web.Response:
     upload_id = parse_id(request, "object_id", "object id")
-    row = visible(request, await upload_with_content(request.app[DEPS].pool, upload_id))
+    row = visible(await upload_with_content(request.app[DEPS].pool, scope(request), upload_id))
     return web.json_response(_object_json(row))
 
 
@@ -126,11 +130,9 @@ async def handle_object_content(request: web.Request) -> web.StreamResponse:
     """The stored bytes (media, streamed from storage) or the JSON document."""
     deps = request.app[DEPS]
     upload_id = parse_id(request, "object_id", "object id")
-    row = visible(request, await upload_with_content(deps.pool, upload_id))
+    row = visible(await upload_with_content(deps.pool, scope(request), upload_id))
     if row["kind"] == "json":
-        document = await deps.pool.fetchval(
-            "SELECT document::text FROM content WHERE id = $1", row["content_id"]
-        )
+        document = await document_of(deps.pool, scope(request), upload_id)
         return web.Response(text=document, content_type="application/json")
     path = deps.storage.path(row["storage_key"])
     if not path.is_file():
@@ -147,14 +149,7 @@ async def handle_object_thumbnail(request: web.Request) -> web.StreamResponse:
     """The 256-px JPEG thumbnail the embedder made; 404 until there is one."""
     deps = request.app[DEPS]
     upload_id = parse_id(request, "object_id", "object id")
-    row = visible(
-        request,
-        await deps.pool.fetchrow(
-            """SELECT c.thumbnail_key, u.owner FROM uploads u JOIN content c ON c.id = u.content_id
-               WHERE u.id = $1""",
-            upload_id,
-        ),
-    )
+    row = visible(await thumbnail_of(deps.pool, scope(request), upload_id))
     if row["thumbnail_key"] is None:
         raise ApiError(404, "this object has no thumbnail (yet)")
     path = deps.storage.path(row["thumbnail_key"])

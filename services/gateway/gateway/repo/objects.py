@@ -1,0 +1,119 @@
+"""Jobs and stored objects as a request sees them; the references the storage sweeper checks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import TypeAlias
+
+import asyncpg
+
+from gateway.repo.scope import OwnerScope, Statement
+
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+
+async def job_with_uploads(
+    conn: Conn, scope: OwnerScope, job_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    """The job's uploads joined with their content; empty when the job is unknown or not the
+    scope's."""
+    q = Statement()
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""SELECT j.id AS job_id, j.owner, j.trace_id, j.created_at, j.request_id,
+                   u.id AS upload_id, u.filename, u.position,
+                   c.id AS content_id, c.sha256, c.kind, c.mime_type, c.size_bytes,
+                   c.stage, c.error, c.stage_updated_at
+            FROM jobs j JOIN uploads u ON u.job_id = j.id JOIN content c ON c.id = u.content_id
+            WHERE j.id = {q.param(job_id)} AND {scope.owns(q, "j.owner")}
+            ORDER BY u.position""",
+        *q.args,
+    )
+    return rows
+
+
+async def upload_with_content(
+    conn: Conn, scope: OwnerScope, upload_id: uuid.UUID
+) -> asyncpg.Record | None:
+    """One upload and its content's facts; None when unknown or not the scope's."""
+    q = Statement()
+    return await conn.fetchrow(
+        f"""SELECT u.id AS upload_id, u.job_id, u.owner, u.filename, u.comments, u.created_at,
+                   c.id AS content_id, c.sha256, c.kind, c.mime_type, c.size_bytes,
+                   c.storage_key, c.stage, c.error, c.width, c.height, c.format, c.tags,
+                   c.cluster_id, c.near_duplicate_of, c.analysis
+            FROM uploads u JOIN content c ON c.id = u.content_id
+            WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}""",
+        *q.args,
+    )
+
+
+async def document_of(conn: Conn, scope: OwnerScope, upload_id: uuid.UUID) -> str | None:
+    """The JSON document of an upload, as text; None when there is none the scope may see."""
+    q = Statement()
+    document: str | None = await conn.fetchval(
+        f"""SELECT c.document::text FROM uploads u JOIN content c ON c.id = u.content_id
+            WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}""",
+        *q.args,
+    )
+    return document
+
+
+async def thumbnail_of(
+    conn: Conn, scope: OwnerScope, upload_id: uuid.UUID
+) -> asyncpg.Record | None:
+    """The upload's thumbnail key (None until there is one); None when the scope may not see it."""
+    q = Statement()
+    return await conn.fetchrow(
+        f"""SELECT c.thumbnail_key FROM uploads u JOIN content c ON c.id = u.content_id
+            WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}""",
+        *q.args,
+    )
+
+
+async def referenced_keys(conn: Conn, keys: list[str]) -> set[str]:
+    """The storage keys among `keys` that a row refers to: content (its storage key is
+    `key_for(sha256)`, found through the sha256 key), a thumbnail, a video frame.
+
+    The sweeper's question, about every owner's rows: no request scope applies."""
+    rows = await conn.fetch(
+        """SELECT k FROM unnest($1::text[]) AS k
+           WHERE EXISTS (SELECT FROM content c
+                         WHERE c.sha256 = right(k, 64) AND c.storage_key = k)
+              OR EXISTS (SELECT FROM content c WHERE c.thumbnail_key = k)
+              OR EXISTS (SELECT FROM video_frames f WHERE f.storage_key = k)""",
+        keys,
+    )
+    return {row["k"] for row in rows}
+
+
+# The lock of one stored object, keyed on its sha256; the storage sweeper takes it too
+# (gateway/sweep.py). Taken in sha256 order (the array comes sorted, unnest keeps its order)
+# so that concurrent ingests never deadlock on each other.
+_LOCK_OBJECTS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended('mammothbox.object:' || s, 0)))
+FROM unnest($1::text[]) AS s
+"""
+
+
+async def lock_objects(conn: asyncpg.Connection, sha256s: Iterable[str]) -> None:
+    """Take the locks of these stored objects until the transaction ends.
+
+    Rows read after this (in a later statement: READ COMMITTED takes each statement's
+    snapshot at its start) see whatever a holder of the lock committed before.
+    """
+    ordered = sorted(set(sha256s))
+    if ordered:
+        await conn.fetchval(_LOCK_OBJECTS, ordered)
+
+
+_SWEEPER_LOCK_KEY = "hashtextextended('mammothbox.sweeper', 0)"
+
+
+async def take_sweeper_lock(conn: asyncpg.Connection, wait: bool) -> bool:
+    """Take the one-sweeper-at-a-time lock for this transaction: wait for it, or try once."""
+    if wait:
+        await conn.execute(f"SELECT pg_advisory_xact_lock({_SWEEPER_LOCK_KEY})")
+        return True
+    taken: bool = await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({_SWEEPER_LOCK_KEY})")
+    return taken

@@ -284,7 +284,7 @@ async def test_worker_whose_outgoing_publish_is_refused_puts_the_message_back_an
 
     async with open_pool(settings) as bus_pool:
         consumer = Consumer(
-            bus, ingested, MediaIngested, handler, service="test", prefetch=1, pause_base=0.2
+            bus, ingested, {MediaIngested: handler}, service="test", prefetch=1, pause_base=0.2
         )
         try:
             # Fill the analyzer's queue; the clusterer's stays free (it is drained below).

@@ -1,12 +1,30 @@
-"""One ack policy, in one wrapper: ack on success, retry through delay queues, or park."""
+"""One ack policy, in one wrapper: ack on success, retry through delay queues, or park.
+
+A consumer decodes each message by its routing key through the registry in
+`common.messages` (so `media.embedded.v1` and a later `.v2` can share a queue during a
+rollout) and hands it to the handler declared for that event type, within a time limit.
+What a handler raises decides the outcome:
+
+- nothing: ack;
+- `Permanent`: park at once (dead letter, with the error);
+- `Retryable`: an expected, transient condition ("not filed yet", "VLM unavailable"): retried
+  through the delay queues, logged as a warning without a traceback; parked after the last
+  attempt with the error alone;
+- any other exception, or the time limit (`HANDLER_TIMEOUT_SECONDS`): unexpected, so it is
+  logged with its traceback (`exc_info`), retried the same way, and parked after the last
+  attempt with the traceback kept on the dead letter (bounded);
+- `PublishRefused` / `BusUnavailable`: the work is done but the next stage was not told:
+  held (see `Consumer`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -16,12 +34,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from common.bus import Bus, BusUnavailable, PublishRefused
-from common.messages import Event
+from common.messages import EVENTS, Event
 from common.topology import (
     ATTEMPT_HEADER,
     ERROR_HEADER,
     ORIGIN_QUEUE_HEADER,
     ORIGIN_ROUTING_KEY_HEADER,
+    TRACEBACK_HEADER,
     QueueSpec,
 )
 
@@ -43,11 +62,14 @@ CONSUMER_PAUSED = Gauge(
     ["service", "queue"],
 )
 
-E = TypeVar("E", bound=Event)
+# The ids an event may carry, bound into the log context of everything its handler logs.
+LOG_IDS = ("job_id", "upload_id", "content_id")
+# A dead letter keeps the end of the traceback (the failing frames and the exception).
+MAX_TRACEBACK_CHARS = 8000
 
 
 class Retryable(Exception):
-    """A transient failure: try again later, through the delay queues."""
+    """An expected, transient condition: retry later, and log it without a traceback."""
 
 
 class Permanent(Exception):
@@ -63,12 +85,24 @@ class Delivery:
     routing_key: str | None
 
 
-Handler = Callable[[E, Delivery], Awaitable[None]]
+Handler = Callable[[Any, Delivery], Awaitable[None]]
+# What a consumer handles: an event type and its handler, per type (several versions may
+# share one queue).
+Routes = Mapping[type[Event], Handler]
 
 
 def _error_text(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
     return text[:2000]
+
+
+def _traceback_text(error: BaseException) -> str:
+    text = "".join(traceback.format_exception(error))
+    return text[-MAX_TRACEBACK_CHARS:]
+
+
+def _ids(event: Event) -> dict[str, str]:
+    return {key: str(getattr(event, key)) for key in LOG_IDS if hasattr(event, key)}
 
 
 async def _nack_requeue(message: AbstractIncomingMessage) -> None:
@@ -78,8 +112,24 @@ async def _nack_requeue(message: AbstractIncomingMessage) -> None:
         log.info("nack failed", error=_error_text(error))
 
 
-class Consumer(Generic[E]):
-    """Consume one queue with one handler under the shared ack policy.
+@dataclass(frozen=True)
+class _Failure:
+    """A handler's failure: retried unless `final`; `traceback` only for the unexpected."""
+
+    error: str
+    traceback: str | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The handler's outgoing publish was refused (see `Consumer`)."""
+
+    error: str
+
+
+class Consumer:
+    """Consume one queue with one handler per event type under the shared ack policy.
 
     A handler whose outgoing publish is refused (a full queue downstream, a lost channel)
     has done its work but not told the next stage. That is not the message's failure: it
@@ -92,33 +142,43 @@ class Consumer(Generic[E]):
         self,
         bus: Bus,
         spec: QueueSpec,
-        model: type[E],
-        handler: Handler[E],
+        routes: Routes,
         *,
         service: str,
         prefetch: int,
+        timeout_s: float | None = None,
         pause_base: float = 0.5,
         pause_max: float | None = None,
     ) -> None:
         self.bus = bus
         self.spec = spec
-        self.model = model
-        self.handler = handler
+        self.routes = {model.routing_key: (model, handler) for model, handler in routes.items()}
+        for key, (model, _) in self.routes.items():
+            if EVENTS.get(key) is not model:
+                raise ValueError(f"{model.__name__} is not the registered event of {key}")
         self.service = service
         self.prefetch = prefetch
-        self.max_attempts = len(bus.settings.bus_retry_delays) + 1
+        settings = bus.settings
+        self.timeout_s = timeout_s if timeout_s is not None else settings.timeout_for(spec.name)
+        self.max_attempts = len(settings.bus_retry_delays) + 1
         self.pause_base = pause_base
-        self.pause_max = bus.settings.bus_pause_max_s if pause_max is None else pause_max
+        self.pause_max = settings.bus_pause_max_s if pause_max is None else pause_max
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._holds = 0  # refused publishes since the last message handled in full
         self._resume: asyncio.Task[None] | None = None
-        self._storage_root = str(bus.settings.storage_path.resolve())
+        self._storage_root = str(settings.storage_path.resolve())
 
     async def start(self) -> None:
         channel = await self.bus.channel(prefetch=self.prefetch)
         self._queue = await channel.get_queue(self.spec.name)
         self._tag = await self._queue.consume(self._on_message)
+
+    async def stop(self) -> None:
+        """Stop taking deliveries (cancel the consumer); unacked messages go back."""
+        if self._resume is not None:
+            self._resume.cancel()
+        await self._cancel()
 
     @property
     def paused(self) -> bool:
@@ -144,40 +204,83 @@ class Consumer(Generic[E]):
             JOB_DURATION.labels(self.service, self.spec.name).observe(time.perf_counter() - start)
         JOBS_PROCESSED.labels(self.service, outcome).inc()
 
+    def _routing_key(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> str:
+        """The event's own routing key: a retry or a hold comes back through the default
+        exchange (keyed by the queue's name) and carries the original in a header."""
+        key = str(headers.get(ORIGIN_ROUTING_KEY_HEADER) or message.routing_key or "")
+        if key == self.spec.name and len(self.routes) == 1:
+            # Published straight to the queue without a key: the one event it handles.
+            key = next(iter(self.routes))
+        return key
+
     async def _handle(
         self, message: AbstractIncomingMessage, headers: dict[str, Any], attempt: int
     ) -> str:
+        routing_key = self._routing_key(message, headers)
+        route = self.routes.get(routing_key)
+        if route is None:
+            failure = _Failure(f"no handler here for routing key {routing_key!r}", final=True)
+            return await self._park(message, headers, failure, attempt, routing_key)
+        model, handler = route
         try:
-            event = self.model.model_validate_json(message.body)
+            event = model.model_validate_json(message.body)
         except ValidationError as error:
             # A payload that does not validate will never validate: park it at once.
-            return await self._park(message, headers, f"invalid message: {error}", attempt)
-        try:
-            routing_key = headers.get(ORIGIN_ROUTING_KEY_HEADER) or message.routing_key
-            await self.handler(event, Delivery(attempt, headers, routing_key))
-        except (PublishRefused, BusUnavailable) as error:
-            return await self._hold(message, headers, error)
-        except Permanent as error:
-            return await self._park(message, headers, _error_text(error), attempt)
-        except Exception as error:
+            failure = _Failure(f"invalid message: {error}", final=True)
+            return await self._park(message, headers, failure, attempt, routing_key)
+        with structlog.contextvars.bound_contextvars(**_ids(event)):
+            outcome = await self._run(handler, event, Delivery(attempt, headers, routing_key))
+            if outcome is None:
+                await message.ack()
+                self._holds = 0
+                return "ok"
+            if isinstance(outcome, _Held):
+                return await self._hold(message, headers, outcome.error, routing_key)
+            failure = outcome
+            if failure.final:
+                return await self._park(message, headers, failure, attempt, routing_key)
             if attempt >= self.max_attempts:
-                text = f"gave up after {attempt} attempts: {_error_text(error)}"
-                return await self._park(message, headers, text, attempt)
-            log.warning("handler failed; will retry", error=_error_text(error))
-            return await self._retry(message, headers, attempt)
-        await message.ack()
-        self._holds = 0
-        return "ok"
+                text = f"gave up after {attempt} attempts: {failure.error}"
+                failure = _Failure(text, failure.traceback)
+                return await self._park(message, headers, failure, attempt, routing_key)
+            return await self._retry(message, headers, attempt, routing_key)
+
+    async def _run(
+        self, handler: Handler, event: Event, delivery: Delivery
+    ) -> _Failure | _Held | None:
+        """Run the handler within its time limit: None on success, else what went wrong."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await handler(event, delivery)
+        except (PublishRefused, BusUnavailable) as error:
+            return _Held(_error_text(error))
+        except Permanent as error:
+            return _Failure(_error_text(error), final=True)
+        except Retryable as error:
+            log.warning("handler not done yet; will retry", error=_error_text(error))
+            return _Failure(_error_text(error))
+        except TimeoutError as error:
+            text = f"handler timed out after {self.timeout_s:g} s"
+            log.error("handler failed", error=text, exc_info=error)
+            return _Failure(text, _traceback_text(error))
+        except Exception as error:
+            log.error("handler failed", error=_error_text(error), exc_info=error)
+            return _Failure(_error_text(error), _traceback_text(error))
+        return None
 
     async def _hold(
-        self, message: AbstractIncomingMessage, headers: dict[str, Any], error: Exception
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        error: str,
+        routing_key: str,
     ) -> str:
         """Put the message back as it came, then pause consuming (see the class docstring)."""
         self._holds += 1
         pause = min(self.pause_max, self.pause_base * 2 ** min(self._holds - 1, 16))
         log.warning(
             "outgoing publish refused; message put back, consumer paused",
-            error=_error_text(error),
+            error=error,
             pause_s=pause,
         )
         try:
@@ -187,7 +290,7 @@ class Consumer(Generic[E]):
                 self.spec.name,
                 message.body,
                 message_id=message.message_id or "",
-                headers=headers,
+                headers={**headers, ORIGIN_ROUTING_KEY_HEADER: routing_key},
                 to_queue=True,
             )
         except (PublishRefused, BusUnavailable):
@@ -203,15 +306,19 @@ class Consumer(Generic[E]):
         CONSUMER_PAUSED.labels(self.service, self.spec.name).set(1)
         self._resume = asyncio.create_task(self._pause_then_resume(seconds))
 
-    async def _pause_then_resume(self, seconds: float) -> None:
-        assert self._queue is not None
+    async def _cancel(self) -> None:
         queue, tag = self._queue, self._tag
         self._tag = None
-        if tag is not None:
+        if queue is not None and tag is not None:
             try:
                 await queue.cancel(tag)
             except Exception as error:  # a channel gone: nothing is delivered anyway
                 log.info("consumer cancel failed", error=_error_text(error))
+
+    async def _pause_then_resume(self, seconds: float) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        await self._cancel()
         while True:
             await asyncio.sleep(seconds)
             try:
@@ -243,28 +350,38 @@ class Consumer(Generic[E]):
         return True
 
     async def _retry(
-        self, message: AbstractIncomingMessage, headers: dict[str, Any], attempt: int
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        attempt: int,
+        routing_key: str,
     ) -> str:
-        headers = {
-            ORIGIN_ROUTING_KEY_HEADER: message.routing_key or "",
-            **headers,
-            ATTEMPT_HEADER: attempt + 1,
-        }
+        headers = {**headers, ORIGIN_ROUTING_KEY_HEADER: routing_key, ATTEMPT_HEADER: attempt + 1}
         ok = await self._forward(message, self.spec.delay(attempt), headers)
         return "retried" if ok else "requeued"
 
     async def _park(
-        self, message: AbstractIncomingMessage, headers: dict[str, Any], error: str, attempt: int
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        failure: _Failure,
+        attempt: int,
+        routing_key: str,
     ) -> str:
-        log.error("message parked", error=error)
-        # A dead letter's error is shown through the API: never where the files live.
-        error = error.replace(self._storage_root, "<storage>")
+        log.error("message parked", error=failure.error)
+        # A dead letter is shown through the API: never where the files live.
         headers = {
             **headers,
-            ERROR_HEADER: error,
+            ERROR_HEADER: self._scrub(failure.error),
             ATTEMPT_HEADER: attempt,
             ORIGIN_QUEUE_HEADER: self.spec.name,
+            ORIGIN_ROUTING_KEY_HEADER: routing_key,
         }
-        headers.setdefault(ORIGIN_ROUTING_KEY_HEADER, message.routing_key or "")
+        headers.pop(TRACEBACK_HEADER, None)
+        if failure.traceback is not None:
+            headers[TRACEBACK_HEADER] = self._scrub(failure.traceback)
         ok = await self._forward(message, self.spec.parking, headers)
         return "dead_lettered" if ok else "requeued"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._storage_root, "<storage>")

@@ -15,7 +15,13 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from common.bus import Bus
-from common.topology import ATTEMPT_HEADER, ERROR_HEADER, ORIGIN_ROUTING_KEY_HEADER, QueueSpec
+from common.topology import (
+    ATTEMPT_HEADER,
+    ERROR_HEADER,
+    ORIGIN_ROUTING_KEY_HEADER,
+    TRACEBACK_HEADER,
+    QueueSpec,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -78,18 +84,19 @@ async def insert_dead_letter(
     headers: dict[str, Any],
     error: str,
     attempts: int,
+    traceback: str | None = None,
 ) -> None:
     """Store one dead letter (a message parked again replaces its earlier record)."""
     content_id, job_id = _event_ids(body)
     await conn.execute(
         """INSERT INTO dead_letters
                (message_id, queue, routing_key, body, headers, error, attempts,
-                content_id, job_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                content_id, job_id, traceback)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            ON CONFLICT (message_id, queue) DO UPDATE
            SET body = EXCLUDED.body, headers = EXCLUDED.headers,
                error = EXCLUDED.error, attempts = EXCLUDED.attempts,
-               created_at = now(), requeued_at = NULL""",
+               traceback = EXCLUDED.traceback, created_at = now(), requeued_at = NULL""",
         message_id,
         queue,
         routing_key,
@@ -99,6 +106,7 @@ async def insert_dead_letter(
         attempts,
         content_id,
         job_id,
+        traceback,
     )
 
 
@@ -125,6 +133,8 @@ class DeadLetterRecorder:
     async def record(self, spec: QueueSpec, message: AbstractIncomingMessage) -> None:
         headers = _plain(dict(message.headers or {}))
         error, attempts = describe_death(headers)
+        # Kept in its own column (shown by the dead-letter API), not twice.
+        trace_text = headers.pop(TRACEBACK_HEADER, None)
         try:
             body = orjson.loads(message.body)
         except orjson.JSONDecodeError:
@@ -144,6 +154,7 @@ class DeadLetterRecorder:
                     headers=headers,
                     error=error,
                     attempts=attempts,
+                    traceback=str(trace_text) if trace_text is not None else None,
                 )
                 if spec.fails_content and content_id is not None:
                     # Compare-and-set: only content still on its way can fail.

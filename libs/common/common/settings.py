@@ -52,6 +52,11 @@ class CommonSettings(BaseSettings):
     # An outbox row no queue is bound to is parked (dead-letter API, queue "outbox") once it
     # is this old and has failed three times; rows waiting on a full queue never are.
     outbox_park_unroutable_after_s: float = Field(300.0, ge=0)
+    # Each message's time limit: a handler still running after it is cancelled and the
+    # message retried like any other failure. Per queue (its name without the prefix):
+    # HANDLER_TIMEOUTS=analyzer.media-embedded=120,clusterer.media-embedded=60.
+    handler_timeout_seconds: float = Field(300.0, gt=0, le=86_400)
+    handler_timeouts: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 
     @field_validator("database_url")
     @classmethod
@@ -81,6 +86,28 @@ class CommonSettings(BaseSettings):
             raise ValueError("needs at least one delay")
         return value
 
+    @field_validator("handler_timeouts", mode="before")
+    @classmethod
+    def _timeouts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            queue, sep, seconds = part.partition("=")
+            if not sep or not queue.strip():
+                raise ValueError("expected queue=seconds, comma-separated")
+            pairs[queue.strip()] = seconds.strip()
+        return pairs
+
+    @field_validator("handler_timeouts")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not 0 < seconds <= 86_400 for seconds in value.values()):
+            raise ValueError("each time limit must be between 0 and 86400 seconds")
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys(cls, value: object) -> object:
@@ -96,10 +123,22 @@ class CommonSettings(BaseSettings):
         """asyncpg max_size: pool size plus overflow."""
         return self.db_pool_size + self.db_max_overflow
 
+    def timeout_for(self, queue: str) -> float:
+        """A queue's handler time limit (HANDLER_TIMEOUTS, else HANDLER_TIMEOUT_SECONDS)."""
+        name = queue.removeprefix(self.bus_queue_prefix)
+        return self.handler_timeouts.get(name, self.handler_timeout_seconds)
+
     @property
     def keys_configured(self) -> bool:
         """Whether the deployment has API keys (API_KEYS or ADMIN_API_KEY); none = open."""
         return bool(self.api_keys) or self.admin_api_key is not None
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of every worker (not the gateway): the probe server's address."""
+
+    worker_http_host: str = "0.0.0.0"
+    worker_http_port: int = Field(8080, ge=0, le=65535)
 
 
 def comma_separated(value: object, *, lower: bool = False) -> object:

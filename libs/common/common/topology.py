@@ -23,6 +23,8 @@ from common.settings import CommonSettings
 
 ATTEMPT_HEADER = "x-attempt"
 ERROR_HEADER = "x-error"
+# The traceback of an unexpected failure, kept with its dead letter (bounded).
+TRACEBACK_HEADER = "x-traceback"
 ORIGIN_QUEUE_HEADER = "x-origin-queue"
 ORIGIN_ROUTING_KEY_HEADER = "x-origin-routing-key"
 

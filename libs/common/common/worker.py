@@ -1,0 +1,240 @@
+"""One worker runtime: a worker declares what it consumes and needs; this runs it.
+
+In the spirit of arq's `Worker` and FastStream's app: a service module builds a `Worker`
+with its name and a `setup` that turns the shared resources into its own deps, then
+declares its queues and handlers (`consume`), RPC servers (`serve_rpc`), background loops
+(`task`), extra readiness checks (`check`) and what its /health says (`info`). The runtime
+owns the rest, written once:
+
+- start: storage, the asyncpg pool, the bus (which declares the topology), `setup`, the
+  background loops, then the consumers (when the broker is up; the probes say not ready
+  until they run) and the probe server (/live, /ready, /health, /metrics);
+- stop (the block ends, or SIGTERM/SIGINT in `serve`): the consumers are cancelled first
+  (no new deliveries), then the loops, then what `setup` opened (in reverse), the bus and
+  the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import asyncpg
+import structlog
+import uvloop
+
+from common.bus import Bus
+from common.consumer import Consumer, Delivery
+from common.db import open_pool
+from common.log import configure_logging
+from common.messages import Event
+from common.probes import serve_worker
+from common.rpc import RpcServer
+from common.settings import WorkerSettings, load_settings
+from common.storage import FileSystemStorage, open_storage
+from common.telemetry import configure_telemetry
+from common.topology import spec_of
+
+log = structlog.get_logger(__name__)
+
+
+class HasProbePort(Protocol):
+    """A worker's deps: a dataclass with the port its probe server bound (0 until then)."""
+
+    @property
+    def probe_port(self) -> int: ...
+
+
+D = TypeVar("D", bound=HasProbePort)
+S = TypeVar("S", bound=WorkerSettings)
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the runtime opens for every worker, handed to its `setup` with the settings."""
+
+    pool: asyncpg.Pool
+    bus: Bus
+    storage: FileSystemStorage
+    # Register what setup opens here (`push_async_callback`): closed in reverse at stop.
+    stack: contextlib.AsyncExitStack
+
+
+Setup = Callable[[S, Resources], Awaitable[D]]
+EventHandler = Callable[[D, Any, Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Subscription(Generic[D]):
+    routing_key: str  # finds the queue: the service's queue bound to this key
+    routes: dict[type[Event], EventHandler[D]]
+    prefetch: Callable[[D], int]
+    timeout_s: Callable[[D], float | None]
+
+
+@dataclass
+class Worker(Generic[S, D]):
+    """A worker's declaration; `running(settings)` runs it, `main(...)` is its entry point."""
+
+    service: str
+    setup: Setup[S, D]
+    _subscriptions: list[_Subscription[D]] = field(default_factory=list)
+    _rpc: list[tuple[Callable[[D], str], Callable[[D, bytes], Awaitable[bytes]], int]] = field(
+        default_factory=list
+    )
+    _starters: list[Callable[[D], Awaitable[None]]] = field(default_factory=list)
+    _tasks: list[tuple[str, Callable[[D], Coroutine[Any, Any, None]]]] = field(default_factory=list)
+    _checks: list[tuple[str, Callable[[D], bool]]] = field(default_factory=list)
+    _info: Callable[[D], dict[str, Any]] = lambda _: {}
+
+    def consume(
+        self,
+        handlers: dict[type[Event], EventHandler[D]],
+        *,
+        prefetch: Callable[[D], int],
+        timeout_s: Callable[[D], float | None] = lambda _: None,
+    ) -> None:
+        """Consume the queue bound to these events, decoding each by its routing key.
+
+        Without `timeout_s` the queue's time limit comes from HANDLER_TIMEOUTS or
+        HANDLER_TIMEOUT_SECONDS.
+        """
+        first = next(iter(handlers))
+        self._subscriptions.append(
+            _Subscription(first.routing_key, dict(handlers), prefetch, timeout_s)
+        )
+
+    def serve_rpc(
+        self,
+        queue: Callable[[D], str],
+        answer: Callable[[D, bytes], Awaitable[bytes]],
+        *,
+        prefetch: int,
+    ) -> None:
+        """Answer request/reply calls on `queue` (outside the retry and dead-letter path)."""
+        self._rpc.append((queue, answer, prefetch))
+
+    def start_with(self, start: Callable[[D], Awaitable[None]]) -> None:
+        """Something of its own to start with the consumers (an RPC server of its own kind)."""
+        self._starters.append(start)
+
+    def task(self, name: str, run: Callable[[D], Coroutine[Any, Any, None]]) -> None:
+        """A background loop that runs while the worker does (cancelled at stop)."""
+        self._tasks.append((name, run))
+
+    def check(self, name: str, ready: Callable[[D], bool]) -> None:
+        """An extra readiness check shown in /ready and /health."""
+        self._checks.append((name, ready))
+
+    def info(self, describe: Callable[[D], dict[str, Any]]) -> None:
+        """What /health says of this worker besides its checks."""
+        self._info = describe
+
+    @contextlib.asynccontextmanager
+    async def running(self, settings: S) -> AsyncIterator[D]:
+        """Start the worker; stop it all when the block ends. Yields its deps."""
+        storage = open_storage(settings.storage_backend, settings.storage_path)
+        async with contextlib.AsyncExitStack() as stack:  # stops in the reverse order
+            pool = await stack.enter_async_context(open_pool(settings))
+            bus = Bus(settings)
+            stack.push_async_callback(bus.close)
+            await bus.start(wait=10)
+            deps = await self.setup(settings, Resources(pool, bus, storage, stack))
+            tasks = [asyncio.create_task(run(deps), name=name) for name, run in self._tasks]
+            stack.push_async_callback(_cancel_all, tasks)
+            consumers: list[Consumer] = []
+            stack.push_async_callback(_stop_all, consumers)
+
+            def info() -> dict[str, Any]:
+                return {"service": self.service, **self._info(deps)}
+
+            def checks() -> dict[str, bool]:
+                return {name: ready(deps) for name, ready in self._checks}
+
+            async with serve_worker(
+                self.service,
+                self._start_consuming(deps, bus, consumers),
+                pool,
+                bus,
+                info,
+                settings.worker_http_host,
+                settings.worker_http_port,
+                extra_checks=checks if self._checks else None,
+            ) as port:
+                yield dataclasses.replace(deps, probe_port=port)  # type: ignore[type-var]
+
+    async def _start_consuming(self, deps: D, bus: Bus, consumers: list[Consumer]) -> None:
+        await bus.wait_connected(timeout=float("inf"))
+        for start in self._starters:
+            await start(deps)
+        for queue, answer, prefetch in self._rpc:
+            await RpcServer(bus, queue(deps), _bind(answer, deps), prefetch=prefetch).start()
+        for sub in self._subscriptions:
+            spec = spec_of(bus.specs, self.service, sub.routing_key)
+            routes = {model: _bind_event(handle, deps) for model, handle in sub.routes.items()}
+            consumer = Consumer(
+                bus,
+                spec,
+                routes,
+                service=self.service,
+                prefetch=sub.prefetch(deps),
+                timeout_s=sub.timeout_s(deps),
+            )
+            await consumer.start()
+            consumers.append(consumer)
+        log.info(f"{self.service} consuming", queues=[c.spec.name for c in consumers])
+
+    async def serve(self, settings: S) -> None:
+        """Run until SIGTERM or SIGINT, then stop (see the module docstring)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            # A second signal takes the default action: a stop that hangs can be cut short.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        async with self.running(settings):
+            await stop.wait()
+            log.info(f"{self.service} stopping")
+
+    def main(self, settings_cls: type[S]) -> None:
+        """The `python -m <service>` entry point: settings, logging, telemetry, run."""
+        settings = load_settings(settings_cls, listen="worker_http_host")
+        configure_logging(settings, self.service)
+        configure_telemetry(self.service)
+        uvloop.install()
+        asyncio.run(self.serve(settings))
+
+
+def _bind(answer: Callable[[D, bytes], Awaitable[bytes]], deps: D) -> Callable[[bytes], Any]:
+    async def call(body: bytes) -> bytes:
+        return await answer(deps, body)
+
+    return call
+
+
+def _bind_event(handle: EventHandler[D], deps: D) -> Callable[[Any, Delivery], Any]:
+    async def call(event: Any, delivery: Delivery) -> None:
+        await handle(deps, event, delivery)
+
+    return call
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _stop_all(consumers: list[Consumer]) -> None:
+    await asyncio.gather(*(c.stop() for c in consumers), return_exceptions=True)

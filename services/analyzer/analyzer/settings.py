@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 
 from common.labels import DEFAULT_LABELS, LabelSet, LabelTemplate
-from common.settings import CommonSettings
+from common.settings import WorkerSettings
 
 
-class AnalyzerSettings(CommonSettings):
+class AnalyzerSettings(WorkerSettings):
     """Environment variables read by the analyzer."""
 
     vlm_enabled: bool = True
@@ -39,7 +39,6 @@ class AnalyzerSettings(CommonSettings):
     fallback_max_tags: int = Field(5, ge=1, le=15)
     fallback_min_probability: float = Field(0.05, ge=0, le=1)
 
-    worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8083, ge=0, le=65535)
 
     @field_validator("gemini_api_key", mode="before")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from common.labels import DEFAULT_LABELS, LabelSet, LabelTemplate
-from common.settings import CommonSettings
+from common.settings import WorkerSettings
 
 
-class ClustererSettings(CommonSettings):
+class ClustererSettings(WorkerSettings):
     """Environment variables read by the clusterer."""
 
     # Used for a model whose manifest names no threshold; set explicitly, it wins over both.
@@ -19,7 +19,6 @@ class ClustererSettings(CommonSettings):
     label_timeout_s: float = Field(5.0, gt=0, le=120)
     # How often leftover folder syncs (after a crash) and the cluster gauge are looked at.
     folder_sweep_interval_s: float = Field(10.0, gt=0, le=3600)
-    worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8082, ge=0, le=65535)
 
     @property

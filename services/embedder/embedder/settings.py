@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from common.settings import CommonSettings, comma_separated
+from common.settings import WorkerSettings, comma_separated
 
 
-class EmbedderSettings(CommonSettings):
+class EmbedderSettings(WorkerSettings):
     """Environment variables read by the embedder."""
 
     model_dir: Path = Path("models")
@@ -32,7 +32,6 @@ class EmbedderSettings(CommonSettings):
     video_max_frames: int = Field(8, ge=1, le=256)
 
     near_duplicate_distance: int = Field(8, ge=0, le=64)
-    worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8081, ge=0, le=65535)
 
     @field_validator("onnx_providers", mode="before")

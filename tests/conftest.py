@@ -72,10 +72,22 @@ async def _prepare() -> None:
     await connection.close()
 
 
+UNIT_TESTS = Path(__file__).parent / "unit"
+_prepared = False
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     # Real tracing, as the services set it up, so trace ids flow through the tests too.
     configure_telemetry("tests")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Reach PostgreSQL and RabbitMQ (or stop loudly) unless only pure unit tests run."""
+    global _prepared
+    if all(Path(item.path).is_relative_to(UNIT_TESTS) for item in session.items):
+        return  # tests/unit is pure: it runs in seconds without either server
     asyncio.run(_prepare())
+    _prepared = True
 
 
 async def _drop_template() -> None:
@@ -87,6 +99,8 @@ async def _drop_template() -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _prepared:
+        return
     try:
         asyncio.run(_drop_template())
     except (OSError, asyncpg.PostgresError):

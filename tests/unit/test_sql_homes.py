@@ -36,7 +36,7 @@ def _docstrings(tree: ast.Module) -> set[int]:
         for n in ast.walk(tree)
         if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
     ]
-    found = set()
+    found: set[int] = set()
     for owner in owners:
         body = owner.body
         if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
@@ -54,7 +54,9 @@ def sql_literals(source: str) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            text = "".join(
+                str(v.value) if isinstance(v, ast.Constant) else "{}" for v in node.values
+            )
             skip.update(id(v) for v in node.values)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if id(node) in skip:

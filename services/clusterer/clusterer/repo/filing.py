@@ -52,6 +52,7 @@ class ContentToFile:
 
 
 async def model(conn: asyncpg.Connection | asyncpg.Pool, model_id: str) -> asyncpg.Record | None:
+    """The model's row (id, dim, cluster_threshold); None if it is unknown."""
     return await conn.fetchrow(
         "SELECT id, dim, cluster_threshold FROM models WHERE id = $1", model_id
     )
@@ -60,6 +61,7 @@ async def model(conn: asyncpg.Connection | asyncpg.Pool, model_id: str) -> async
 async def content_to_file(
     conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID, model_id: str
 ) -> ContentToFile | None:
+    """The content with its embedding of this model; None if there is no such content."""
     row = await conn.fetchrow(
         """SELECT c.id, c.stage, c.cluster_id, c.first_job_id, c.kind, e.embedding
            FROM content c

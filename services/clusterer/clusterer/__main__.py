@@ -10,14 +10,13 @@ import asyncio
 
 import uvloop
 
-from clusterer.app import serve
+from clusterer.app import worker
 from clusterer.folders import rebuild
 from clusterer.settings import ClustererSettings
 from common.db import open_pool
 from common.log import configure_logging
 from common.settings import load_settings
 from common.storage import open_storage
-from common.telemetry import configure_telemetry
 
 
 async def _rebuild(settings: ClustererSettings, from_scratch: bool) -> None:
@@ -35,16 +34,14 @@ def main() -> None:
         "--from-scratch", action="store_true", help="remove each folder first, then recreate it"
     )
     args = parser.parse_args()
-    # rebuild-folders listens on nothing; the service serves its probes.
-    listen = None if args.command == "rebuild-folders" else "worker_http_host"
-    settings = load_settings(ClustererSettings, listen=listen)
+    if args.command != "rebuild-folders":
+        worker.main(ClustererSettings)
+        return
+    # rebuild-folders listens on nothing.
+    settings = load_settings(ClustererSettings)
     configure_logging(settings, "clusterer")
     uvloop.install()
-    if args.command == "rebuild-folders":
-        asyncio.run(_rebuild(settings, args.from_scratch))
-        return
-    configure_telemetry("clusterer")
-    asyncio.run(serve(settings))
+    asyncio.run(_rebuild(settings, args.from_scratch))
 
 
 if __name__ == "__main__":

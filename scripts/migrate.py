@@ -30,7 +30,7 @@ async def migrate_bus(settings: CommonSettings) -> int:
     deadline = loop.time() + BUS_WAIT_SECONDS
     while True:
         try:
-            connection = await aio_pika.connect(settings.rabbitmq_url, timeout=5)
+            connection = await aio_pika.connect(settings.amqp_url, timeout=5)
             break
         except (OSError, aio_pika.exceptions.AMQPError) as error:
             if loop.time() > deadline:
@@ -59,8 +59,8 @@ async def main() -> None:
     settings = load_settings(CommonSettings)
     configure_logging(settings, "migrate")
     if args.create_database:
-        await ensure_database(settings.database_url)
-    applied = await migrate(settings.database_url)
+        await ensure_database(settings.database_dsn)
+    applied = await migrate(settings.database_dsn)
     print(f"migrations applied: {len(applied)}" + (f" ({', '.join(applied)})" if applied else ""))
     if not args.database_only:
         moved = await migrate_bus(settings)

@@ -14,6 +14,7 @@ from common.settings import (
     describe_error,
     is_loopback,
     load_settings,
+    redacted,
 )
 from tests.conftest import media_event
 
@@ -27,6 +28,30 @@ def test_settings_map_pool_size_and_overflow_when_set(monkeypatch: pytest.Monkey
     assert (settings.db_pool_size, settings.db_pool_max) == (4, 10)
     assert settings.bus_retry_delays == (0.5, 2.0, 30.0)
     assert settings.log_level == "DEBUG"
+
+
+def test_settings_never_show_secrets_when_printed_or_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:db-pass-1@db:5432/file_allocator")
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://app:bus-pass-2@mq:5672/")
+    monkeypatch.setenv("API_KEYS", "key-3:admin,key-4:read:alice")
+    monkeypatch.setenv("ADMIN_API_KEY", "key-5")
+    monkeypatch.setenv("HANDLER_TIMEOUTS", "analyzer.media-embedded=120")
+    settings = CommonSettings()
+    shown = f"{settings!r} {settings} {settings.model_dump()}"
+    for secret in ("db-pass-1", "bus-pass-2", "key-3", "key-4", "key-5"):
+        assert secret not in shown
+    assert settings.database_dsn == "postgresql://app:db-pass-1@db:5432/file_allocator"
+    assert settings.amqp_url == "amqp://app:bus-pass-2@mq:5672/"
+    assert settings.api_key_entries == ("key-3:admin", "key-4:read:alice")
+    assert redacted(settings.database_dsn) == "postgresql://app:***@db:5432/file_allocator"
+    assert settings.timeout_for("analyzer.media-embedded") == 120
+    assert settings.timeout_for("embedder.media-ingested") == settings.handler_timeout_seconds
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:db-pass-6@db/x")
+    with pytest.raises(ValidationError) as error:
+        CommonSettings()
+    assert "db-pass-6" not in describe_error(error.value)
 
 
 def test_settings_error_is_one_line_naming_variables_when_invalid(

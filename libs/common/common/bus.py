@@ -98,7 +98,7 @@ class Bus:
             connection = None
             try:
                 connection = await aio_pika.connect_robust(
-                    self.settings.rabbitmq_url, client_properties={"connection_name": "mammothbox"}
+                    self.settings.amqp_url, client_properties={"connection_name": "mammothbox"}
                 )
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await declare_all(channel, self.settings, self.specs)

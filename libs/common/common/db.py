@@ -64,7 +64,7 @@ async def open_pool(settings: CommonSettings, **overrides: Any) -> AsyncIterator
         "command_timeout": 30,
     }
     options.update(overrides)
-    pool = await asyncpg.create_pool(settings.database_url, **options)
+    pool = await asyncpg.create_pool(settings.database_dsn, **options)
     try:
         yield pool
     finally:

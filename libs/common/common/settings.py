@@ -6,6 +6,7 @@ import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -18,10 +19,11 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/file_allocator"
+    # Secrets are SecretStr: no repr, log line or validation error shows them.
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/file_allocator")
     db_pool_size: int = Field(10, ge=1, le=500)
     db_max_overflow: int = Field(10, ge=0, le=500)
-    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     storage_backend: Literal["filesystem"] = "filesystem"
     storage_path: Path = Path("data/storage")
     worker_threads: int = Field(4, ge=1, le=256)
@@ -31,7 +33,7 @@ class CommonSettings(BaseSettings):
 
     # API keys: comma-separated key:role[:owner] (the gateway checks them); none = open. Every
     # service reads them (one secret for the deployment) to know whether it runs open.
-    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     admin_api_key: SecretStr | None = None
     # Open (no keys) and listening beyond loopback is refused unless this says it is meant.
     allow_open: bool = False
@@ -60,15 +62,15 @@ class CommonSettings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value
 
     @field_validator("rabbitmq_url")
     @classmethod
-    def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// URL")
         return value
 
@@ -119,6 +121,21 @@ class CommonSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @property
+    def database_dsn(self) -> str:
+        """DATABASE_URL itself, for the driver only (never log it: see `redacted`)."""
+        return self.database_url.get_secret_value()
+
+    @property
+    def amqp_url(self) -> str:
+        """RABBITMQ_URL itself, for the client only."""
+        return self.rabbitmq_url.get_secret_value()
+
+    @property
+    def api_key_entries(self) -> tuple[str, ...]:
+        """API_KEYS entries (key:role[:owner]) for the gateway's key ring only."""
+        return tuple(entry.get_secret_value() for entry in self.api_keys)
+
+    @property
     def db_pool_max(self) -> int:
         """asyncpg max_size: pool size plus overflow."""
         return self.db_pool_size + self.db_max_overflow
@@ -139,6 +156,15 @@ class WorkerSettings(CommonSettings):
 
     worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8080, ge=0, le=65535)
+
+
+def redacted(url: str) -> str:
+    """A URL with its password replaced by ***, for logs and /health."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def comma_separated(value: object, *, lower: bool = False) -> object:

@@ -51,7 +51,7 @@ log = structlog.get_logger(__name__)
 def build_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; resources open when it starts and close when it stops."""
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
-    keys = KeyRing(parse_keys(settings.api_keys, admin_key))
+    keys = KeyRing(parse_keys(settings.api_key_entries, admin_key))
     if keys.open:
         log.warning(
             "NO API KEYS CONFIGURED: the API is open to anyone who reaches this port;"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from common.settings import CommonSettings, comma_separated
@@ -72,10 +72,11 @@ class GatewaySettings(CommonSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _key_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _key_entries(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         from gateway.auth import parse_keys
 
-        parse_keys(value, None)  # a bad entry stops the gateway at start, naming the entry
+        # A bad entry stops the gateway at start, naming the entry.
+        parse_keys(tuple(entry.get_secret_value() for entry in value), None)
         return value
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 
 from common.migrate import load_migrations, migrate
+from common.stages import Stage
 from common.vectors import ModelMismatch, index_name, register_model
 from tests.conftest import DATABASE_URL, _admin, _with_db
 
@@ -120,3 +122,13 @@ def test_migrate_script_creates_database_when_missing() -> None:
             await conn.close()
 
         asyncio.run(drop())
+
+
+async def test_content_stages_are_exactly_the_enum_when_migrated(db: asyncpg.Connection) -> None:
+    check = await db.fetchval(
+        """SELECT pg_get_constraintdef(oid) FROM pg_constraint
+           WHERE conrelid = 'content'::regclass AND contype = 'c'
+             AND pg_get_constraintdef(oid) LIKE '%stage%'"""
+    )
+    allowed = set(re.findall(r"'(\w+)'::text", check))
+    assert allowed == {stage.value for stage in Stage}

@@ -18,6 +18,7 @@ from common.bus import Bus
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler, LabelsUnavailable
 from common.messages import MediaAnalyzed, MediaEmbedded
+from common.stages import Stage
 from common.storage import FileSystemStorage
 
 log = structlog.get_logger(__name__)
@@ -40,7 +41,7 @@ async def handle_embedded(deps: AnalyzerDeps, event: MediaEmbedded, delivery: De
     if row is None:
         raise Permanent(f"content {event.content_id} does not exist")
     if row.analyzed_at is None:
-        if row.stage == "failed":
+        if row.stage == Stage.FAILED:
             return  # nothing to analyse
         analysis, model = await _analyse(deps, row, event.model_id)
         if not await repo.save(deps.pool, row.id, analysis, model):

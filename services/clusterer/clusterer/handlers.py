@@ -30,6 +30,7 @@ from common.messages import (
     MediaUploaded,
 )
 from common.outbox import OutboxRelay
+from common.stages import UNFINISHED, Stage
 from common.storage import FileSystemStorage
 
 log = structlog.get_logger(__name__)
@@ -88,14 +89,14 @@ async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: D
     if row is None:
         raise Permanent(f"content {event.content_id} does not exist")
     new_cluster = False
-    if row.stage == "embedded":
+    if row.stage == Stage.EMBEDDED:
         if row.embedding is None:
             raise Permanent(f"content {event.content_id} has no {event.model_id} embedding")
         start = time.perf_counter()
         outcome = await _assign(deps, model, row.id, row.embedding)
         ASSIGNMENT_LATENCY.labels(outcome).observe(time.perf_counter() - start)
         new_cluster = outcome == "created"
-    elif row.stage != "clustered":
+    elif row.stage != Stage.CLUSTERED:
         return  # failed, or not ours to file
     # Filed now or before (a redelivery after a crash between commit and links): link, tell.
     cluster_id = await folders.ensure_links(deps.pool, deps.storage, event.content_id)
@@ -176,7 +177,7 @@ async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: D
     stage = await repo.content_stage(deps.pool, event.content_id)
     if stage is None:
         raise Permanent(f"content {event.content_id} does not exist")
-    if stage in ("ingested", "embedded"):
+    if stage in UNFINISHED:
         # The analysis overtook the filing; try again once the content has its cluster.
         raise Retryable(f"content {event.content_id} is not filed yet")
     for _ in range(ATTEMPTS):

@@ -16,6 +16,7 @@ from common.consumer import Delivery, Permanent
 from common.db import timed
 from common.group_commit import GroupCommit
 from common.messages import MediaEmbedded, MediaIngested
+from common.stages import Stage
 from common.storage import FileSystemStorage
 from embedder import repo
 from embedder.batching import ModelBatcher
@@ -79,11 +80,11 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
     row = await repo.content(deps.pool, event.content_id)
     if row is None:
         raise Permanent(f"content {event.content_id} does not exist")
-    if row.stage in ("embedded", "clustered"):
+    if row.stage in (Stage.EMBEDDED, Stage.CLUSTERED):
         # Done before (a crash between commit and publish, or a redelivery): publish again.
         await _publish(deps, event, row.near_duplicate_of)
         return
-    if row.stage != "ingested" or row.storage_key is None:
+    if row.stage != Stage.INGESTED or row.storage_key is None:
         return  # failed already, or not media: nothing to do
     path = str(deps.storage.path(row.storage_key))
     try:

@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from common.bus import Bus
-from common.messages import TextEmbedReply, TextEmbedRequest
+from common.messages import EmbedReply, TextEmbedRequest
 from common.rpc import RpcClient, RpcTimeout
 from common.topology import image_rpc_queue, text_rpc_queue
 
@@ -34,7 +34,7 @@ class ImageEmbedClient:
         except RpcTimeout:
             raise EmbedError(f"no image embedding within {self.timeout} s") from None
         try:
-            reply = TextEmbedReply.model_validate_json(raw)
+            reply = EmbedReply.model_validate_json(raw)
         except ValidationError as error:
             raise EmbedError(f"invalid reply: {error}") from None
         if reply.error is not None or reply.model_id is None or len(reply.vectors) != 1:
@@ -60,7 +60,7 @@ class TextEmbedClient:
                 f"no text embedding within {self.timeout if timeout is None else timeout} s"
             ) from None
         try:
-            reply = TextEmbedReply.model_validate_json(raw)
+            reply = EmbedReply.model_validate_json(raw)
         except ValidationError as error:
             raise EmbedError(f"invalid reply: {error}") from None
         if reply.no_text_encoder:

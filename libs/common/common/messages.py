@@ -107,8 +107,9 @@ class TextEmbedRequest(BaseModel):
     texts: list[str] = Field(min_length=1, max_length=256)
 
 
-class TextEmbedReply(BaseModel):
-    """The embedder's answer: vectors (or an error), with the model that made them."""
+class EmbedReply(BaseModel):
+    """The embedder's answer to a text or an image RPC: vectors (or an error), with the model
+    that made them."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -119,6 +120,8 @@ class TextEmbedReply(BaseModel):
     no_text_encoder: bool = False
 
 
+# The registry: every event by its routing key. Consumers decode by it (common.consumer), so
+# a new version is a new class here, handled alongside the old one during a rollout.
 EVENTS: dict[str, type[Event]] = {
     cls.routing_key: cls
     for cls in (

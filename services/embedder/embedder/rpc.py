@@ -14,7 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from common.bus import Bus
-from common.messages import TextEmbedReply, TextEmbedRequest
+from common.messages import EmbedReply, TextEmbedRequest
 from common.rpc import RpcServer
 from common.topology import image_rpc_queue, text_rpc_queue
 from embedder.batching import ModelBatcher
@@ -39,19 +39,19 @@ class TextRpcServer:
     async def _answer(self, body: bytes) -> bytes:
         return (await self._reply(body)).model_dump_json().encode()
 
-    async def _reply(self, body: bytes) -> TextEmbedReply:
+    async def _reply(self, body: bytes) -> EmbedReply:
         try:
             request = TextEmbedRequest.model_validate_json(body)
         except ValidationError as error:
-            return TextEmbedReply(error=f"invalid request: {error.errors()[0]['msg']}")
+            return EmbedReply(error=f"invalid request: {error.errors()[0]['msg']}")
         try:
             vectors = await asyncio.gather(*(self.batcher.embed_text(t) for t in request.texts))
         except TextSearchUnavailable as error:
-            return TextEmbedReply(model_id=self.model_id, error=str(error), no_text_encoder=True)
+            return EmbedReply(model_id=self.model_id, error=str(error), no_text_encoder=True)
         except Exception as error:
             log.exception("text embedding failed")
-            return TextEmbedReply(error=f"text embedding failed: {type(error).__name__}")
-        return TextEmbedReply(model_id=self.model_id, vectors=[v.tolist() for v in vectors])
+            return EmbedReply(error=f"text embedding failed: {type(error).__name__}")
+        return EmbedReply(model_id=self.model_id, vectors=[v.tolist() for v in vectors])
 
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
@@ -84,19 +84,19 @@ class ImageRpcServer:
     async def _answer(self, body: bytes) -> bytes:
         return (await self._reply(body)).model_dump_json().encode()
 
-    async def _reply(self, body: bytes) -> TextEmbedReply:
+    async def _reply(self, body: bytes) -> EmbedReply:
         if not body or len(body) > MAX_IMAGE_BYTES:
-            return TextEmbedReply(error=f"the image must be 1 byte to {MAX_IMAGE_BYTES} bytes")
+            return EmbedReply(error=f"the image must be 1 byte to {MAX_IMAGE_BYTES} bytes")
         path = self.scratch / f"search-{uuid.uuid4().hex}.part"
         try:
             await asyncio.to_thread(path.write_bytes, body)
             decoded = await self.decoders.decode(str(path), "image")
             vector = await self.batcher.embed_image(decoded.pixels)
         except DecodeError as error:
-            return TextEmbedReply(error=f"cannot decode the image: {error}")
+            return EmbedReply(error=f"cannot decode the image: {error}")
         except Exception as error:
             log.exception("image embedding failed")
-            return TextEmbedReply(error=f"image embedding failed: {type(error).__name__}")
+            return EmbedReply(error=f"image embedding failed: {type(error).__name__}")
         finally:
             path.unlink(missing_ok=True)
-        return TextEmbedReply(model_id=self.model_id, vectors=[vector.tolist()])
+        return EmbedReply(model_id=self.model_id, vectors=[vector.tolist()])

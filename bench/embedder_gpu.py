@@ -38,9 +38,9 @@ for folder in (ROOT, ROOT / "libs/common", ROOT / "services/embedder", ROOT / "t
     sys.path.insert(0, str(folder))
 
 from bench.photos import photo_jpegs
-from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
 from embedder.manifest import Manifest
+from embedder.microbatch import ModelBatcher
 from embedder.model import OnnxModel
 from mammoth_export.export import ClipImageFeatures, _export_image_variants, clip_preprocess
 

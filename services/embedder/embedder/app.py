@@ -5,9 +5,9 @@ from __future__ import annotations
 from common.messages import MediaIngested
 from common.vectors import register_model
 from common.worker import Resources, Worker
-from embedder.batching import ModelBatcher
 from embedder.decoder_pool import DecoderPool
 from embedder.handlers import EmbedderDeps, handle_ingested, saver
+from embedder.microbatch import ModelBatcher
 from embedder.model import OnnxModel
 from embedder.rpc import ImageRpcServer, TextRpcServer
 from embedder.settings import EmbedderSettings

@@ -19,9 +19,9 @@ from common.messages import MediaEmbedded, MediaIngested
 from common.stages import Stage
 from common.storage import FileSystemStorage
 from embedder import repo
-from embedder.batching import ModelBatcher
 from embedder.decode import Decoded, DecodedVideo, DecodeError
 from embedder.decoder_pool import DecoderPool
+from embedder.microbatch import ModelBatcher
 from embedder.settings import EmbedderSettings
 
 log = structlog.get_logger(__name__)

@@ -17,9 +17,9 @@ from common.bus import Bus
 from common.messages import EmbedReply, TextEmbedRequest
 from common.rpc import RpcServer
 from common.topology import image_rpc_queue, text_rpc_queue
-from embedder.batching import ModelBatcher
 from embedder.decode import DecodeError
 from embedder.decoder_pool import DecoderPool
+from embedder.microbatch import ModelBatcher
 from embedder.model import TextSearchUnavailable
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,6 @@ from common.rpc import RpcClient
 from common.storage import open_storage
 from common.topology import cluster_command_queue
 from gateway.auth import KEYS, KeyRing, authenticate, cors, parse_keys
-from gateway.batcher import ingest_batcher
 from gateway.clusters import handle_cluster, handle_clusters, handle_patch_cluster
 from gateway.deadletters import (
     handle_dlq_job,
@@ -32,6 +31,7 @@ from gateway.deadletters import (
 from gateway.deps import DEPS, Backpressure, Deps
 from gateway.errors import RETRY_AFTER, request_context
 from gateway.ingest import handle_ingest
+from gateway.ingest_commit import ingest_commit
 from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
 from gateway.search import handle_search_get, handle_search_post
@@ -140,7 +140,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
                 storage,
                 backpressure,
                 relay,
-                ingest_batcher(pool),
+                ingest_commit(pool),
                 commands,
                 text_embeddings,
                 ImageEmbedClient(bus, timeout=settings.search_embed_timeout_s * 2),

@@ -18,8 +18,8 @@ from common.messages import JsonIngested, MediaIngested, MediaUploaded
 from common.outbox import OutboxRelay, OutboxState, measure
 from common.rpc import RpcClient
 from common.storage import FileSystemStorage
-from gateway.batcher import IngestBatcher
 from gateway.errors import ApiError
+from gateway.ingest_commit import IngestCommit
 from gateway.repo.ops import oldest_unfinished
 from gateway.settings import GatewaySettings
 
@@ -127,7 +127,7 @@ class Deps:
     storage: FileSystemStorage
     backpressure: Backpressure
     relay: OutboxRelay | None
-    batcher: IngestBatcher
+    ingest_commit: IngestCommit
     cluster_commands: RpcClient
     text_embeddings: TextEmbedClient
     image_embeddings: ImageEmbedClient

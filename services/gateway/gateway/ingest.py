@@ -16,10 +16,20 @@ from aiohttp.http_exceptions import HttpProcessingError
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
 from gateway.auth import OPEN, Principal, principal
-from gateway.batcher import PendingIngest
 from gateway.deps import DEPS, INGEST_LATENCY, Deps
 from gateway.errors import ApiError, no_nul, request_id
-from gateway.intake import (
+from gateway.ingest_commit import PendingIngest
+from gateway.jsonbody import parse_json
+from gateway.repo import (
+    IdempotencyHit,
+    IngestRecord,
+    IngestRequest,
+    NewUpload,
+    write_ingest_with_key,
+)
+from gateway.settings import GatewaySettings
+from gateway.status import job_status, upload_status
+from gateway.upload_rules import (
     IMAGE_TYPES,
     SNIFF_BYTES,
     VIDEO_TYPES,
@@ -35,16 +45,6 @@ from gateway.intake import (
     text_field,
     too_large,
 )
-from gateway.jsonbody import parse_json
-from gateway.repo import (
-    IdempotencyHit,
-    IngestRecord,
-    IngestRequest,
-    NewUpload,
-    write_ingest_with_key,
-)
-from gateway.settings import GatewaySettings
-from gateway.status import job_status, upload_status
 from gateway.uploads import UPLOAD_SLOTS, client_aborted, read_deadline
 
 log = structlog.get_logger(__name__)
@@ -345,7 +345,9 @@ async def _record(
             # Files first, then the rows that make them visible (in a shared group commit,
             # which re-places under the objects' locks what the sweeper took meanwhile).
             await intake.place()
-            record = await deps.batcher.submit(PendingIngest(request_record, intake.ensure_placed))
+            record = await deps.ingest_commit.submit(
+                PendingIngest(request_record, intake.ensure_placed)
+            )
         else:
             async with deps.pool.acquire() as conn:
                 record = await write_ingest_with_key(

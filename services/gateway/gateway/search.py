@@ -24,11 +24,11 @@ from common.embed_client import EmbedError, NoTextEncoder
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError, invalid
-from gateway.intake import text_field
 from gateway.jsonbody import read_json
 from gateway.repo import search as search_sql
 from gateway.repo.scope import OwnerScope
 from gateway.search_query import Hit, ImageSearch, SearchRequest, merge
+from gateway.upload_rules import text_field
 
 SEARCH_LATENCY = Histogram(
     "search_latency_seconds",

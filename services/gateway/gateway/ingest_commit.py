@@ -23,10 +23,10 @@ class PendingIngest:
     ensure_placed: Callable[[], Awaitable[None]]
 
 
-IngestBatcher = GroupCommit[PendingIngest, IngestRecord]
+IngestCommit = GroupCommit[PendingIngest, IngestRecord]
 
 
-def ingest_batcher(pool: asyncpg.Pool) -> IngestBatcher:
+def ingest_commit(pool: asyncpg.Pool) -> IngestCommit:
     async def write(batch: Sequence[PendingIngest]) -> list[IngestRecord]:
         async with timed("ingest_batch"), pool.acquire() as conn:
             return await record_ingests(

@@ -9,7 +9,10 @@ import pytest
 from common.bus import BusUnavailable
 from common.rpc import RpcTimeout
 from gateway.errors import ApiError, unavailable
-from gateway.intake import (
+from gateway.jsonbody import nested_deeper_than, nul_escape_at, parse_json
+from gateway.settings import GatewaySettings
+from gateway.status import job_status, upload_status
+from gateway.upload_rules import (
     check_idempotency_key,
     check_owner,
     clean_filename,
@@ -19,9 +22,6 @@ from gateway.intake import (
     sniff,
     text_field,
 )
-from gateway.jsonbody import nested_deeper_than, nul_escape_at, parse_json
-from gateway.settings import GatewaySettings
-from gateway.status import job_status, upload_status
 from tests.conftest import make_jpeg, make_png
 
 SETTINGS = GatewaySettings(max_json_items=3)

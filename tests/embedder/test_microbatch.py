@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.batching import ModelBatcher
+from embedder.microbatch import ModelBatcher
 from embedder.model import OnnxModel
 
 

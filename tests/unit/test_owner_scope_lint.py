@@ -39,10 +39,12 @@ class Literal:
 
 
 def _docstring_ids(tree: ast.Module) -> set[int]:
-    holders = [tree] + [
-        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+    holders: list[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef] = [tree]
+    holders += [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
     ]
-    holders += [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
     found: set[int] = set()
     for holder in holders:
         body = holder.body
@@ -53,7 +55,10 @@ def _docstring_ids(tree: ast.Module) -> set[int]:
 
 def _text(node: ast.AST) -> str | None:
     if isinstance(node, ast.JoinedStr):
-        return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        return "".join(
+            v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "{}"
+            for v in node.values
+        )
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     return None
@@ -70,7 +75,8 @@ def sql_literals(root: Path) -> list[Literal]:
                 skip.update(id(v) for v in node.values)  # read with their f-string
             text = _text(node)
             if text is not None and id(node) not in skip and _STATEMENT.search(text):
-                found.append(Literal(path.relative_to(root).as_posix(), node.lineno, text))
+                line = getattr(node, "lineno", 0)
+                found.append(Literal(path.relative_to(root).as_posix(), line, text))
     return found
 
 
@@ -98,7 +104,7 @@ def owner_predicates_outside_scope(root: Path) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             text = _text(node)
             if text is not None and _OWNER_PREDICATE.search(text) and _looks_sql(text):
-                found.append(f"{relative}:{node.lineno}")
+                found.append(f"{relative}:{getattr(node, 'lineno', 0)}")
     return found
 
 

@@ -18,10 +18,9 @@ from gateway.repo.objects import (
     referenced_keys,
     upload_with_content,
 )
-from gateway.repo.scope import EVERYONE, OwnerScope, Statement
+from gateway.repo.scope import OwnerScope, Statement
 
 __all__ = [
-    "EVERYONE",
     "IdempotencyHit",
     "IngestRecord",
     "IngestRequest",

@@ -47,16 +47,22 @@ class ClusterMembers:
     members: list[asyncpg.Record]
 
 
+_NEUTRAL_NAME = "'cluster ' || left(replace(cl.id::text, '-', ''), 8)"
+
+
+def _name_shown(q: Statement, scope: OwnerScope) -> str:
+    """Whether the bound scope may see the name of the cluster `cl` (see the module's words)."""
+    return (
+        f"cl.name_source = 'admin' OR NOT cl.provisional OR {scope.holds_content(q, _NAME_ORIGIN)}"
+    )
+
+
 def _view(q: Statement, scope: OwnerScope) -> str:
     """`SELECT <the cluster's columns as the scope sees them> FROM clusters cl ...`."""
     if not scope.bound:
         return f"SELECT {CLUSTER_COLUMNS} FROM clusters cl"
-    shown = (
-        f"cl.name_source = 'admin' OR NOT cl.provisional OR {scope.holds_content(q, _NAME_ORIGIN)}"
-    )
     return f"""SELECT cl.id, cl.model_id,
-                      CASE WHEN v.shown THEN cl.name
-                           ELSE 'cluster ' || left(replace(cl.id::text, '-', ''), 8) END AS name,
+                      CASE WHEN v.shown THEN cl.name ELSE {_NEUTRAL_NAME} END AS name,
                       CASE WHEN v.shown THEN cl.name_source ELSE 'placeholder' END
                           AS name_source,
                       cl.provisional, cl.threshold,
@@ -64,7 +70,7 @@ def _view(q: Statement, scope: OwnerScope) -> str:
                        WHERE mc.cluster_id = cl.id AND {scope.holds_content(q, "mc.id")})::int
                           AS member_count,
                       cl.created_at, cl.updated_at
-               FROM clusters cl CROSS JOIN LATERAL (SELECT ({shown}) AS shown) v"""
+               FROM clusters cl CROSS JOIN LATERAL (SELECT ({_name_shown(q, scope)}) AS shown) v"""
 
 
 def _where(q: Statement, scope: OwnerScope, provisional: bool | None, model_id: str | None) -> str:
@@ -151,6 +157,7 @@ async def cluster_members(
 def cluster_name(q: Statement, scope: OwnerScope, cluster: str) -> str:
     """The name of the cluster `cluster` (an id expression) as the scope sees it, for a search
     hit: the same rule as the views above."""
-    if not scope.bound:
-        return f"(SELECT cl.name FROM clusters cl WHERE cl.id = {cluster})"
-    return f"(SELECT seen.name FROM ({_view(q, scope)} WHERE cl.id = {cluster}) seen)"
+    name = "cl.name"
+    if scope.bound:
+        name = f"CASE WHEN {_name_shown(q, scope)} THEN cl.name ELSE {_NEUTRAL_NAME} END"
+    return f"(SELECT {name} FROM clusters cl WHERE cl.id = {cluster})"

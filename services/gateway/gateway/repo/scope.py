@@ -71,6 +71,3 @@ class OwnerScope:
         if self.owner is None:
             return "TRUE"
         return f"{job} IN (SELECT sj.id FROM jobs sj WHERE {self.owns(q, 'sj.owner')})"
-
-
-EVERYONE = OwnerScope(None)

@@ -5,24 +5,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import orjson
+import pytest
+import structlog
 
 from common.bus import Bus
 from common.consumer import Consumer, Delivery, Permanent, Retryable
-from common.messages import MediaIngested
+from common.messages import EVENTS, MediaIngested
+from common.topology import ORIGIN_ROUTING_KEY_HEADER
 from tests.conftest import make_jpeg, media_event
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
 
 
 @asynccontextmanager
-async def consuming(gateway: Gateway, handler: Any) -> AsyncIterator[None]:
+async def consuming(gateway: Gateway, handler: Any, **options: Any) -> AsyncIterator[None]:
     bus = Bus(gateway.deps.settings)
     await bus.start(wait=10)
-    consumer = Consumer(bus, gateway.specs[0], MediaIngested, handler, service="test", prefetch=5)
+    consumer = Consumer(
+        bus, gateway.specs[0], {MediaIngested: handler}, service="test", prefetch=5, **options
+    )
     await consumer.start()
     try:
         yield
@@ -174,3 +179,166 @@ async def test_consumer_ignores_unknown_fields_when_version_is_the_same(
         await wait_for(lambda: asyncio.sleep(0, len(got) == 1))
     assert got[0].content_id == event.content_id
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_consumer_retries_then_parks_with_traceback_when_handler_exceeds_time_limit(
+    gateway: Gateway,
+    db: asyncpg.Connection,
+) -> None:
+    attempts: list[int] = []
+
+    async def stuck(event: MediaIngested, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        await asyncio.sleep(60)  # a hung decode, a lost socket: never finishes by itself
+
+    async with consuming(gateway, stuck, timeout_s=0.3):
+        job = await ingest_one(gateway, 11)
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"), 15)
+    assert attempts == [1, 2, 3]  # the time limit is a failure like any other: retried
+    response = await gateway.client.get(f"/api/v1/admin/dlq/{job['job_id']}")
+    assert response.status == 200
+    [letter] = await response.json()
+    assert letter["error"] == "gave up after 3 attempts: handler timed out after 0.3 s"
+    assert "Traceback (most recent call last)" in letter["traceback"]
+    assert "in stuck" in letter["traceback"]  # the frame where the handler hung
+    assert "CancelledError" in letter["traceback"]
+
+
+async def test_consumer_keeps_the_traceback_when_a_handler_fails_unexpectedly(
+    gateway: Gateway,
+    db: asyncpg.Connection,
+) -> None:
+    root = str(gateway.deps.settings.storage_path.resolve())
+
+    def parse(path: str) -> None:
+        raise KeyError(f"{path}: no 'width'")
+
+    async def buggy(event: MediaIngested, delivery: Delivery) -> None:
+        parse(f"{root}/objects/x")
+
+    async with consuming(gateway, buggy):
+        await ingest_one(gateway, 12)
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"), 15)
+    row = await db.fetchrow("SELECT error, traceback, headers FROM dead_letters")
+    assert row["error"].startswith("gave up after 3 attempts: KeyError")
+    assert "in parse" in row["traceback"] and "in buggy" in row["traceback"]
+    assert root not in row["traceback"]  # scrubbed like the error
+    assert len(row["traceback"]) <= 8000
+    assert "x-traceback" not in row["headers"]  # kept once, in its own column
+
+
+async def test_consumer_parks_without_traceback_when_failure_is_expected(
+    gateway: Gateway,
+    db: asyncpg.Connection,
+) -> None:
+    async def not_yet(event: MediaIngested, delivery: Delivery) -> None:
+        raise Retryable("cluster not filed yet")
+
+    async with consuming(gateway, not_yet):
+        await ingest_one(gateway, 13)
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"), 15)
+    row = await db.fetchrow("SELECT error, traceback FROM dead_letters")
+    assert row["error"] == "gave up after 3 attempts: Retryable: cluster not filed yet"
+    assert row["traceback"] is None
+
+
+async def test_consumer_binds_the_event_ids_into_the_log_context_when_handling(
+    gateway: Gateway,
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(event: MediaIngested, delivery: Delivery) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+
+    async with consuming(gateway, handler):
+        job = await ingest_one(gateway, 14)
+        await wait_for(lambda: asyncio.sleep(0, len(seen) == 1))
+    [context] = seen
+    assert context["job_id"] == job["job_id"]
+    assert context["content_id"] and context["queue"] == gateway.specs[0].name
+    assert "job_id" not in structlog.contextvars.get_contextvars()  # unbound afterwards
+
+
+class MediaIngestedV2(MediaIngested):
+    """A later version of media.ingested, as a rolling deploy would bring."""
+
+    routing_key: ClassVar[str] = "media.ingested.v2"
+    priority: int
+
+
+async def test_consumer_decodes_each_version_by_routing_key_when_two_share_a_queue(
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(EVENTS, MediaIngestedV2.routing_key, MediaIngestedV2)
+    got: list[tuple[str, Any]] = []
+
+    async def v1(event: MediaIngested, delivery: Delivery) -> None:
+        got.append(("v1", event))
+
+    async def v2(event: MediaIngestedV2, delivery: Delivery) -> None:
+        got.append(("v2", event))
+
+    bus = Bus(gateway.deps.settings)
+    await bus.start(wait=10)
+    spec = gateway.specs[0]
+    channel = await bus.channel(prefetch=1)
+    queue = await channel.get_queue(spec.name)
+    await queue.bind(gateway.deps.settings.bus_exchange, MediaIngestedV2.routing_key)
+    consumer = Consumer(
+        bus, spec, {MediaIngested: v1, MediaIngestedV2: v2}, service="test", prefetch=5
+    )
+    await consumer.start()
+    try:
+        old, new = media_event(), MediaIngestedV2(**media_event().model_dump(), priority=3)
+        await bus.publish(old.routing_key, old.to_bytes(), message_id="old")
+        await bus.publish(new.routing_key, new.to_bytes(), message_id="new")
+        # A key the consumer has no handler for (a copy sent back to the queue by a newer
+        # release, say) is parked at once, not guessed at.
+        await bus.publish(
+            spec.name,
+            new.to_bytes(),
+            message_id="newer",
+            headers={ORIGIN_ROUTING_KEY_HEADER: "media.ingested.v3"},
+            to_queue=True,
+        )
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM dead_letters"))
+        await wait_for(lambda: asyncio.sleep(0, len(got) == 2))
+    finally:
+        await consumer.stop()
+        await queue.unbind(gateway.deps.settings.bus_exchange, MediaIngestedV2.routing_key)
+        await bus.close()
+    versions = dict(got)
+    assert type(versions["v1"]) is MediaIngested
+    assert isinstance(versions["v2"], MediaIngestedV2) and versions["v2"].priority == 3
+    row = await db.fetchrow("SELECT message_id, error FROM dead_letters")
+    assert row["message_id"] == "newer"
+    assert "no handler here for routing key 'media.ingested.v3'" in row["error"]
+
+
+async def test_consumer_takes_no_more_messages_when_stopped(gateway: Gateway) -> None:
+    got: list[MediaIngested] = []
+
+    async def handler(event: MediaIngested, delivery: Delivery) -> None:
+        got.append(event)
+
+    bus = Bus(gateway.deps.settings)
+    await bus.start(wait=10)
+    consumer = Consumer(bus, gateway.specs[0], {MediaIngested: handler}, service="t", prefetch=5)
+    await consumer.start()
+    try:
+        await ingest_one(gateway, 15)
+        await wait_for(lambda: asyncio.sleep(0, len(got) == 1))
+        await consumer.stop()
+        await ingest_one(gateway, 16)
+
+        async def waiting() -> bool:
+            stats = await bus.queue_stats(gateway.specs[0].name)
+            return stats is not None and stats[0] == 1  # waiting for the next consumer
+
+        await wait_for(waiting)
+        await asyncio.sleep(0.3)
+        assert len(got) == 1
+    finally:
+        await bus.close()

@@ -94,12 +94,15 @@ async def handle_dlq_list(request: web.Request) -> web.Response:
 
 
 async def handle_dlq_job(request: web.Request) -> web.Response:
-    """Every dead letter of one job (parked or requeued), with the message body."""
+    """Every dead letter of one job (parked or requeued), with the message body and, for an
+    unexpected failure, the handler's traceback."""
     job_id = parse_id(request, "job_id", "job id")
     rows = await dead_letters.dead_letters_of_job(request.app[DEPS].pool, _scope(request), job_id)
     if not rows:
         raise ApiError(404, "no dead letters for this job")
-    return web.json_response([{**_json(r), "body": _body(r["body"])} for r in rows])
+    return web.json_response(
+        [{**_json(r), "body": _body(r["body"]), "traceback": r["traceback"]} for r in rows]
+    )
 
 
 def _body(raw: bytes) -> Any:

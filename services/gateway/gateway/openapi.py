@@ -161,6 +161,12 @@ SCHEMAS: dict[str, Any] = {
             "attempts": {"type": "integer"},
             "failed_at": {"type": "string", "format": "date-time"},
             "requeued_at": {"type": ["string", "null"], "format": "date-time"},
+            "body": {"description": "the parked message (a job's dead letters only)"},
+            "traceback": {
+                "type": ["string", "null"],
+                "description": "the handler's traceback when it failed unexpectedly, its last"
+                " 8000 characters (a job's dead letters only)",
+            },
         },
     },
     "Count": {"type": "object", "additionalProperties": {"type": "integer"}},

@@ -56,10 +56,11 @@ async def list_dead_letters(
 async def dead_letters_of_job(
     pool: asyncpg.Pool, scope: OwnerScope, job_id: uuid.UUID
 ) -> list[asyncpg.Record]:
-    """Every dead letter of one job of the scope (parked or requeued), with its body."""
+    """Every dead letter of one job of the scope (parked or requeued), with its body and
+    the traceback of an unexpected failure."""
     q = Statement()
     rows: list[asyncpg.Record] = await pool.fetch(
-        f"""SELECT {_COLUMNS}, d.body FROM dead_letters d
+        f"""SELECT {_COLUMNS}, d.body, d.traceback FROM dead_letters d
             WHERE d.job_id = {q.param(job_id)} AND {scope.holds_job(q, "d.job_id")}
             ORDER BY d.created_at, d.id""",
         *q.args,

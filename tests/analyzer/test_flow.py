@@ -54,7 +54,7 @@ async def test_image_is_filed_while_gemini_stalls_and_named_when_the_analysis_la
         gemini.stall.set()
 
         async def named() -> bool:
-            name = await db.fetchval(
+            name: str | None = await db.fetchval(
                 """SELECT cl.name FROM uploads u JOIN content c ON c.id = u.content_id
                    JOIN clusters cl ON cl.id = c.cluster_id
                    WHERE u.id = $1 AND c.analysis_model = 'gemini-test'""",
@@ -141,7 +141,7 @@ async def test_rate_limit_holds_across_two_analyzer_processes_when_images_pour_i
         await channel.close()
 
         async def all_analysed() -> bool:
-            left = await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL")
+            left: int = await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL")
             return left == 0
 
         await wait_for(all_analysed, what="every image analysed", timeout=60)

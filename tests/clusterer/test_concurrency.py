@@ -142,7 +142,7 @@ async def test_two_clusterers_open_exactly_one_cluster_per_kind_when_200_images_
         assert cluster["drift"] <= SEARCH_KEY_DRIFT + 1e-6
 
     # Every link present exactly once: one per upload in its content's folder (and a thumbnail).
-    expected = {}
+    expected: dict[str, str | None] = {}
     for s in seeded:
         for upload_id in s.upload_ids:
             folder = f"media/clusters/{members[s.content_id]}"

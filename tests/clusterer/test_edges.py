@@ -161,10 +161,8 @@ async def test_clusterer_parks_hostile_messages_and_keeps_working_when_they_arri
     )
 
     async def filed() -> bool:
-        return (
-            await db.fetchval("SELECT stage FROM content WHERE id = $1", good.content_id)
-            == "clustered"
-        )
+        stage: str = await db.fetchval("SELECT stage FROM content WHERE id = $1", good.content_id)
+        return stage == "clustered"
 
     await wait_for(filed, what="the good message filed")
     assert await read_queue(amqp, uploaded_queue.parking, expect=0, settle=0.5) == []
@@ -193,7 +191,8 @@ async def test_analysis_names_the_cluster_when_it_arrives_before_the_filing(
         await deps.bus.publish(filed.routing_key, filed.to_bytes(), message_id="e")
 
         async def named() -> bool:
-            return await db.fetchval("SELECT name FROM clusters") == "Bricks"
+            name: str | None = await db.fetchval("SELECT name FROM clusters")
+            return name == "Bricks"
 
         await wait_for(named, what="the late filing named by the early analysis", timeout=15)
 
@@ -223,7 +222,8 @@ async def test_sweep_syncs_a_folder_left_waiting_when_a_crash_interrupted_a_comm
         await request_folder_syncs(db, [cluster_id, gone])
 
     async def synced() -> bool:
-        return await db.fetchval("SELECT count(*) FROM folder_syncs") == 0
+        left: int = await db.fetchval("SELECT count(*) FROM folder_syncs")
+        return left == 0
 
     await wait_for(synced, what="the sweep", timeout=10)
     assert folder_snapshot(storage_path) == before

@@ -134,10 +134,10 @@ async def test_clusterer_files_interleaved_kinds_into_their_own_clusters_when_up
     await clusterer.bus.publish(analysed.routing_key, analysed.to_bytes(), message_id="a1")
 
     async def renamed() -> bool:
-        return (
-            await db.fetchval("SELECT name FROM clusters WHERE id = $1", cluster["id"])
-            == "Sunny things"
+        name: str | None = await db.fetchval(
+            "SELECT name FROM clusters WHERE id = $1", cluster["id"]
         )
+        return name == "Sunny things"
 
     await wait_for(renamed, what="the VLM's name")
     assert (

@@ -11,6 +11,7 @@ import aio_pika
 import asyncpg
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 from pgvector.asyncpg import register_vector
 from PIL import Image
 from prometheus_client import REGISTRY
@@ -33,6 +34,12 @@ def jpeg_of(array: np.ndarray, quality: int = 90, scale: float = 1.0) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def sample(name: str) -> NDArray[np.uint8]:
+    """One of scikit-image's sample photos, by name (its loaders carry no annotations)."""
+    photo: NDArray[np.uint8] = getattr(samples, name)()
+    return photo
 
 
 def metric(name: str, **labels: str) -> float:
@@ -73,7 +80,7 @@ async def test_embedder_embeds_and_publishes_when_image_is_ingested(
     db: asyncpg.Connection,
     amqp: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
-    [upload_id] = await upload(gateway, ("cat.jpg", jpeg_of(samples.chelsea())))
+    [upload_id] = await upload(gateway, ("cat.jpg", jpeg_of(sample("chelsea"))))
     [row] = await wait_stage(db, [upload_id], {"embedded"})
     assert (row["width"], row["height"], row["format"]) == (451, 300, "JPEG")
     assert row["phash"] is not None and len(row["phash"]) == 64  # bits
@@ -143,7 +150,7 @@ async def test_embedder_labels_near_duplicates_when_photo_is_reencoded_or_resize
     embedder: EmbedderDeps,
     db: asyncpg.Connection,
 ) -> None:
-    photo = samples.chelsea()
+    photo = sample("chelsea")
     [original] = await upload(gateway, ("cat.jpg", jpeg_of(photo, quality=95)))
     await wait_stage(db, [original], {"embedded"})
     copies = await upload(
@@ -153,8 +160,8 @@ async def test_embedder_labels_near_duplicates_when_photo_is_reencoded_or_resize
     )
     others = await upload(
         gateway,
-        ("coffee.jpg", jpeg_of(samples.coffee())),
-        ("astronaut.jpg", jpeg_of(samples.astronaut())),
+        ("coffee.jpg", jpeg_of(sample("coffee"))),
+        ("astronaut.jpg", jpeg_of(sample("astronaut"))),
     )
     rows = await wait_stage(db, copies + others, {"embedded"})
     original_id = (await content_of(db, original))["id"]
@@ -167,7 +174,7 @@ async def test_embedder_labels_near_duplicates_when_copies_arrive_with_the_origi
     embedder: EmbedderDeps,
     db: asyncpg.Connection,
 ) -> None:
-    photo = samples.chelsea()
+    photo = sample("chelsea")
     uploads = await upload(
         gateway,
         ("cat.jpg", jpeg_of(photo, quality=95)),
@@ -175,7 +182,7 @@ async def test_embedder_labels_near_duplicates_when_copies_arrive_with_the_origi
         ("cat-q75.jpg", jpeg_of(photo, quality=75)),
         ("cat-half.jpg", jpeg_of(photo, quality=90, scale=0.5)),
         ("cat-3q.jpg", jpeg_of(photo, quality=90, scale=0.75)),
-        ("coffee.jpg", jpeg_of(samples.coffee())),
+        ("coffee.jpg", jpeg_of(sample("coffee"))),
     )
     rows = await wait_stage(db, uploads, {"embedded"})
     cats, coffee = rows[:5], rows[5]
@@ -191,6 +198,7 @@ async def test_embedder_save_looks_up_the_nearest_phash_through_its_index(
 ) -> None:
     await register_vector(db)
     await db.execute("SET enable_seqscan = off")  # an empty table: show the index is usable
+    args: tuple[object, ...]  # the statement's parameters, of every kind
     args = (uuid.uuid4(), 1, 1, "JPEG", "{}", "0" * 64, "k", None, 8, "m", np.ones(4), [], [])
     plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + repo.SAVE_STATEMENT, *args))
     assert "Index Scan using content_phash_hnsw" in plan, plan

@@ -44,19 +44,22 @@ def _embed(path: Path, **inputs: NDArray[np.generic]) -> NDArray[np.float32]:
 
 
 def _cosines(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
-    return np.sum(a * b, axis=-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    cosines: NDArray[np.float32] = (
+        np.sum(a * b, axis=-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    )
+    return cosines
 
 
 def _pixels(image: Image.Image, pre: Preprocess) -> NDArray[np.float32]:
     """The manifest's preprocessing, plainly: shortest edge, centre crop, rescale, normalise."""
     scale = pre.resize_to / min(image.size)
-    size = tuple(max(pre.resize_to, round(side * scale)) for side in image.size)
+    width, height = (max(pre.resize_to, round(side * scale)) for side in image.size)
     resample = getattr(Image.Resampling, pre.interpolation.upper())
-    image = image.convert("RGB").resize(size, resample)
+    image = image.convert("RGB").resize((width, height), resample)
     left, top = (image.width - pre.image_size) // 2, (image.height - pre.image_size) // 2
     image = image.crop((left, top, left + pre.image_size, top + pre.image_size))
-    x = np.asarray(image, dtype=np.float32) * pre.rescale
-    x = (x - np.array(pre.mean, dtype=np.float32)) / np.array(pre.std, dtype=np.float32)
+    scaled = np.asarray(image, dtype=np.float32) * pre.rescale
+    x = (scaled - np.array(pre.mean, dtype=np.float32)) / np.array(pre.std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 

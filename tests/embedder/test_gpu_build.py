@@ -18,12 +18,17 @@ import asyncpg
 import numpy as np
 import orjson
 import pytest
-from skimage import data as samples
 
 from embedder.decode import decode_image
 from embedder.model import OnnxModel
 from tests.conftest import BusNames, service_env
-from tests.embedder.test_embedder_service import content_of, jpeg_of, upload, wait_stage
+from tests.embedder.test_embedder_service import (
+    content_of,
+    jpeg_of,
+    sample,
+    upload,
+    wait_stage,
+)
 from tests.integration.conftest import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +125,7 @@ async def test_gpu_build_embeds_on_the_usable_provider_with_the_cpu_builds_vecto
     if not HAS_GPU:  # it says why it is not on the GPU it was asked for
         assert "execution provider not usable" in log and "CUDAExecutionProvider" in log, log
 
-    [upload_id] = await upload(gateway, ("cat.jpg", jpeg_of(samples.chelsea())))
+    [upload_id] = await upload(gateway, ("cat.jpg", jpeg_of(sample("chelsea"))))
     [row] = await wait_stage(db, [upload_id], {"embedded"}, timeout=60)
     stored = await db.fetchval(
         "SELECT embedding::text FROM embeddings WHERE content_id = $1", row["id"]

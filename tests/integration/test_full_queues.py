@@ -109,7 +109,7 @@ async def test_relay_keeps_other_destinations_flowing_when_a_queue_is_full_then_
                         > refused_before
                     )
                     # Free the queue by taking what it holds; the relay resumes by itself.
-                    taken = []
+                    taken: list[str] = []
                     channel = await amqp.channel()
                     queue = await channel.get_queue(json_queue)
                     loop = asyncio.get_running_loop()

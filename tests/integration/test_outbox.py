@@ -16,12 +16,13 @@ import orjson
 
 from common.bus import Bus
 from common.db import open_pool
+from common.messages import Event
 from common.outbox import OutboxRelay, add_events
 from tests.conftest import BusNames, media_event, read_queue
 
 
 async def _fill_outbox(database_url: str, count: int) -> set[str]:
-    events = [media_event() for _ in range(count)]
+    events: list[Event] = [media_event() for _ in range(count)]
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -23,15 +24,15 @@ async def test_status_derives_from_content_stages_when_processing_advances(
     job = await response.json()
     url = f"/api/v1/ingest/{job['job_id']}/status"
 
-    async def status() -> dict[str, object]:
-        result: dict[str, object] = await (await gateway.client.get(url)).json()
+    async def status() -> dict[str, Any]:
+        result: dict[str, Any] = await (await gateway.client.get(url)).json()
         return result
 
     first = await status()
     assert first["status"] == "queued"
     assert first["progress"] == {"total": 3, "queued": 3}
-    assert [u["system_id"] for u in first["uploads"]] == job["system_ids"]  # type: ignore[index]
-    assert first["trace_id"] is None or len(first["trace_id"]) == 32  # type: ignore[arg-type]
+    assert [u["system_id"] for u in first["uploads"]] == job["system_ids"]
+    assert first["trace_id"] is None or len(first["trace_id"]) == 32
 
     sha = [hashlib.sha256(i).hexdigest() for i in images]
     await db.execute("UPDATE content SET stage = 'embedded' WHERE sha256 = $1", sha[0])

@@ -72,7 +72,8 @@ async def test_dead_letter_is_listed_and_requeued_to_done_when_its_cause_is_fixe
         assert response.status == 200 and (await response.json()) == {"requeued": 1}
 
         async def done() -> bool:
-            return (await get(gateway, f"/api/v1/ingest/{job_id}/status"))[1]["status"] == "done"
+            status: str = (await get(gateway, f"/api/v1/ingest/{job_id}/status"))[1]["status"]
+            return status == "done"
 
         await wait_for(done, what="the requeued job done", timeout=30)
     assert (await get(gateway, "/api/v1/admin/dlq"))[1] == []

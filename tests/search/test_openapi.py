@@ -11,6 +11,7 @@ import hypothesis
 import schemathesis
 from hypothesis import HealthCheck
 from schemathesis import GenerationMode
+from schemathesis.core.result import Err
 
 from gateway.openapi import document
 from tests.integration.conftest import Gateway
@@ -42,6 +43,8 @@ def fuzz(base_url: str, examples: int) -> list[str]:
     schema = schemathesis.openapi.from_dict(document())
     failures: list[str] = []
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

@@ -67,7 +67,8 @@ async def test_search_finds_by_text_and_by_example_when_the_library_has_known_me
         await wait_done(everything, db, storage_path)
 
         async def analysed() -> bool:
-            return await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL") == 0
+            left: int = await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL")
+            return left == 0
 
         await wait_for(analysed, what="every image analysed")
 
@@ -256,7 +257,8 @@ async def test_text_seen_in_an_image_finds_it_when_searched_for(
         await wait_done([invoice], db, storage_path)
 
         async def analysed() -> bool:
-            return await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL") == 0
+            left: int = await db.fetchval("SELECT count(*) FROM content WHERE analyzed_at IS NULL")
+            return left == 0
 
         await wait_for(analysed, what="the scan analysed")
         gemini.default = answer()  # the others show no text

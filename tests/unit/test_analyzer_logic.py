@@ -26,6 +26,7 @@ def test_server_retry_delay_reads_retryinfo_or_retry_after_when_given() -> None:
         server_retry_delay({"error": {"details": [{"@type": "x.RetryInfo", "retryDelay": "soon"}]}})
         is None
     )
+    junk: object
     for junk in (None, [], "text", {"error": "nope"}, {"error": {"details": "x"}}):
         assert server_retry_delay(junk, "not a number") is None
 

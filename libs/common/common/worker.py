@@ -22,7 +22,7 @@ import dataclasses
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
@@ -43,14 +43,19 @@ from common.topology import spec_of
 log = structlog.get_logger(__name__)
 
 
-class HasProbePort(Protocol):
-    """A worker's deps: a dataclass with the port its probe server bound (0 until then)."""
+@dataclass(frozen=True, kw_only=True)
+class WorkerDeps:
+    """What every worker's handlers get; a service's deps extend it with its own parts (and
+    narrow `settings` to its settings class)."""
 
-    @property
-    def probe_port(self) -> int: ...
+    settings: WorkerSettings
+    pool: asyncpg.Pool
+    bus: Bus
+    storage: FileSystemStorage
+    probe_port: int = 0  # the port the probe server bound (0 until it runs)
 
 
-D = TypeVar("D", bound=HasProbePort)
+D = TypeVar("D", bound=WorkerDeps)
 S = TypeVar("S", bound=WorkerSettings)
 E = TypeVar("E", bound=Event)
 
@@ -64,6 +69,10 @@ class Resources:
     storage: FileSystemStorage
     # Register what setup opens here (`push_async_callback`): closed in reverse at stop.
     stack: contextlib.AsyncExitStack
+
+    def deps(self, cls: type[D], settings: WorkerSettings, **parts: Any) -> D:
+        """The service's deps: these resources and settings, plus its own `parts`."""
+        return cls(settings=settings, pool=self.pool, bus=self.bus, storage=self.storage, **parts)
 
 
 Setup = Callable[[S, Resources], Awaitable[D]]
@@ -167,7 +176,7 @@ class Worker(Generic[S, D]):
                 settings.worker_http_port,
                 extra_checks=checks if self._checks else None,
             ) as port:
-                yield dataclasses.replace(deps, probe_port=port)  # type: ignore[type-var]
+                yield dataclasses.replace(deps, probe_port=port)
 
     async def _start_consuming(self, deps: D, bus: Bus, consumers: list[Consumer]) -> None:
         await bus.wait_connected(timeout=float("inf"))

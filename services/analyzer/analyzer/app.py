@@ -41,7 +41,12 @@ async def setup(settings: AnalyzerSettings, base: Resources) -> AnalyzerDeps:
         settings.analysis_labels,
         settings.analysis_label_template,
     )
-    return AnalyzerDeps(settings, base.pool, base.bus, base.storage, labeler, vlm)
+    return base.deps(
+        AnalyzerDeps,
+        settings,
+        labeler=labeler,
+        vlm=vlm,
+    )
 
 
 def _info(deps: AnalyzerDeps) -> dict[str, object]:

@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 
 from analyzer import repo
@@ -14,25 +13,20 @@ from analyzer.fallback import FALLBACK_MODEL, clip_analysis
 from analyzer.images import for_vlm
 from analyzer.settings import AnalyzerSettings
 from analyzer.vlm import VLM_REQUESTS, GeminiVlm, VlmInvalid, VlmUnauthorized, VlmUnavailable
-from common.bus import Bus
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler, LabelsUnavailable
 from common.messages import MediaAnalyzed, MediaEmbedded
 from common.stages import Stage
-from common.storage import FileSystemStorage
+from common.worker import WorkerDeps
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class AnalyzerDeps:
+@dataclass(frozen=True, kw_only=True)
+class AnalyzerDeps(WorkerDeps):
     settings: AnalyzerSettings
-    pool: asyncpg.Pool
-    bus: Bus
-    storage: FileSystemStorage
     labeler: Labeler
     vlm: GeminiVlm | None  # None: VLM_ENABLED=false or no GEMINI_API_KEY
-    probe_port: int = 0
 
 
 async def handle_embedded(deps: AnalyzerDeps, event: MediaEmbedded, delivery: Delivery) -> None:

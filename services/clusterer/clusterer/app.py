@@ -40,8 +40,12 @@ async def setup(settings: ClustererSettings, base: Resources) -> ClustererDeps:
     # Commands write media.recluster events to the outbox; relay them from here too, so
     # refiling never waits on a gateway (several relays share the work safely).
     relay = OutboxRelay(base.pool, base.bus)
-    return ClustererDeps(
-        settings, base.pool, base.bus, base.storage, labeler, relay, ModelCache(settings)
+    return base.deps(
+        ClustererDeps,
+        settings,
+        labeler=labeler,
+        relay=relay,
+        models=ModelCache(settings),
     )
 
 

@@ -19,7 +19,6 @@ from prometheus_client import Counter, Histogram
 from clusterer import folders, repo
 from clusterer.logic import choose, clean_name, unique_name, untitled_name
 from clusterer.settings import ClustererSettings
-from common.bus import Bus
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler
 from common.messages import (
@@ -31,7 +30,7 @@ from common.messages import (
 )
 from common.outbox import OutboxRelay
 from common.stages import UNFINISHED, Stage
-from common.storage import FileSystemStorage
+from common.worker import WorkerDeps
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +44,12 @@ CLUSTERS_CREATED = Counter("clusters_created_total", "Provisional clusters opene
 ATTEMPTS = 10
 
 
-@dataclass(frozen=True)
-class ClustererDeps:
+@dataclass(frozen=True, kw_only=True)
+class ClustererDeps(WorkerDeps):
     settings: ClustererSettings
-    pool: asyncpg.Pool
-    bus: Bus
-    storage: FileSystemStorage
     labeler: Labeler
     relay: OutboxRelay
     models: ModelCache
-    probe_port: int = 0
 
 
 class ModelCache:

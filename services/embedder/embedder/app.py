@@ -39,16 +39,14 @@ async def setup(settings: EmbedderSettings, base: Resources) -> EmbedderDeps:
     base.stack.push_async_callback(batcher.close)
     async with base.pool.acquire() as conn:
         await register_model(conn, model.model_id, model.dim, model.manifest.cluster_threshold)
-    return EmbedderDeps(
+    return base.deps(
+        EmbedderDeps,
         settings,
-        base.pool,
-        base.bus,
-        base.storage,
-        decoders,
-        batcher,
-        saver(base.pool, settings.near_duplicate_distance, settings.max_batch_size),
-        model.model_id,
-        model.dim,
+        decoders=decoders,
+        batcher=batcher,
+        saver=saver(base.pool, settings.near_duplicate_distance, settings.max_batch_size),
+        model_id=model.model_id,
+        dim=model.dim,
     )
 
 

@@ -11,13 +11,12 @@ import asyncpg
 import numpy as np
 import structlog
 
-from common.bus import Bus
 from common.consumer import Delivery, Permanent
 from common.db import timed
 from common.group_commit import GroupCommit
 from common.messages import MediaEmbedded, MediaIngested
 from common.stages import Stage
-from common.storage import FileSystemStorage
+from common.worker import WorkerDeps
 from embedder import repo
 from embedder.decode import Decoded, DecodedVideo, DecodeError
 from embedder.decoder_pool import DecoderPool
@@ -27,18 +26,14 @@ from embedder.settings import EmbedderSettings
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class EmbedderDeps:
+@dataclass(frozen=True, kw_only=True)
+class EmbedderDeps(WorkerDeps):
     settings: EmbedderSettings
-    pool: asyncpg.Pool
-    bus: Bus
-    storage: FileSystemStorage
     decoders: DecoderPool
     batcher: ModelBatcher
     saver: Saver
     model_id: str
     dim: int
-    probe_port: int = 0
 
 
 Saver = GroupCommit[repo.Embedded, repo.Saved]

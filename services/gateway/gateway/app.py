@@ -19,6 +19,7 @@ from common.rpc import RpcClient
 from common.storage import open_storage
 from common.topology import cluster_command_queue
 from gateway.auth import KEYS, KeyRing, authenticate, cors, parse_keys
+from gateway.backpressure import Backpressure
 from gateway.clusters import handle_cluster, handle_clusters, handle_patch_cluster
 from gateway.deadletters import (
     handle_dlq_job,
@@ -28,7 +29,7 @@ from gateway.deadletters import (
     handle_dlq_requeue_all,
     handle_dlq_requeue_job,
 )
-from gateway.deps import DEPS, Backpressure, Deps
+from gateway.deps import DEPS, Deps
 from gateway.errors import RETRY_AFTER, request_context
 from gateway.ingest import handle_ingest
 from gateway.ingest_commit import ingest_commit

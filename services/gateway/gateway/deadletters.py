@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.stages import Stage
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError, invalid
@@ -23,7 +24,11 @@ from gateway.repo.scope import OwnerScope
 from gateway.views import parse_id
 
 # The stage a content goes back to when a message of this service is requeued.
-RETRY_STAGE = {"embedder": "ingested", "clusterer": "embedded", "schemer": "ingested"}
+RETRY_STAGE = {
+    "embedder": Stage.INGESTED,
+    "clusterer": Stage.EMBEDDED,
+    "schemer": Stage.INGESTED,
+}
 MAX_BODY = 16 * 1024
 ASK_ALL = 'to requeue every parked dead letter, send the JSON body {"all": true}'
 

@@ -12,11 +12,12 @@ from typing import Any
 import structlog
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import Histogram
 
 from common.storage import Storage, Writer, key_for
 from common.telemetry import current_trace_id
 from gateway.auth import OPEN, Principal, principal
-from gateway.deps import DEPS, INGEST_LATENCY, Deps
+from gateway.deps import DEPS, Deps
 from gateway.errors import ApiError, no_nul, request_id
 from gateway.ingest_commit import PendingIngest
 from gateway.jsonbody import parse_json
@@ -48,6 +49,12 @@ from gateway.upload_rules import (
 from gateway.uploads import UPLOAD_SLOTS, client_aborted, read_deadline
 
 log = structlog.get_logger(__name__)
+
+INGEST_LATENCY = Histogram(
+    "ingest_latency_seconds",
+    "Time from request start to 202, for accepted ingests.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 FILE_FIELDS = frozenset({"files[]", "files", "file"})
 TEXT_FIELDS = frozenset({"owner", "comments", "idempotency_key"})

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from common.stages import Stage
+
 # The stage at which content of each kind is fully processed.
-DONE_STAGE = {"image": "clustered", "video": "clustered", "json": "stored"}
+DONE_STAGE = {"image": Stage.CLUSTERED, "video": Stage.CLUSTERED, "json": Stage.STORED}
 
 
 def upload_status(kind: str, stage: str) -> str:
     """queued, processing, done or failed."""
-    if stage == "failed":
+    if stage == Stage.FAILED:
         return "failed"
     if stage == DONE_STAGE.get(kind):
         return "done"
-    if stage == "ingested":
+    if stage == Stage.INGESTED:
         return "queued"
     return "processing"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from common.stages import UNFINISHED
+
 # One index probe per stage (literal stages match the partial index), not a scan.
 _OLDEST_UNFINISHED = """SELECT
   extract(epoch FROM now() - (SELECT min(stage_updated_at) FROM content
@@ -23,4 +25,4 @@ async def oldest_unfinished(pool: asyncpg.Pool) -> dict[str, float]:
     A gauge over every owner's content, never shown to a request: no owner scope applies."""
     row = await pool.fetchrow(_OLDEST_UNFINISHED)
     assert row is not None
-    return {stage: float(row[stage] or 0.0) for stage in ("ingested", "embedded")}
+    return {stage: float(row[stage] or 0.0) for stage in UNFINISHED}

@@ -9,13 +9,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.unit.sql_source import literal_text, looks_like_sql
+from tests.unit.sql_source import sql_literals as source_sql
+
 GATEWAY = Path(__file__).resolve().parents[2] / "services" / "gateway" / "gateway"
 
 # Tables holding an owner's rows, or reached through them (content and clusters through
 # uploads).
 OWNER_SCOPED = ("uploads", "jobs", "dead_letters", "idempotency_keys", "content", "clusters")
 _TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(" + "|".join(OWNER_SCOPED) + r")\b")
-_STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b|\bSELECT\b.*\bFROM\b", re.S)
 # `owner = $1`, `owner IN (...)`, `$2::text IS NULL OR ...owner`: a predicate on an owner.
 _OWNER_PREDICATE = re.compile(r"owner\s*(=|<>|!=|\bIN\b)|IS NULL OR\b[^)]*owner", re.I)
 _SCOPE_MODULE = "repo/scope.py"
@@ -38,46 +40,13 @@ class Literal:
     text: str
 
 
-def _docstring_ids(tree: ast.Module) -> set[int]:
-    holders: list[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef] = [tree]
-    holders += [
-        n
-        for n in ast.walk(tree)
-        if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
-    found: set[int] = set()
-    for holder in holders:
-        body = holder.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            found.add(id(body[0].value))
-    return found
-
-
-def _text(node: ast.AST) -> str | None:
-    if isinstance(node, ast.JoinedStr):
-        return "".join(
-            v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "{}"
-            for v in node.values
-        )
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    return None
-
-
 def sql_literals(root: Path) -> list[Literal]:
     """Every SQL-looking string literal under `root` (f-strings read whole; docstrings not)."""
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        skip = _docstring_ids(tree)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.JoinedStr):
-                skip.update(id(v) for v in node.values)  # read with their f-string
-            text = _text(node)
-            if text is not None and id(node) not in skip and _STATEMENT.search(text):
-                line = getattr(node, "lineno", 0)
-                found.append(Literal(path.relative_to(root).as_posix(), line, text))
-    return found
+    return [
+        Literal(path.relative_to(root).as_posix(), line, text)
+        for path in sorted(root.rglob("*.py"))
+        for line, text in source_sql(path.read_text())
+    ]
 
 
 def _in_repo(path: str) -> bool:
@@ -102,14 +71,14 @@ def owner_predicates_outside_scope(root: Path) -> list[str]:
         if relative == _SCOPE_MODULE:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            text = _text(node)
+            text = literal_text(node)
             if text is not None and _OWNER_PREDICATE.search(text) and _looks_sql(text):
                 found.append(f"{relative}:{getattr(node, 'lineno', 0)}")
     return found
 
 
 def _looks_sql(text: str) -> bool:
-    return bool(_STATEMENT.search(text) or re.search(r"\$\d|\{\w*\}|::text", text))
+    return looks_like_sql(text) or bool(re.search(r"\$\d|\{\w*\}|::text", text))
 
 
 def _uses_scope(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -152,7 +121,9 @@ def unscoped_repo_reads(root: Path) -> list[str]:
         constants = {
             target.id
             for node in tree.body
-            if isinstance(node, ast.Assign) and (text := _text(node.value)) and _TABLE.search(text)
+            if isinstance(node, ast.Assign)
+            and (text := literal_text(node.value))
+            and _TABLE.search(text)
             for target in node.targets
             if isinstance(target, ast.Name)
         }
@@ -160,7 +131,9 @@ def unscoped_repo_reads(root: Path) -> list[str]:
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             touches = any(
-                (text := _text(n)) is not None and _TABLE.search(text) and _STATEMENT.search(text)
+                (text := literal_text(n)) is not None
+                and _TABLE.search(text)
+                and looks_like_sql(text)
                 for n in ast.walk(function)
             ) or any(isinstance(n, ast.Name) and n.id in constants for n in ast.walk(function))
             key = f"{relative}:{function.name}"

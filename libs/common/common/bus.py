@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from pamqp.commands import Basic
 from prometheus_client import Counter
 
+from common.aio import wait_event
 from common.settings import CommonSettings
 from common.topology import QueueSpec, declare_all, queue_specs
 
@@ -87,9 +88,7 @@ class Bus:
         """Begin connecting; optionally wait up to `wait` seconds for the first connection."""
         self._task = asyncio.create_task(self._connect_forever(), name="bus-connect")
         if wait:
-            try:
-                await asyncio.wait_for(self._ready.wait(), wait)
-            except TimeoutError:
+            if not await wait_event(self._ready, wait):
                 log.warning("bus not reachable yet; continuing to retry")
 
     async def _connect_forever(self) -> None:
@@ -129,7 +128,9 @@ class Bus:
         )
 
     async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        """Wait until connected; TimeoutError after `timeout` seconds (inf: for ever)."""
+        if not await wait_event(self._ready, timeout):
+            raise TimeoutError(f"the bus did not connect within {timeout:g} s")
 
     async def channel(self, prefetch: int | None = None) -> AbstractChannel:
         """A new channel on the shared connection (consumers get their own)."""

@@ -24,6 +24,7 @@ import structlog
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
+from common.aio import wait_event
 from common.bus import Bus, BusUnavailable, PublishRefused
 from common.dlq import insert_dead_letter
 from common.messages import Event
@@ -186,10 +187,7 @@ class OutboxRelay:
                 published = 0
                 await asyncio.sleep(self.poll_interval)
             if published < self.batch_size:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._wait_time())
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self._wait_time())
                 self._wake.clear()
 
     def _wait_time(self) -> float:

@@ -18,6 +18,7 @@ import structlog
 from numpy.typing import NDArray
 from prometheus_client import Counter, Histogram
 
+from common.aio import wait_event
 from embedder.model import EmbeddingModel
 
 log = structlog.get_logger(__name__)
@@ -103,10 +104,7 @@ class ModelBatcher:
                 break  # a text request arrived: serve it before filling this image batch
             # Waiting on an event, not on queue.get(): a timeout can never drop an item.
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                pass
+            await wait_event(self._wakeup, remaining)
         return batch
 
     async def _infer(self, batch: list[_Item], kind: str) -> None:

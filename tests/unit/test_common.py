@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from common.dlq import describe_death
+from common.dlq import describe_death, original_routing_key
 from common.messages import MediaIngested
 from common.settings import (
     CommonSettings,
@@ -120,3 +120,12 @@ def test_messages_are_frozen_and_ignore_unknown_fields_when_parsed() -> None:
     with pytest.raises(ValidationError):
         parsed.size_bytes = 2  # type: ignore[misc]
     assert MediaIngested.routing_key == "media.ingested.v1"
+
+
+def test_original_routing_key_reads_our_header_or_the_brokers_death_when_parked() -> None:
+    ours = {"x-origin-routing-key": "media.recluster.v1"}
+    assert original_routing_key(ours, "q.dlq") == "media.recluster.v1"
+    # Dead-lettered by the broker (delivery limit): it arrives keyed by the parking queue.
+    broker = {"x-death": [{"reason": "delivery_limit", "routing-keys": ["media.embedded.v1"]}]}
+    assert original_routing_key(broker, "q.dlq") == "media.embedded.v1"
+    assert original_routing_key({}, "q.dlq") == "q.dlq"

@@ -56,6 +56,19 @@ def describe_death(headers: dict[str, Any]) -> tuple[str, int]:
     return "dead-lettered without a recorded error", int(headers.get(ATTEMPT_HEADER, 1))
 
 
+def original_routing_key(headers: dict[str, Any], received: str | None) -> str | None:
+    """The routing key the message was first published with: our wrapper records it in a
+    header; the broker's own dead-lettering keeps it in x-death (the message itself arrives
+    keyed by the parking queue's name)."""
+    if headers.get(ORIGIN_ROUTING_KEY_HEADER):
+        return str(headers[ORIGIN_ROUTING_KEY_HEADER])
+    deaths = headers.get("x-death") or []
+    keys = deaths[0].get("routing-keys") if deaths and isinstance(deaths[0], dict) else None
+    if keys:
+        return str(keys[0])
+    return received
+
+
 def _uuid_field(body: dict[str, Any], key: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(body[key]))
@@ -142,7 +155,7 @@ class DeadLetterRecorder:
         body = body if isinstance(body, dict) else {}
         content_id = _uuid_field(body, "content_id")
         message_id = message.message_id or str(body.get("message_id") or uuid.uuid4())
-        routing_key = headers.get(ORIGIN_ROUTING_KEY_HEADER) or message.routing_key
+        routing_key = original_routing_key(headers, message.routing_key)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await insert_dead_letter(

@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 
 from common.outbox import OUTBOX_PARKING
-from common.topology import ATTEMPT_HEADER, ERROR_HEADER
+from common.topology import ATTEMPT_HEADER, ERROR_HEADER, ORIGIN_ROUTING_KEY_HEADER
 from gateway.repo.scope import OwnerScope, Statement
 
 State = Literal["parked", "requeued", "all"]
@@ -100,6 +100,9 @@ async def requeue(
 async def _requeue_one(conn: asyncpg.Connection, row: Any, stage: str | None) -> None:
     """Requeue one dead letter that `requeue` selected (and locked) in the scope."""
     headers = {k: v for k, v in orjson.loads(row["h"]).items() if k not in _DROPPED_HEADERS}
+    if row["routing_key"]:
+        # Sent back to its queue by name: the consumer decodes it by the key it had.
+        headers[ORIGIN_ROUTING_KEY_HEADER] = row["routing_key"]
     if stage is not None and row["content_id"] is not None:
         await conn.execute(
             """UPDATE content SET stage = $2, error = NULL, stage_updated_at = now()

@@ -6,7 +6,6 @@ import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -122,7 +121,7 @@ class CommonSettings(BaseSettings):
 
     @property
     def database_dsn(self) -> str:
-        """DATABASE_URL itself, for the driver only (never log it: see `redacted`)."""
+        """DATABASE_URL itself, for the driver only (never log it)."""
         return self.database_url.get_secret_value()
 
     @property
@@ -156,15 +155,6 @@ class WorkerSettings(CommonSettings):
 
     worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8080, ge=0, le=65535)
-
-
-def redacted(url: str) -> str:
-    """A URL with its password replaced by ***, for logs and /health."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def comma_separated(value: object, *, lower: bool = False) -> object:

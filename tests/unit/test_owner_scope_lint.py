@@ -16,7 +16,16 @@ GATEWAY = Path(__file__).resolve().parents[2] / "services" / "gateway" / "gatewa
 
 # Tables holding an owner's rows, or reached through them (content and clusters through
 # uploads).
-OWNER_SCOPED = ("uploads", "jobs", "dead_letters", "idempotency_keys", "content", "clusters")
+OWNER_SCOPED = (
+    "uploads",
+    "jobs",
+    "dead_letters",
+    "idempotency_keys",
+    "content",
+    "clusters",
+    "json_collections",
+    "json_documents",
+)
 _TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(" + "|".join(OWNER_SCOPED) + r")\b")
 # `owner = $1`, `owner IN (...)`, `$2::text IS NULL OR ...owner`: a predicate on an owner.
 _OWNER_PREDICATE = re.compile(r"owner\s*(=|<>|!=|\bIN\b)|IS NULL OR\b[^)]*owner", re.I)

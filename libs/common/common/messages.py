@@ -33,14 +33,42 @@ class MediaIngested(Event):
     size_bytes: int
 
 
+# Uploads a JSON ingest event carries at most; a larger request is several events of one job.
+JSON_UPLOADS_PER_EVENT = 1000
+
+
 class JsonIngested(Event):
-    """A new JSON document is stored and waits for the schemer."""
+    """JSON uploads of one request wait for the schemer: every upload, stored bytes or not
+    (a document belongs to its upload). The uploads of one request are one batch for one
+    collection: the one named, or the one the schemer finds or opens."""
+
+    routing_key: ClassVar[str] = "json.ingested.v2"
+    job_id: uuid.UUID
+    upload_ids: list[uuid.UUID] = Field(min_length=1, max_length=JSON_UPLOADS_PER_EVENT)
+    collection: str | None = Field(None, max_length=63)
+
+
+class JsonIngestedV1(Event):
+    """The first version: new JSON content, one event each (written by earlier releases and
+    decoded still, so that what they queued is not stranded: it stands for the job's uploads
+    of that content)."""
 
     routing_key: ClassVar[str] = "json.ingested.v1"
     content_id: uuid.UUID
     job_id: uuid.UUID
     sha256: str
     size_bytes: int
+
+
+class SchemaCommand(Event):
+    """An admin's decision on a collection, carried out by the schemer (approval moves every
+    staged document into a table: it may take a while, so it is not an RPC)."""
+
+    routing_key: ClassVar[str] = "schema.command.v1"
+    collection_id: uuid.UUID
+    action: Literal["approve", "reject", "approve_migration"]
+    migration: int | None = Field(None, ge=1)
+    actor: str = Field("admin", max_length=200)
 
 
 class MediaEmbedded(Event):
@@ -127,6 +155,8 @@ EVENTS: dict[str, type[Event]] = {
     for cls in (
         MediaIngested,
         JsonIngested,
+        JsonIngestedV1,
+        SchemaCommand,
         MediaEmbedded,
         MediaRecluster,
         MediaUploaded,

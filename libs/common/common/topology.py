@@ -13,11 +13,13 @@ from aio_pika.abc import AbstractChannel, ExchangeType
 
 from common.messages import (
     JsonIngested,
+    JsonIngestedV1,
     MediaAnalyzed,
     MediaEmbedded,
     MediaIngested,
     MediaRecluster,
     MediaUploaded,
+    SchemaCommand,
 )
 from common.settings import CommonSettings
 
@@ -54,7 +56,14 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
     """Every consumer queue; BUS_QUEUE_PREFIX lets several deployments share one broker."""
     return (
         QueueSpec("embedder", f"{prefix}embedder.media-ingested", (MediaIngested.routing_key,)),
-        QueueSpec("schemer", f"{prefix}schemer.json-ingested", (JsonIngested.routing_key,)),
+        # A JSON event stands for uploads, not one content: the schemer's failures are shown
+        # per upload (through its dead letter), never by failing shared content.
+        QueueSpec(
+            "schemer",
+            f"{prefix}schemer.json-ingested",
+            (JsonIngested.routing_key, JsonIngestedV1.routing_key),
+            fails_content=False,
+        ),
         QueueSpec(
             "clusterer",
             f"{prefix}clusterer.media-embedded",
@@ -79,6 +88,13 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
             f"{prefix}analyzer.media-embedded",
             (MediaEmbedded.routing_key,),
             fails_content=False,  # the analysis enriches; its failure does not fail the media
+        ),
+        # Approvals and rejections of collections (the gateway writes them to its outbox).
+        QueueSpec(
+            "schemer",
+            f"{prefix}schemer.commands",
+            (SchemaCommand.routing_key,),
+            fails_content=False,
         ),
     )
 

@@ -35,6 +35,15 @@ from gateway.ingest import handle_ingest
 from gateway.ingest_commit import ingest_commit
 from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
+from gateway.schemas import (
+    handle_approve,
+    handle_approve_migration,
+    handle_document,
+    handle_documents,
+    handle_reject,
+    handle_schema,
+    handle_schemas,
+)
 from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
 from gateway.sweep import Sweeper
@@ -87,6 +96,15 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/clusters", handle_clusters)
     app.router.add_get("/api/v1/clusters/{cluster_id}", handle_cluster)
     app.router.add_patch("/api/v1/clusters/{cluster_id}", handle_patch_cluster)
+    app.router.add_get("/api/v1/schemas", handle_schemas)
+    app.router.add_get("/api/v1/schemas/{schema_id}", handle_schema)
+    app.router.add_post("/api/v1/schemas/{schema_id}/approve", handle_approve)
+    app.router.add_post("/api/v1/schemas/{schema_id}/reject", handle_reject)
+    app.router.add_post(
+        "/api/v1/schemas/{schema_id}/migrations/{n}/approve", handle_approve_migration
+    )
+    app.router.add_get("/api/v1/collections/{name}/documents", handle_documents)
+    app.router.add_get("/api/v1/collections/{name}/documents/{object_id}", handle_document)
     app.router.add_get("/api/v1/search", handle_search_get)
     app.router.add_post("/api/v1/search", handle_search_post)
     app.router.add_get("/api/v1/admin/dlq", handle_dlq_list)

@@ -91,6 +91,8 @@ def required_role(request: web.Request) -> Role | None:
         return "admin"
     if path.startswith("/api/v1/clusters/") and request.method == "PATCH":
         return "admin"
+    if path.startswith("/api/v1/schemas/") and request.method == "POST":
+        return "admin"
     if path == "/api/v1/ingest" and request.method == "POST":
         return "write"
     return "read"

@@ -30,7 +30,7 @@ THUMBNAILS_PER_CLUSTER = 4
 MAX_BODY = 64 * 1024
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -63,8 +63,8 @@ async def handle_clusters(request: web.Request) -> web.Response:
 
     A key bound to an owner sees the clusters that hold its uploads, as its members make them
     (gateway/repo/clusters.py says what of a cluster it sees)."""
-    limit = _int_param(request, "limit", 50, 1, 100)
-    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    limit = int_param(request, "limit", 50, 1, 100)
+    offset = int_param(request, "offset", 0, 0, 1_000_000)
     provisional = request.query.get("provisional")
     if provisional not in (None, "true", "false"):
         raise ApiError(400, "provisional must be true or false")
@@ -95,8 +95,8 @@ async def handle_clusters(request: web.Request) -> web.Response:
 async def handle_cluster(request: web.Request) -> web.Response:
     """One cluster and its members (one per upload, oldest first), paged."""
     cluster_id = parse_id(request, "cluster_id", "cluster id")
-    limit = _int_param(request, "limit", 50, 1, 500)
-    offset = _int_param(request, "offset", 0, 0, 10_000_000)
+    limit = int_param(request, "limit", 50, 1, 500)
+    offset = int_param(request, "offset", 0, 0, 10_000_000)
     found = await cluster_members(request.app[DEPS].pool, scope(request), cluster_id, limit, offset)
     if found is None:
         raise ApiError(404, "cluster not found")

@@ -34,6 +34,7 @@ from gateway.upload_rules import (
     IMAGE_TYPES,
     SNIFF_BYTES,
     VIDEO_TYPES,
+    check_collection,
     check_comments,
     check_idempotency_key,
     check_owner,
@@ -57,7 +58,7 @@ INGEST_LATENCY = Histogram(
 )
 
 FILE_FIELDS = frozenset({"files[]", "files", "file"})
-TEXT_FIELDS = frozenset({"owner", "comments", "idempotency_key"})
+TEXT_FIELDS = frozenset({"owner", "comments", "idempotency_key", "collection"})
 CHUNK = 262144
 
 
@@ -84,9 +85,11 @@ class Intake:
                 413, f"too many uploads in one request (limit {self.settings.max_json_items})"
             )
 
-    def add_json(self, data: bytes, what: str, filename: str | None) -> None:
+    def add_json(
+        self, data: bytes, what: str, filename: str | None, envelope: bool = False
+    ) -> None:
         value = parse_json(data, what, self.settings.max_json_depth)
-        documents = json_documents(value, what, self.settings)
+        documents = json_documents(value, what, self.settings, envelope)
         self._count(len(documents))
         self.entries.extend((doc, filename) for doc in documents)
 
@@ -203,7 +206,7 @@ async def _read_multipart(request: web.Request, intake: Intake) -> None:
             limit = settings.max_json_bytes
             data = await _read_bounded(part, limit, "payload", limit)
             if data.strip():
-                intake.add_json(data, "payload", None)
+                intake.add_json(data, "payload", None, envelope=True)
         else:
             raise ApiError(
                 400,
@@ -223,10 +226,7 @@ async def _read_json_body(request: web.Request, intake: Intake) -> None:
             raise too_large("JSON body", limit)
     if not data.strip():
         raise ApiError(400, "the request body is empty")
-    intake.add_json(bytes(data), "JSON body", None)
-    for name in TEXT_FIELDS:
-        if name in request.query:
-            intake.fields[name] = request.query[name]
+    intake.add_json(bytes(data), "JSON body", None, envelope=True)
 
 
 async def _read_urlencoded(request: web.Request, intake: Intake) -> None:
@@ -244,7 +244,7 @@ async def _read_urlencoded(request: web.Request, intake: Intake) -> None:
             intake.fields[name] = no_nul(value, f"field {name!r}")
     payload = form.get("payload")
     if isinstance(payload, str) and payload.strip():
-        intake.add_json(payload.encode(), "payload", None)
+        intake.add_json(payload.encode(), "payload", None, envelope=True)
 
 
 def _response(record: IngestRecord, rid: str) -> dict[str, Any]:
@@ -269,18 +269,24 @@ async def handle_ingest(request: web.Request) -> web.Response:
     try:
         async with read_deadline(request, deps.settings):
             await _read_request(request, intake)
+        for name in TEXT_FIELDS:  # a form field wins over the query parameter of its name
+            if name in request.query and name not in intake.fields:
+                intake.fields[name] = no_nul(request.query[name], f"parameter {name!r}")
         if not intake.entries:
             raise ApiError(400, "nothing to ingest: send files[], a payload or a JSON body")
         deps.backpressure.check_events(intake.kinds())
         caller = principal(request)
         owner = _owner(caller, intake.fields.get("owner"))
         comments = check_comments(intake.fields.get("comments"))
+        collection = check_collection(intake.fields.get("collection"))
         key = check_idempotency_key(
             intake.fields.get("idempotency_key") or request.headers.get("Idempotency-Key")
         )
         # Idempotency keys belong to the caller: its API key, or without keys its owner.
         scope = owner if caller is OPEN else f"key:{caller.key_id}"
-        response = await _record(request, deps, intake, owner, comments, key, scope)
+        response = await _record(
+            request, deps, intake, IngestFields(owner, comments, collection), key, scope
+        )
     finally:
         intake.abort()  # removes temp files of anything not placed; placed files stay
         slots.release()
@@ -333,20 +339,35 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
         ) from None
 
 
+@dataclass(frozen=True)
+class IngestFields:
+    """The checked text fields of one request."""
+
+    owner: str
+    comments: str | None
+    collection: str | None
+
+
 async def _record(
     request: web.Request,
     deps: Deps,
     intake: Intake,
-    owner: str,
-    comments: str | None,
+    fields: IngestFields,
     key: str | None,
     scope: str,
 ) -> web.Response:
     rid = request_id(request)
     uploads = intake.uploads()
-    request_hash = fingerprint(owner, comments, [(u.filename, u.sha256) for u in uploads])
+    request_hash = fingerprint(
+        fields.owner,
+        fields.comments,
+        [(u.filename, u.sha256) for u in uploads],
+        fields.collection,
+    )
     idempotency = (scope, key, request_hash) if key else None
-    request_record = IngestRequest(owner, comments, rid, current_trace_id(), uploads)
+    request_record = IngestRequest(
+        fields.owner, fields.comments, rid, current_trace_id(), uploads, fields.collection
+    )
     try:
         if idempotency is None:
             # Files first, then the rows that make them visible (in a shared group commit,

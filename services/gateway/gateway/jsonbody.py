@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from common import jsontext
 from gateway.deps import DEPS
 from gateway.errors import ApiError
 
@@ -33,7 +34,7 @@ def parse_json(data: bytes, what: str, max_depth: int) -> Any:
             400, f"{what} is nested more than {max_depth} levels deep", {"limit": max_depth}
         )
     try:
-        value = orjson.loads(data)
+        value = jsontext.loads(data)  # integers beyond 64 bits kept exact
     except orjson.JSONDecodeError as error:
         raise ApiError(
             400,

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 import filetype
 import orjson
 
+from common import jsontext
 from gateway.errors import ApiError, no_nul
 from gateway.settings import GatewaySettings
 
@@ -25,6 +26,8 @@ VIDEO_TYPES = frozenset(
 SNIFF_BYTES = 512
 _OWNER = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# A collection name: a lower-case identifier (it becomes part of a table name).
+COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _JSON_START = (b"{", b"[")
 _DISPOSITION_PARAM = re.compile(
     r';\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)'
@@ -97,8 +100,15 @@ def text_field(data: bytes, name: str) -> str:
     return no_nul(text, f"field {name!r}")
 
 
-def json_documents(value: Any, what: str, settings: GatewaySettings) -> list[bytes]:
-    """One canonical document per upload: an array becomes one per element."""
+def json_documents(
+    value: Any, what: str, settings: GatewaySettings, envelope: bool = False
+) -> list[bytes]:
+    """One canonical document per upload: an array becomes one per element. With `envelope`
+    (a JSON body or the payload field), `{"payload": [...]}` is that array."""
+    if envelope and isinstance(value, dict) and len(value) == 1 and "payload" in value:
+        if isinstance(value["payload"], list):
+            value = value["payload"]
+            what = f"{what}.payload"
     if isinstance(value, list):
         if not value:
             raise ApiError(400, f"{what} is an empty JSON array")
@@ -116,7 +126,7 @@ def json_documents(value: Any, what: str, settings: GatewaySettings) -> list[byt
         if not isinstance(item, dict):
             where = f"{what}[{index}]" if isinstance(value, list) else what
             raise ApiError(400, f"{where} must be a JSON object, not {type(item).__name__}")
-        documents.append(orjson.dumps(item))
+        documents.append(jsontext.dumps(item))
     return documents
 
 
@@ -135,6 +145,20 @@ def check_idempotency_key(value: str | None) -> str | None:
     return value
 
 
+def check_collection(value: str | None) -> str | None:
+    """The collection an ingest names, or None (the schemer chooses one)."""
+    if value is None or value == "":
+        return None
+    if not COLLECTION_NAME.match(value):
+        raise ApiError(
+            400,
+            "collection must be a lower-case identifier: a letter, then up to 62 letters,"
+            " digits or underscores",
+            {"pattern": COLLECTION_NAME.pattern},
+        )
+    return value
+
+
 def check_comments(value: str | None) -> str | None:
     if value is not None and len(value) > 4096:
         raise ApiError(400, "comments are longer than 4096 characters")
@@ -150,7 +174,15 @@ def clean_filename(value: str | None) -> str | None:
     return name or None
 
 
-def fingerprint(owner: str, comments: str | None, items: list[tuple[str | None, str]]) -> str:
+def fingerprint(
+    owner: str,
+    comments: str | None,
+    items: list[tuple[str | None, str]],
+    collection: str | None = None,
+) -> str:
     """What makes two requests 'the same' for idempotency: fields and content hashes."""
-    canonical = orjson.dumps({"owner": owner, "comments": comments, "items": items})
+    fields: dict[str, Any] = {"owner": owner, "comments": comments, "items": items}
+    if collection is not None:  # absent otherwise: earlier keys keep their fingerprints
+        fields["collection"] = collection
+    canonical = orjson.dumps(fields)
     return hashlib.sha256(canonical).hexdigest()

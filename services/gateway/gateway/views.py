@@ -7,8 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
+from common.messages import JsonIngested
+from common.topology import spec_of
 from gateway.auth import bound_owner
-from gateway.deps import DEPS
+from gateway.deps import DEPS, Deps
 from gateway.errors import ApiError
 from gateway.repo.objects import document_of, job_with_uploads, thumbnail_of, upload_with_content
 from gateway.repo.scope import OwnerScope
@@ -46,6 +48,11 @@ def scope(request: web.Request) -> OwnerScope:
     return OwnerScope(bound_owner(request))
 
 
+def json_queue(deps: Deps) -> str:
+    """The schemer's queue: its dead letters fail the JSON uploads of their job."""
+    return spec_of(deps.bus.specs, "schemer", JsonIngested.routing_key).name
+
+
 def visible(row: Any) -> Any:
     """The upload's row, or 404 when the caller's scope holds none (another owner's upload
     is as good as absent: its existence is not confirmed)."""
@@ -57,7 +64,8 @@ def visible(row: Any) -> Any:
 async def handle_job_status(request: web.Request) -> web.Response:
     """Overall status derived from the stages of the job's content, and a row per upload."""
     job_id = parse_id(request, "job_id", "job id")
-    rows = await job_with_uploads(request.app[DEPS].pool, scope(request), job_id)
+    deps = request.app[DEPS]
+    rows = await job_with_uploads(deps.pool, scope(request), job_id, json_queue(deps))
     if not rows:
         raise ApiError(404, "job not found")
     uploads = []
@@ -75,6 +83,7 @@ async def handle_job_status(request: web.Request) -> web.Response:
                 "stage": row["stage"],
                 "error": row["error"],
                 "updated_at": row["stage_updated_at"].isoformat(),
+                **({"document": row["document"]} if row["kind"] == "json" else {}),
             }
         )
     first = rows[0]
@@ -117,12 +126,14 @@ def _object_json(row: Any) -> dict[str, Any]:
         "cluster_id": str(row["cluster_id"]) if row["cluster_id"] else None,
         "near_duplicate_of": str(row["near_duplicate_of"]) if row["near_duplicate_of"] else None,
         "analysis": row["analysis"],
+        **({"document": row["document"]} if row["kind"] == "json" else {}),
     }
 
 
 async def handle_object(request: web.Request) -> web.Response:
     upload_id = parse_id(request, "object_id", "object id")
-    row = visible(await upload_with_content(request.app[DEPS].pool, scope(request), upload_id))
+    deps = request.app[DEPS]
+    row = visible(await upload_with_content(deps.pool, scope(request), upload_id, json_queue(deps)))
     return web.json_response(_object_json(row))
 
 
@@ -130,7 +141,7 @@ async def handle_object_content(request: web.Request) -> web.StreamResponse:
     """The stored bytes (media, streamed from storage) or the JSON document."""
     deps = request.app[DEPS]
     upload_id = parse_id(request, "object_id", "object id")
-    row = visible(await upload_with_content(deps.pool, scope(request), upload_id))
+    row = visible(await upload_with_content(deps.pool, scope(request), upload_id, json_queue(deps)))
     if row["kind"] == "json":
         document = await document_of(deps.pool, scope(request), upload_id)
         return web.Response(text=document, content_type="application/json")

@@ -12,7 +12,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from common.messages import Event, JsonIngested, MediaIngested, MediaUploaded
+from common.messages import (
+    JSON_UPLOADS_PER_EVENT,
+    JsonIngested,
+    MediaIngested,
+    MediaUploaded,
+)
 from common.outbox import trace_headers
 from gateway.repo.objects import lock_objects
 from gateway.repo.scope import Statement
@@ -49,11 +54,7 @@ class IdempotencyHit(Exception):
         self.response = response
 
 
-def _event_for(content_id: uuid.UUID, job_id: uuid.UUID, item: NewUpload) -> Event:
-    if item.kind == "json":
-        return JsonIngested(
-            content_id=content_id, job_id=job_id, sha256=item.sha256, size_bytes=item.size_bytes
-        )
+def _media_event(content_id: uuid.UUID, job_id: uuid.UUID, item: NewUpload) -> MediaIngested:
     return MediaIngested(
         content_id=content_id,
         job_id=job_id,
@@ -62,6 +63,21 @@ def _event_for(content_id: uuid.UUID, job_id: uuid.UUID, item: NewUpload) -> Eve
         mime_type=item.mime_type,
         size_bytes=item.size_bytes,
     )
+
+
+def _json_events(request: IngestRequest) -> list[JsonIngested]:
+    """Every JSON upload of the request, stored bytes or not, in events of bounded size."""
+    ids = [
+        u for u, item in zip(request.upload_ids, request.items, strict=True) if item.kind == "json"
+    ]
+    return [
+        JsonIngested(
+            job_id=request.job_id,
+            upload_ids=ids[start : start + JSON_UPLOADS_PER_EVENT],
+            collection=request.collection,
+        )
+        for start in range(0, len(ids), JSON_UPLOADS_PER_EVENT)
+    ]
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ class IngestRequest:
     request_id: str
     trace_id: str | None
     items: list[NewUpload]
+    # The collection the request's JSON documents go to (None: the schemer chooses).
+    collection: str | None = None
     job_id: uuid.UUID = field(default_factory=uuid.uuid4)
     headers: str = field(default_factory=lambda: orjson.dumps(trace_headers()).decode())
 
@@ -85,9 +103,10 @@ class IngestRequest:
 # Each table's rows arrive as parallel arrays (one unnest per table); `Statement` numbers the
 # placeholders. Content is upserted with a no-op update so that rows already stored, or
 # committed meanwhile by a concurrent twin (the statement waits on the unique key), come back
-# with their own id and stage. Events were built with the ids proposed for new rows, so only
-# content this statement created gets one; a new upload of media stored before gets a
-# media.uploaded event instead (its link in the cluster's folder is all it needs).
+# with their own id and stage. Media events were built with the ids proposed for new rows, so
+# only media this statement created gets one; a new upload of media stored before gets a
+# media.uploaded event instead (its link in the cluster's folder is all it needs). JSON
+# uploads all get theirs: a document belongs to its upload (json.ingested names upload ids).
 def _ingest_statement(requests: list[IngestRequest]) -> tuple[str, list[Any]]:
     content: dict[str, tuple[uuid.UUID, NewUpload, uuid.UUID]] = {}
     for request in requests:
@@ -97,7 +116,12 @@ def _ingest_statement(requests: list[IngestRequest]) -> tuple[str, list[Any]]:
     new = [content[s] for s in ordered]
     stored = [s for s in ordered if content[s][1].storage_key is not None]
     headers = {r.job_id: r.headers for r in requests}
-    events = [(_event_for(cid, job_id, item), cid, headers[job_id]) for cid, item, job_id in new]
+    events = [
+        (_media_event(cid, job_id, item), cid, headers[job_id])
+        for cid, item, job_id in new
+        if item.kind != "json"
+    ]
+    json_events = [(e, r.headers) for r in requests for e in _json_events(r)]
     uploads = [
         (upload_id, r, position, item)
         for r in requests
@@ -175,6 +199,13 @@ WITH job AS (
          AS m(message_id, upload_id, body, headers)
     JOIN u ON u.id = m.upload_id JOIN c ON c.id = u.content_id
     WHERE c.kind <> 'json' AND c.id <> ALL({content_ids})
+), j AS (
+    INSERT INTO outbox (message_id, routing_key, body, headers)
+    SELECT e.message_id, {q.param(JsonIngested.routing_key)}, e.body, e.headers::jsonb
+    FROM unnest({q.param([e.message_id for e, _ in json_events], "uuid[]")},
+                {q.param([e.to_bytes() for e, _ in json_events], "bytea[]")},
+                {q.param([h for _, h in json_events], "text[]")})
+         AS e(message_id, body, headers)
 )
 SELECT id::text AS key, created_at, NULL AS kind, NULL AS stage FROM job
 UNION ALL
@@ -196,6 +227,11 @@ async def write_ingests(
     rows = await conn.fetch(sql, *args)
     created = {row["key"]: row["created_at"] for row in rows if row["created_at"] is not None}
     stages = {row["key"]: (row["kind"], row["stage"]) for row in rows if row["kind"] is not None}
+    # A JSON upload is on its way whatever its content's stage: its document is its own.
+    stages = {
+        k: ("json", "ingested") if kind == "json" else (kind, stage)
+        for k, (kind, stage) in stages.items()
+    }
     return [
         IngestRecord(
             r.job_id, r.upload_ids, [stages[i.sha256] for i in r.items], created[str(r.job_id)]

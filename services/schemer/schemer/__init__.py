@@ -1,0 +1,1 @@
+"""The schemer: JSON documents to collections, an inferred schema, a table or JSONB."""

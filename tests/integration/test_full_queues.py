@@ -25,12 +25,12 @@ from common.consumer import Consumer, Delivery
 from common.db import open_pool
 from common.messages import JsonIngested, MediaEmbedded, MediaIngested
 from common.outbox import OutboxRelay, add_events
-from common.topology import declare_queue, migrate_legacy_delay_queues
+from common.topology import declare_queue, migrate_legacy_delay_queues, spec_of
 from tests.conftest import BusNames, fill_queue, media_event, read_queue
 
 
 def json_event() -> JsonIngested:
-    return JsonIngested(content_id=uuid.uuid4(), job_id=uuid.uuid4(), sha256="b" * 64, size_bytes=2)
+    return JsonIngested(job_id=uuid.uuid4(), upload_ids=[uuid.uuid4()])
 
 
 async def write_outbox(database_url: str, events: list[Any]) -> None:
@@ -264,7 +264,9 @@ async def test_worker_whose_outgoing_publish_is_refused_puts_the_message_back_an
     """One event fans out to two queues; one is full. The effect happens once, the message
     is neither parked nor charged an attempt, and it goes through once the queue frees."""
     settings = settings_factory(bus_queue_max_length=2)
-    ingested, _, embedded_clusterer, *_, embedded_analyzer = bus_names.specs
+    ingested = spec_of(bus_names.specs, "embedder")
+    embedded_clusterer = spec_of(bus_names.specs, "clusterer", MediaEmbedded.routing_key)
+    embedded_analyzer = spec_of(bus_names.specs, "analyzer")
     await db.execute("CREATE TABLE effects (content_id uuid PRIMARY KEY, times int NOT NULL)")
     attempts: list[int] = []
     bus = Bus(settings)

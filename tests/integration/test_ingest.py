@@ -133,9 +133,10 @@ async def test_ingest_creates_json_uploads_when_object_and_array(
     )
     document = await db.fetchval('SELECT document FROM content WHERE document @> \'{"name": "x"}\'')
     assert orjson.loads(document) == {"name": "x", "n": 1}
-    events = await read_queue(amqp, gateway.json_queue, expect=7)
-    assert len(events) == 7
-    assert {m.routing_key for m in events} == {"json.ingested.v1"}
+    # One event per request, naming every JSON upload of it.
+    events = await read_queue(amqp, gateway.json_queue, expect=3)
+    assert {m.routing_key for m in events} == {"json.ingested.v2"}
+    assert sorted(len(orjson.loads(m.body)["upload_ids"]) for m in events) == [1, 2, 4]
 
 
 async def test_ingest_accepts_mixed_files_and_payload_in_one_request(

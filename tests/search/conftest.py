@@ -11,3 +11,4 @@ from tests.clusterer.conftest import (  # noqa: F401
     start_embedder,
 )
 from tests.integration.conftest import gateway, start_gateway  # noqa: F401
+from tests.schemer.conftest import schemer_settings, start_schemer  # noqa: F401

@@ -27,10 +27,11 @@ async def test_every_get_route_hides_an_owners_data_from_another_when_keys_are_o
     start_gateway: Callable[..., Any],
     colour_embedder: EmbedderDeps,
     clusterer: ClustererDeps,
+    start_schemer: Callable[..., Any],
     db: asyncpg.Connection,
     storage_path: Path,
 ) -> None:
-    async with start_gateway(api_keys=KEYS, admin_api_key=ROOT) as gateway:
+    async with start_gateway(api_keys=KEYS, admin_api_key=ROOT) as gateway, start_schemer():
         client = gateway.client
 
         async def ingest(key: str, *files: tuple[str, bytes]) -> Any:
@@ -64,6 +65,21 @@ async def test_every_get_route_hides_an_owners_data_from_another_when_keys_are_o
             await content_of(u) for u in alice_uploads
         ]
         red, green_cluster = red0_content["cluster_id"], green_content["cluster_id"]
+        # Alice's JSON document reaches a collection of hers (staged, then in its table).
+        find_collection = "SELECT id, name FROM json_collections WHERE owner = 'alice'"
+        await wait_for(lambda: db.fetchrow(find_collection), what="Alice's collection")
+        collection = await db.fetchrow(find_collection)
+        assert collection is not None
+        response = await client.post(
+            f"/api/v1/schemas/{collection['id']}/approve", headers=auth(ROOT)
+        )
+        assert response.status == 202, await response.text()
+        await wait_for(
+            lambda: db.fetchval(
+                "SELECT status = 'approved' FROM json_collections WHERE id = $1", collection["id"]
+            ),
+            what="Alice's collection approved",
+        )
         assert red1_content["cluster_id"] == red and green_cluster not in (None, red)
 
         # Bob's blue image, and the very bytes of Alice's second red one: shared content is
@@ -122,11 +138,14 @@ async def test_every_get_route_hides_an_owners_data_from_another_when_keys_are_o
             *alice_uploads,
             *(str(c["id"]) for c in (red0_content, green_content, json_content)),
             *(c["sha256"] for c in (red0_content, green_content, json_content)),
+            str(collection["id"]),
         }
         ids = {
             "job_id": [first["job_id"], second["job_id"]],
             "object_id": alice_uploads,
             "cluster_id": [str(green_cluster), str(red)],
+            "schema_id": [str(collection["id"])],
+            "name": [collection["name"]],
         }
         # Query strings for routes that need one; each other route is called bare.
         queries = {
@@ -137,6 +156,7 @@ async def test_every_get_route_hides_an_owners_data_from_another_when_keys_are_o
                 f"query=a%20red%20photo&threshold=-1&cluster_id={red}",
             ],
             "/api/v1/admin/dlq": ["", "state=all"],
+            "/api/v1/collections/{name}/documents": ["", "owner=alice", "where=note=a1ice-s3cret"],
         }
         served = await client.get("/api/v1/openapi.json", headers=auth(BOB))
         document = await served.json()
@@ -169,7 +189,8 @@ async def test_every_get_route_hides_an_owners_data_from_another_when_keys_are_o
         assert called == documented
         # Everything of Alice's, by id, is as good as absent; the shared cluster is Bob's view.
         for url, status in answers.items():
-            if any(v in url for v in (*ids["job_id"], *ids["object_id"], str(green_cluster))):
+            alices = (*ids["job_id"], *ids["object_id"], str(green_cluster), *ids["schema_id"])
+            if any(v in url for v in alices) or "/collections/" in url:
                 assert status == 404 or "search" in url, url
         assert answers[f"/api/v1/clusters/{red}"] == 200
 

@@ -170,6 +170,64 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Count": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "Schema": {
+        "type": "object",
+        "required": ["id", "owner", "name", "status", "storage", "document_count", "decision"],
+        "properties": {
+            "id": UUID,
+            "owner": {"type": "string"},
+            "name": {"type": "string"},
+            "name_source": {"enum": ["given", "generated"]},
+            "status": {"enum": ["provisional", "approving", "approved", "rejecting", "rejected"]},
+            "storage": {"enum": ["table", "jsonb"]},
+            "table": NULLABLE_STRING,
+            "document_count": {"type": "integer"},
+            "staged": {"type": "integer"},
+            "decision": {
+                "type": "object",
+                "description": "storage, reasons (plain words), confidence (0-1) and"
+                " confidence_words, and the key paths whose types change",
+            },
+        },
+    },
+    "SchemaDetail": {
+        "allOf": [_ref("Schema")],
+        "type": "object",
+        "required": ["fields", "json_schema", "proposed_ddl", "migrations"],
+        "properties": {
+            "fields": {"type": "array", "items": {"type": "object"}},
+            "json_schema": {"type": "object"},
+            "proposed_ddl": {"type": "string"},
+            "columns": {"type": ["array", "null"]},
+            "migrations": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "CommandAccepted": {
+        "type": "object",
+        "required": ["id", "action", "status"],
+        "properties": {
+            "id": UUID,
+            "action": {"type": "string"},
+            "status": {"type": "string"},
+            "migration": {"type": ["integer", "null"]},
+        },
+    },
+    "Documents": {
+        "type": "object",
+        "required": ["collection", "collection_id", "storage", "documents", "next_after"],
+        "properties": {
+            "collection": {"type": "string"},
+            "collection_id": UUID,
+            "owner": {"type": "string"},
+            "status": {"type": "string"},
+            "storage": {"enum": ["table", "jsonb", "staged"]},
+            "documents": {
+                "type": "array",
+                "items": {"type": "object", "required": ["system_id", "document"]},
+            },
+            "next_after": {"description": "pass as `after` for the next page; null at the end"},
+        },
+    },
 }
 
 
@@ -210,10 +268,12 @@ def document() -> dict[str, Any]:
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
                     "files[]": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "payload": {"type": "string"}, "owner": {"type": "string"},
-                    "comments": {"type": "string"}, "idempotency_key": {"type": "string"}}}},
+                    "comments": {"type": "string"}, "idempotency_key": {"type": "string"},
+                    "collection": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"}}}},
                 "application/json": {"schema": {}}}},
             "parameters": [_query("owner", {"type": "string"}), _query("comments", {"type": "string"}),
-                           _query("idempotency_key", {"type": "string"})],
+                           _query("idempotency_key", {"type": "string"}),
+                           _query("collection", {"type": "string"}, "the collection for the JSON documents")],
             "responses": {"202": _json(_ref("IngestAccepted"), "Accepted"),
                           **_errors(400, 401, 403, 409, 413, 415, 503)}}},
         "/api/v1/ingest/{job_id}/status": {"get": {
@@ -267,6 +327,48 @@ def document() -> dict[str, Any]:
                       "requestBody": {"required": True, "content": {"application/json": {"schema": change_body}}},
                       "responses": {"200": _json(_ref("ClusterChanged")),
                                     **_errors(400, 401, 403, 404, 409, 413, 503, 504)}}},
+        "/api/v1/schemas": {"get": {
+            "tags": ["schemas"], "summary": "Collections of JSON documents with their decisions, newest first",
+            "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                           _query("offset", {"type": "integer", "minimum": 0})],
+            "responses": {"200": _json({"type": "object", "required": ["schemas"], "properties": {
+                "schemas": {"type": "array", "items": _ref("Schema")}}}), **_errors(400, 401)}}},
+        "/api/v1/schemas/{schema_id}": {"get": {
+            "tags": ["schemas"], "summary": "A collection: fields with their statistics, decision and reasons, JSON Schema, proposed DDL, migrations",
+            "parameters": [_id("schema_id", "the collection")],
+            "responses": {"200": _json(_ref("SchemaDetail")), **_errors(400, 401, 404)}}},
+        "/api/v1/schemas/{schema_id}/approve": {"post": {
+            "tags": ["schemas"], "summary": "Approve the proposal (admin): the schemer creates the table and moves the staged documents in",
+            "parameters": [_id("schema_id", "the collection")],
+            "responses": {"202": _json(_ref("CommandAccepted"), "Queued"), **_errors(400, 401, 403, 404, 409)}}},
+        "/api/v1/schemas/{schema_id}/reject": {"post": {
+            "tags": ["schemas"], "summary": "Reject the proposal (admin): the collection becomes a JSONB collection",
+            "parameters": [_id("schema_id", "the collection")],
+            "responses": {"202": _json(_ref("CommandAccepted"), "Queued"), **_errors(400, 401, 403, 404, 409)}}},
+        "/api/v1/schemas/{schema_id}/migrations/{n}/approve": {"post": {
+            "tags": ["schemas"], "summary": "Approve a proposed migration of the table (admin)",
+            "parameters": [_id("schema_id", "the collection"),
+                           {"name": "n", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],
+            "responses": {"202": _json(_ref("CommandAccepted"), "Queued"), **_errors(400, 401, 403, 404, 409)}}},
+        "/api/v1/collections/{name}/documents": {"get": {
+            "tags": ["schemas"], "summary": "A collection's documents, paged by row, with filters on known fields",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"}},
+                           _query("owner", {"type": "string"}, "whose collection (when several owners share the name)"),
+                           {"name": "where", "in": "query", "required": False, "explode": True,
+                            "schema": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
+                            "description": "<path><op><value>, op one of = != < <= > >=; repeatable (all hold)"},
+                           _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                           _query("after", {"type": "string"}, "next_after of the previous page")],
+            "responses": {"200": _json(_ref("Documents")), **_errors(400, 401, 404, 409)}}},
+        "/api/v1/collections/{name}/documents/{object_id}": {"get": {
+            "tags": ["schemas"], "summary": "One document of a collection, by its upload's id",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"}},
+                           _id("object_id", "the upload (system id)"),
+                           _query("owner", {"type": "string"})],
+            "responses": {"200": _json({"type": "object", "required": ["system_id", "document"]}),
+                          **_errors(400, 401, 404, 409)}}},
         "/api/v1/admin/dlq": {
             "get": {"tags": ["dead letters"], "summary": "Dead letters, newest first",
                     "parameters": [_query("queue", {"type": "string"}),

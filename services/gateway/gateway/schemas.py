@@ -83,7 +83,11 @@ async def handle_schema(request: web.Request) -> web.Response:
     )
 
 
-async def _command(request: web.Request, action: str, migration: int | None = None) -> web.Response:
+async def _command(
+    request: web.Request,
+    action: Literal["approve", "reject", "approve_migration"],
+    migration: int | None = None,
+) -> web.Response:
     deps = request.app[DEPS]
     collection_id = parse_id(request, "schema_id", "schema id")
     row = await collection_status(deps.pool, scope(request), collection_id)

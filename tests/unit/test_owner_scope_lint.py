@@ -37,6 +37,7 @@ UNSCOPED = {
     "repo/ingest.py:_claim_idempotency_key": "keyed by the API key's own idempotency scope",
     "repo/ingest.py:write_ingest_with_key": "stores the answer under the key it just claimed",
     "repo/objects.py:referenced_keys": "the storage sweeper's question, about every owner",
+    "repo/objects.py:_upload_stage": "a fragment joined to a scoped upload `u` by its caller",
     "repo/ops.py:oldest_unfinished": "a gauge over all content, never shown to a request",
     "repo/deadletters.py:_requeue_one": "acts on rows `requeue` selected under the scope",
 }

@@ -17,6 +17,9 @@ from gateway.errors import ApiError
 OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
 _WHERE = re.compile(r"^(?P<path>.+?)(?P<op><=|>=|!=|=|<|>)(?P<value>.*)$", re.S)
 MAX_FILTERS = 10
+_INTEGER = re.compile(r"^-?\d{1,20}$")
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+INT64 = (-(2**63), 2**63 - 1)
 # Types a filter can compare (arrays and jsonb values cannot be).
 FILTERABLE = frozenset(
     {"bigint", "double precision", "numeric", "boolean", "text", "timestamptz", "date"}
@@ -44,8 +47,12 @@ def _typed(field: Field, raw: str) -> Any:
     kind = field.type
     try:
         if kind == "bigint":
+            if not _INTEGER.match(raw) or not INT64[0] <= int(raw) <= INT64[1]:
+                raise ValueError(raw)
             return int(raw)
         if kind in ("double precision", "numeric"):
+            if not _NUMBER.match(raw):
+                raise ValueError(raw)
             number = Decimal(raw)
             if not number.is_finite():
                 raise ValueError(raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -52,7 +53,8 @@ def _summary(row: Any) -> dict[str, Any]:
         "updated_at": row["updated_at"].isoformat(),
         "decided_at": row["decided_at"].isoformat() if row["decided_at"] else None,
         "decided_by": row["decided_by"],
-        "documents_url": f"/api/v1/collections/{row['name']}/documents?owner={row['owner']}",
+        "documents_url": f"/api/v1/collections/{row['name']}/documents?"
+        + urlencode({"owner": row["owner"]}),
     }
 
 

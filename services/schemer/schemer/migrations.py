@@ -13,7 +13,18 @@ from typing import Any
 
 from schemer.decide import Column, scalar_type
 from schemer.identifiers import column_names
-from schemer.infer import ARRAY, BIGNUM, DATE, NUMBER, OBJECT, OBJECTS, TIMESTAMP, Path, path_key
+from schemer.infer import (
+    ARRAY,
+    BIGNUM,
+    DATE,
+    INTEGER,
+    NUMBER,
+    OBJECT,
+    OBJECTS,
+    TIMESTAMP,
+    Path,
+    path_key,
+)
 
 # The types a column may widen to without losing a value it holds.
 WIDENS = {
@@ -52,8 +63,10 @@ def _new_column_type(kinds: set[str]) -> str:
 
 
 def _widened(current: str, kinds: set[str]) -> str | None:
-    if current in ("bigint", "double precision") and kinds & {NUMBER, BIGNUM}:
+    if current == "bigint" and kinds & {NUMBER, BIGNUM}:
         return "numeric"
+    if current == "double precision" and kinds & {INTEGER, NUMBER, BIGNUM}:
+        return "numeric"  # integers beyond 2**53, which a double would round
     if current == "date" and TIMESTAMP in kinds and kinds <= {TIMESTAMP, DATE}:
         return "timestamptz"
     return None

@@ -115,7 +115,6 @@ _JSON_KIND = {"text": "string", "timestamptz": "string", "date": "string", "bool
 
 
 def _jsonb_condition(q: Statement, f: Filter) -> str:
-    keys = q.param(f.field.keys, "text[]")
     kind = f.field.type
     if kind in ("text", "boolean", "bigint", "double precision", "numeric") and f.op in ("=", "!="):
         nested: Any = _number(f.value) if isinstance(f.value, Decimal | int) else f.value
@@ -123,6 +122,7 @@ def _jsonb_condition(q: Statement, f: Filter) -> str:
             nested = {key: nested}
         contains = f"t.document @> {q.param(nested)}::jsonb"
         return contains if f.op == "=" else f"NOT ({contains})"
+    keys = q.param(f.field.keys, "text[]")
     json_kind = _JSON_KIND.get(kind, "number")
     typed = {"text": "text", "timestamptz": "timestamptz", "date": "date"}.get(kind, "numeric")
     valid = (

@@ -66,7 +66,7 @@ def _value(position: int, sql_type: str) -> str:
 def insert_rows(qtable: str, columns: Sequence[tuple[str, str]]) -> str:
     """Insert a batch, one parameter array per column ($1 upload ids, then the columns, then
     the overflow as JSON text); a row already there (a redelivery) is kept and returned."""
-    types = ["uuid", *(transport_type(t) for _, t in columns), "text"]
+    types = ["uuid", *(transport_type(_type(t)) for _, t in columns), "text"]
     params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
     names = ", ".join(f"c{i}" for i in range(len(types)))
     overflow = f"v.c{len(types) - 1}::jsonb"
@@ -106,7 +106,7 @@ def alter_table(qtable: str, changes: Sequence[tuple[str, str, str]]) -> str:
 def update_rows(qtable: str, columns: Sequence[tuple[str, str]]) -> str:
     """Set columns of rows by id ($1 row ids, then one array per column, then the overflow
     left, as JSON text or null)."""
-    types = ["bigint", *(transport_type(t) for _, t in columns), "text"]
+    types = ["bigint", *(transport_type(_type(t)) for _, t in columns), "text"]
     params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
     names = ", ".join(f"c{i}" for i in range(len(types)))
     sets = ", ".join(

@@ -79,6 +79,7 @@ SERVICES = {
             "clusterer", "clusterer.settings:ClustererSettings", "CLUSTERER_HTTP_PORT", 8082, True
         ),
         Service("analyzer", "analyzer.settings:AnalyzerSettings", "ANALYZER_HTTP_PORT", 8083, True),
+        Service("schemer", "schemer.settings:SchemerSettings", "SCHEMER_HTTP_PORT", 8084, True),
     )
 }
 

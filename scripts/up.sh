@@ -2,8 +2,10 @@
 # Bring MammothBox up on this machine and show it doing its job:
 #   installs into .venv, starts PostgreSQL + pgvector (unless DATABASE_URL is set) and RabbitMQ,
 #   migrates, exports an embedding model when none is there, starts every service (today: the
-#   gateway with its outbox relay and dead-letter recorder, the embedder, the clusterer and the
-#   analyzer) under supervisord, then ingests a sample image and JSON and prints what became of them.
+#   gateway with its outbox relay and dead-letter recorder, the embedder, the clusterer, the
+#   analyzer and the schemer) under supervisord, then ingests a sample image and JSON documents
+#   and prints what became of them: the image's cluster, the documents' collection and its
+#   proposed table.
 # Stop everything with scripts/down.sh. Logs: .run/*.log. Each service's state:
 #   .venv/bin/python scripts/supervise.py status
 set -euo pipefail
@@ -35,8 +37,8 @@ fi
 
 # Every service runs under supervisord (.run/supervisord.conf), which restarts one that exits or
 # is killed; each appends to .run/<name>.log (rotated at 10 MiB). Run again, this starts only
-# what is not running. Ports: HTTP_PORT (gateway), EMBEDDER_/CLUSTERER_/ANALYZER_HTTP_PORT
-# (8081-8083, the workers' probes). Without GEMINI_API_KEY the analyzer tags with the CLIP
+# what is not running. Ports: HTTP_PORT (gateway), EMBEDDER_/CLUSTERER_/ANALYZER_/SCHEMER_HTTP_PORT
+# (8081-8084, the workers' probes). Without GEMINI_API_KEY the analyzer tags with the CLIP
 # fallback (nothing leaves the machine).
 .venv/bin/python scripts/supervise.py start
 # Wait for each service's /ready, then print what supervisorctl status says of it; a service
@@ -67,15 +69,19 @@ png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compre
 with open(sys.argv[1], "wb") as out:
     out.write(png + chunk(b"IEND", b""))
 PY
-answer=$(curl -fsS -F "files[]=@$sample" -F 'payload=[{"name": "sample", "size": 3}]' -F owner=demo "$base/api/v1/ingest")
+answer=$(curl -fsS -F "files[]=@$sample" \
+    -F 'payload=[{"name": "sample", "size": 3, "at": "2026-01-01T10:00:00Z"}, {"name": "other", "size": 5, "at": "2026-01-02T11:30:00Z"}]' \
+    -F owner=demo -F collection=samples "$base/api/v1/ingest")
 echo "$answer"
 job=$(echo "$answer" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
-echo; echo "== waiting for the embedder and the clusterer"
+echo; echo "== waiting for the embedder, the clusterer and the schemer"
 for _ in $(seq 1 120); do
-    curl -fsS "$base/api/v1/ingest/$job/status" | grep -q '"stage": "clustered"' && break
+    curl -fsS "$base/api/v1/ingest/$job/status" | .venv/bin/python -c \
+        'import json, sys; sys.exit(json.load(sys.stdin)["status"] not in ("done", "failed", "partial"))' \
+        && break
     sleep 0.5
 done
-echo; echo "== status of job $job (the image is done once clustered; JSON waits for the schemer)"
+echo; echo "== status of job $job (the image is done once clustered, the JSON once in its collection)"
 curl -fsS "$base/api/v1/ingest/$job/status"; echo
 echo; echo "== health"
 curl -fsS "$base/health"; echo
@@ -86,7 +92,14 @@ echo
 echo "== analyzer"
 curl -fsS "http://127.0.0.1:${ANALYZER_HTTP_PORT:-8083}/health"; echo
 echo
+echo "== schemer"
+curl -fsS "http://127.0.0.1:${SCHEMER_HTTP_PORT:-8084}/health"; echo
+echo
 echo "== clusters (folders of links under $STORAGE_PATH/media/clusters/)"
 curl -fsS "$base/api/v1/clusters"; echo
+echo
+echo "== the JSON documents' collection: its decision, reasons and proposed table (approve it"
+echo "   with POST $base/api/v1/schemas/<id>/approve, then GET $base/api/v1/collections/samples/documents)"
+curl -fsS "$base/api/v1/schemas"; echo
 echo
 echo "MammothBox is up at $base (API: POST /api/v1/ingest). Stop it with scripts/down.sh"

@@ -67,6 +67,18 @@ async def test_payload_envelope_is_one_upload_per_element_when_sent_as_body_or_f
     assert len((await ingest(gateway, {"payload": {"a": 1}}))["system_ids"]) == 1
 
 
+async def test_idempotency_key_tells_requests_apart_when_only_the_collection_differs(
+    gateway: Gateway,
+) -> None:
+    first = await ingest(gateway, PEOPLE[0], collection="a", idempotency_key="k-1")
+    again = await ingest(gateway, PEOPLE[0], collection="a", idempotency_key="k-1")
+    assert again["job_id"] == first["job_id"]
+    other = await gateway.client.post(
+        "/api/v1/ingest", json=PEOPLE[0], params={"collection": "b", "idempotency_key": "k-1"}
+    )
+    assert other.status == 409
+
+
 async def test_collection_name_is_refused_when_not_a_lower_case_identifier(
     gateway: Gateway,
 ) -> None:

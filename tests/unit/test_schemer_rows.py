@@ -732,3 +732,12 @@ def test_update_rows_has_one_placeholder_per_column_when_columns_are_given(count
         assert f"{name} = coalesce(" in sql and f"t.{name})" in sql
         assert f"v.c{i}" in sql
     assert f"_overflow = v.c{count + 1}::jsonb" in sql
+
+
+def test_propose_adds_no_columns_beyond_the_limit_when_documents_grow_wide() -> None:
+    from schemer.decide import MAX_COLUMNS
+
+    columns = [Column((f"k{i}",), f"k{i}", "bigint") for i in range(MAX_COLUMNS - 2)]
+    misfits = [((f"new{i}",), "integer") for i in range(10)]
+    changes = propose(columns, misfits, [])
+    assert [c.column for c in changes] == ["new0", "new1"]

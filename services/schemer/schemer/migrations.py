@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from schemer.decide import Column, scalar_type
+from schemer.decide import MAX_COLUMNS, Column, scalar_type
 from schemer.identifiers import column_names
 from schemer.infer import (
     ARRAY,
@@ -82,7 +82,9 @@ def propose(
             kinds[path].add(kind)
     by_path = {c.path: c for c in columns}
     changes = {c.path: c for c in pending}
-    new_paths = [p for p in kinds if p not in by_path and p not in changes]
+    # A table stays one people can query: keys beyond MAX_COLUMNS stay in _overflow.
+    room = MAX_COLUMNS - len(columns) - sum(c.action == "add" for c in changes.values())
+    new_paths = [p for p in kinds if p not in by_path and p not in changes][: max(0, room)]
     taken = [c.name for c in columns] + [c.column for c in pending]
     for path, name in zip(new_paths, column_names(new_paths, taken), strict=True):
         changes[path] = Change(path, name, _new_column_type(kinds[path]), "add")

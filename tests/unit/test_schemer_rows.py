@@ -738,6 +738,6 @@ def test_propose_adds_no_columns_beyond_the_limit_when_documents_grow_wide() -> 
     from schemer.decide import MAX_COLUMNS
 
     columns = [Column((f"k{i}",), f"k{i}", "bigint") for i in range(MAX_COLUMNS - 2)]
-    misfits = [((f"new{i}",), "integer") for i in range(10)]
+    misfits: list[tuple[tuple[str, ...], str]] = [((f"new{i}",), "integer") for i in range(10)]
     changes = propose(columns, misfits, [])
     assert [c.column for c in changes] == ["new0", "new1"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +27,12 @@ def loads(data: bytes | str) -> Any:
     if _LONG_DIGITS.search(raw):
         return json.loads(raw)
     return value
+
+
+def path_key(keys: Sequence[str]) -> str:
+    """A document's key path as one readable string (`address.city`; a dot or a backslash in
+    a key is escaped): how the schemer names fields and the gateway's filters name them."""
+    return ".".join(k.replace("\\", "\\\\").replace(".", "\\.") for k in keys)
 
 
 def dumps(value: Any) -> bytes:

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from common import jsontext
+from common.jsontext import path_key
 from common.messages import SchemaCommand
 from gateway.auth import principal
 from gateway.clusters import int_param
@@ -143,14 +144,10 @@ def _fields(row: Any) -> dict[str, Field]:
     """The collection's known fields by path (a table's from its columns)."""
     if row["storage"] == "table" and row["columns"]:
         return {
-            _path_key(c["path"]): Field(_path_key(c["path"]), c["path"], c["type"], c["column"])
+            path_key(c["path"]): Field(path_key(c["path"]), c["path"], c["type"], c["column"])
             for c in row["columns"]
         }
     return {f["path"]: Field(f["path"], f["keys"], f["type"], None) for f in row["fields"] or []}
-
-
-def _path_key(keys: list[str]) -> str:
-    return ".".join(k.replace("\\", "\\\\").replace(".", "\\.") for k in keys)
 
 
 async def _collection(request: web.Request) -> Any:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from common.jsontext import path_key as path_key  # how fields are named, shared
+
 Path = tuple[str, ...]
 
 # Kinds of value, as inference sees them.
@@ -83,11 +85,6 @@ def kind_of(value: Any) -> str:
     if isinstance(value, list):
         return OBJECTS if any(isinstance(v, dict | list) for v in value) else ARRAY
     return OBJECT
-
-
-def path_key(path: Path) -> str:
-    """A path as one readable string (`a.b`; a dot or backslash in a key is escaped)."""
-    return ".".join(k.replace("\\", "\\\\").replace(".", "\\.") for k in path)
 
 
 def parse_path_key(text: str) -> Path:

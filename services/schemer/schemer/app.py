@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import structlog
 
+from common.group_commit import GroupCommit
 from common.messages import JsonIngested, JsonIngestedV1, SchemaCommand
 from common.worker import Resources, Worker
 from schemer.approval import handle_command
 from schemer.deps import SchemerDeps
-from schemer.handlers import handle_ingested, handle_ingested_v1
+from schemer.handlers import Pending, handle_ingested, handle_ingested_v1, place_groups
 from schemer.repo import documents
 from schemer.settings import SchemerSettings
 
@@ -23,7 +24,12 @@ async def setup(settings: SchemerSettings, base: Resources) -> SchemerDeps:
         if why_not is not None:
             log.warning("DDL runs as the login itself, with its rights", role=role, reason=why_not)
             role = None
-    return base.deps(SchemerDeps, settings, role=role)
+    made: list[SchemerDeps] = []  # the group commit's writer needs the deps it is part of
+    placer: GroupCommit[Pending, None] = GroupCommit(
+        lambda pending: place_groups(made[0], pending), name="schemer-placement", max_batch=64
+    )
+    made.append(base.deps(SchemerDeps, settings, role=role, placer=placer))
+    return made[0]
 
 
 def _info(deps: SchemerDeps) -> dict[str, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.group_commit import GroupCommit
 from common.worker import WorkerDeps
 from schemer.decide import Rules
 from schemer.repo.documents import Upload
@@ -16,6 +17,8 @@ class SchemerDeps(WorkerDeps):
     settings: SchemerSettings
     # The role DDL and collection writes run as; None: the login itself (see app.setup).
     role: str | None
+    # Events' documents on their way into their collections, placed together (group commit).
+    placer: GroupCommit[Any, None]
 
 
 def rules(settings: SchemerSettings) -> Rules:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -55,19 +57,55 @@ async def handle_ingested_v1(deps: SchemerDeps, event: JsonIngestedV1, delivery:
         await place(deps, event.job_id, upload_ids, None)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """One event's documents, parsed and looked at, on their way into their collection."""
+
+    collection_id: uuid.UUID
+    batch: list[Parsed]
+    stats: infer.Stats
+
+
 async def place(
     deps: SchemerDeps, job_id: uuid.UUID, upload_ids: list[uuid.UUID], named: str | None
 ) -> None:
-    start = time.perf_counter()
+    """Parse, look at and group one event's documents (no lock held), then place them with
+    whatever other events are waiting for the same collection (deps.placer)."""
     uploads = await documents.unplaced(deps.pool, upload_ids)
     if not uploads:
         return  # every one has its place already: a redelivery
     batch = [Parsed(u, jsontext.loads(u.document)) for u in uploads]
+    stats = _observe(deps, batch)
+    collection_id = await choose_collection(deps, job_id, uploads[0].owner, named, stats)
+    await deps.placer.submit(Pending(collection_id, batch, stats))
+
+
+def _observe(deps: SchemerDeps, batch: list[Parsed]) -> infer.Stats:
     settings = deps.settings
-    stats = infer.observe(
+    return infer.observe(
         [p.document for p in batch], settings.schema_max_depth, settings.schema_sample_size
     )
-    collection_id = await choose_collection(deps, job_id, uploads[0].owner, named, stats)
+
+
+async def place_groups(deps: SchemerDeps, pending: Sequence[Pending]) -> list[None]:
+    """Place waiting events' documents: per collection one transaction, one lock, one commit
+    and one update of its statistics (collections in id order: no two writers deadlock)."""
+    groups: dict[uuid.UUID, list[Pending]] = {}
+    for item in pending:
+        groups.setdefault(item.collection_id, []).append(item)
+    for collection_id in sorted(groups):
+        await _place_in(deps, collection_id, groups[collection_id])
+    return [None] * len(pending)
+
+
+async def _place_in(deps: SchemerDeps, collection_id: uuid.UUID, items: list[Pending]) -> None:
+    start = time.perf_counter()
+    batch = list({p.upload.upload_id: p for item in items for p in item.batch}.values())
+    stats = infer.Stats()
+    for item in items:
+        stats.merge(item.stats)
+    if len(batch) < sum(len(item.batch) for item in items):  # an upload twice: look again
+        stats = _observe(deps, batch)
     async with deps.pool.acquire() as conn, conn.transaction():
         row = await collections.lock(conn, collection_id)
         assert row is not None  # collections are never deleted while documents arrive
@@ -76,12 +114,10 @@ async def place(
             batch = [p for p in batch if p.upload.upload_id not in done]
             if not batch:
                 return
-            stats = infer.observe(
-                [p.document for p in batch], settings.schema_max_depth, settings.schema_sample_size
-            )
+            stats = _observe(deps, batch)
         await _add(conn, deps, row, batch, stats)
     BATCH_SECONDS.observe(time.perf_counter() - start)
-    if settings.schema_auto_approve and row["status"] == "provisional":
+    if deps.settings.schema_auto_approve and row["status"] == "provisional":
         await materialise(deps, collection_id, "approve", "auto-approve")
 
 
@@ -114,7 +150,7 @@ async def choose_collection(
         keys = list(dict.fromkeys(p[0] for p in stats.paths))
         base = generated_name(keys, ())
         name = generated_name(keys, await collections.names_like(conn, owner, base))
-        return await _open(conn, deps, owner, name, "generated", stats)
+        return await _open(conn, deps, owner, name, "generated", stats, job_id)
 
 
 async def _most_alike(
@@ -136,6 +172,7 @@ async def _open(
     name: str,
     source: str,
     stats: infer.Stats,
+    job_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """Open a provisional collection (its statistics arrive with the batch's placement)."""
     collection_id = uuid.uuid4()
@@ -153,6 +190,7 @@ async def _open(
             "decision": decision.to_json(),
             "json_schema": {},
             "proposed_ddl": "",
+            "opened_by_job": job_id,
         },
     )
     if not created:  # named concurrently by a twin batch

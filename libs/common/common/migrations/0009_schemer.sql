@@ -33,6 +33,8 @@ CREATE TABLE json_collections (
     owner           text NOT NULL,
     name            text NOT NULL CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
     name_source     text NOT NULL CHECK (name_source IN ('given', 'generated')),
+    -- the job whose batch opened it (the rest of that batch finds it by this)
+    opened_by_job   uuid,
     status          text NOT NULL DEFAULT 'provisional'
                     CHECK (status IN ('provisional', 'approving', 'approved', 'rejecting',
                                       'rejected')),
@@ -61,6 +63,9 @@ CREATE TABLE json_collections (
 
 -- Where each JSON upload's document went: a row per upload (not per content: two owners'
 -- identical documents each reach their own collection).
+CREATE INDEX json_collections_job_idx ON json_collections (opened_by_job)
+    WHERE opened_by_job IS NOT NULL;
+
 CREATE TABLE json_documents (
     upload_id       uuid PRIMARY KEY REFERENCES uploads (id) ON DELETE CASCADE,
     collection_id   uuid NOT NULL REFERENCES json_collections (id) ON DELETE CASCADE,

@@ -11,10 +11,14 @@ Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 async def job_collection(conn: Conn, job_id: uuid.UUID) -> uuid.UUID | None:
-    """The collection another part of this job's batch went to (one batch, one collection)."""
+    """The collection another part of this job's batch opened or went to (one batch, one
+    collection)."""
     found: uuid.UUID | None = await conn.fetchval(
-        """SELECT d.collection_id FROM uploads u JOIN json_documents d ON d.upload_id = u.id
-           WHERE u.job_id = $1 LIMIT 1""",
+        """(SELECT id FROM json_collections WHERE opened_by_job = $1 LIMIT 1)
+           UNION ALL
+           (SELECT d.collection_id FROM uploads u JOIN json_documents d ON d.upload_id = u.id
+            WHERE u.job_id = $1 LIMIT 1)
+           LIMIT 1""",
         job_id,
     )
     return found
@@ -52,8 +56,8 @@ async def create(conn: Conn, collection: dict[str, Any]) -> bool:
     created = await conn.fetchval(
         """INSERT INTO json_collections
                (id, owner, name, name_source, storage, paths, stats, decision, json_schema,
-                proposed_ddl)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                proposed_ddl, opened_by_job)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (owner, name) DO NOTHING RETURNING 1""",
         collection["id"],
         collection["owner"],
@@ -65,6 +69,7 @@ async def create(conn: Conn, collection: dict[str, Any]) -> bool:
         collection["decision"],
         collection["json_schema"],
         collection["proposed_ddl"],
+        collection.get("opened_by_job"),
     )
     return bool(created)
 

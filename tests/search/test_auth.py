@@ -243,6 +243,9 @@ async def test_every_protected_operation_answers_401_without_a_key_and_403_below
                 path.replace("{job_id}", str(uuid.uuid4()))
                 .replace("{object_id}", str(uuid.uuid4()))
                 .replace("{cluster_id}", str(uuid.uuid4()))
+                .replace("{schema_id}", str(uuid.uuid4()))
+                .replace("{name}", "people")
+                .replace("{n}", "1")
             )
             for method, operation in operations.items():
                 response = await gateway.client.request(method.upper(), concrete)
@@ -251,11 +254,15 @@ async def test_every_protected_operation_answers_401_without_a_key_and_403_below
                     continue
                 assert response.status == 401, (method, path, response.status)
                 checked += 1
-                admin_only = path.startswith("/api/v1/admin/") or method == "patch"
+                admin_only = (
+                    path.startswith("/api/v1/admin/")
+                    or method == "patch"
+                    or (method == "post" and path.startswith("/api/v1/schemas/"))
+                )
                 response = await gateway.client.request(
                     method.upper(), concrete, headers=auth(READER)
                 )
                 assert (response.status == 403) == (
                     admin_only or (method == "post" and path == "/api/v1/ingest")
                 ), (method, path, response.status)
-        assert checked == 16
+        assert checked == 23

@@ -217,6 +217,15 @@ async def test_every_get_route_hides_an_owners_data_from_another_when_keys_are_o
         hits = (await response.json())["results"]
         assert [h["id"] for h in hits if h["cluster"]["id"] == str(red)] == copy["system_ids"]
         assert all(h["cluster"]["name"] != "Alice crimson sofa" for h in hits)
+        # Bob's own object says what it is made of: the model that embedded it, its cluster
+        # (by the name Bob may see); Alice's, the name made from her photo.
+        response = await client.get(f"/api/v1/objects/{copy['system_ids'][0]}", headers=auth(BOB))
+        bobs = await response.json()
+        assert bobs["cluster"] == {"id": str(red), "name": shared["name"]}
+        assert [e["dim"] for e in bobs["embeddings"]] == [colour_embedder.dim]
+        assert bobs["embeddings"][0]["model_id"] == colour_embedder.model_id
+        response = await client.get(f"/api/v1/objects/{alice_uploads[1]}", headers=auth(ALICE))
+        assert (await response.json())["cluster"]["name"] == "Alice crimson sofa"
 
         # Alice sees her own name and counts; the unbound admin key sees the cluster as stored.
         response = await client.get(f"/api/v1/clusters/{red}", headers=auth(ALICE))

@@ -90,7 +90,16 @@ SCHEMAS: dict[str, Any] = {
             "uploads": {"type": "array", "items": {"type": "object"}},
         },
     },
-    "Object": {"type": "object", "required": ["system_id", "content_id", "kind", "status"]},
+    "Object": {
+        "type": "object",
+        "required": ["system_id", "content_id", "kind", "status"],
+        "properties": {
+            "embeddings": {"type": "array", "items": {"type": "object", "required": ["model_id", "dim"]},
+                           "description": "the model and dimension of each embedding of its content"},
+            "cluster": {"type": ["object", "null"], "description": "its cluster's id and the name this key may see"},
+            "document": {"type": "object", "description": "JSON: where its document went"},
+        },
+    },
     "Cluster": {
         "type": "object",
         "required": ["id", "name", "name_source", "provisional", "threshold", "member_count"],

@@ -124,6 +124,13 @@ def _object_json(row: Any) -> dict[str, Any]:
         "format": row["format"],
         "tags": list(row["tags"] or []),
         "cluster_id": str(row["cluster_id"]) if row["cluster_id"] else None,
+        # Why it sits where it sits: the model that embedded it, and the cluster it is in.
+        "embeddings": row["embeddings"],
+        "cluster": (
+            {"id": str(row["cluster_id"]), "name": row["cluster_name"]}
+            if row["cluster_id"]
+            else None
+        ),
         "near_duplicate_of": str(row["near_duplicate_of"]) if row["near_duplicate_of"] else None,
         "analysis": row["analysis"],
         **({"document": row["document"]} if row["kind"] == "json" else {}),

@@ -8,6 +8,7 @@ from typing import TypeAlias
 
 import asyncpg
 
+from gateway.repo.clusters import cluster_name
 from gateway.repo.scope import OwnerScope, Statement
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -64,14 +65,21 @@ async def job_with_uploads(
 async def upload_with_content(
     conn: Conn, scope: OwnerScope, upload_id: uuid.UUID, json_queue: str
 ) -> asyncpg.Record | None:
-    """One upload and its content's facts (for JSON, where its document went); None when
-    unknown or not the scope's."""
+    """One upload and its content's facts: its embeddings (model and dimension), its cluster
+    (with the name the scope may see), for JSON where its document went; None when unknown or
+    not the scope's."""
     q = Statement()
     return await conn.fetchrow(
         f"""SELECT u.id AS upload_id, u.job_id, u.owner, u.filename, u.comments, u.created_at,
                    c.id AS content_id, c.sha256, c.kind, c.mime_type, c.size_bytes,
                    c.storage_key, c.width, c.height, c.format, c.tags,
                    c.cluster_id, c.near_duplicate_of, c.analysis,
+                   {cluster_name(q, scope, "c.cluster_id")} AS cluster_name,
+                   (SELECT coalesce(jsonb_agg(jsonb_build_object('model_id', e.model_id,
+                                                                 'dim', m.dim)
+                                              ORDER BY e.created_at), '[]')
+                    FROM embeddings e JOIN models m ON m.id = e.model_id
+                    WHERE e.content_id = c.id) AS embeddings,
                    {_upload_stage(q, json_queue)}
             WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}""",
         *q.args,

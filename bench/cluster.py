@@ -37,6 +37,7 @@ sys.path[0] = str(ROOT)
 from bench.benchdb import scratch_database
 from clusterer import repo
 from clusterer.handlers import ClustererDeps, _assign
+from common.calibration import Calibration
 from common.db import open_pool
 from common.settings import CommonSettings
 from common.vectors import register_model
@@ -135,7 +136,7 @@ async def latency(deps: ClustererDeps, sizes: list[int], queries: int) -> None:
         async with deps.pool.acquire() as conn:
             await register_model(conn, model_id, DIM)
         await deps.pool.execute("ANALYZE clusters")
-        model = repo.Model(model_id, DIM, 0.72)
+        model = repo.Model(model_id, DIM, Calibration.flat(0.72))
         count = min(queries, size - half)
         scenarios = (
             ("join, 10-100 members", rng.integers(0, half, count + 20)),
@@ -176,7 +177,9 @@ async def quality(
     model_id = f"bench/quality-{uuid.uuid4().hex[:8]}"
     async with deps.pool.acquire() as conn:
         await register_model(conn, model_id, vectors.shape[1])
-    ids, _, _ = await file_all(deps, repo.Model(model_id, vectors.shape[1], threshold), vectors)
+    ids, _, _ = await file_all(
+        deps, repo.Model(model_id, vectors.shape[1], Calibration.flat(threshold)), vectors
+    )
     online = [str(c) for c in await clusters_of(deps.pool, ids)]
     found = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(vectors)
     # HDBSCAN's noise (-1) counts as one singleton cluster per point.

@@ -8,12 +8,15 @@ from pathlib import Path
 import aio_pika
 import aiohttp
 import asyncpg
+import orjson
+import pytest
 from aiohttp import FormData
 
 from clusterer.handlers import ClustererDeps
 from common.messages import MediaAnalyzed
 from embedder.handlers import EmbedderDeps
 from mammoth_export.colour_model import COLOURS
+from mammoth_export.colour_model import MODEL_ID as COLOUR_ID
 from tests.clusterer.conftest import colour_png, folder_snapshot, wait_for
 from tests.integration.conftest import Gateway
 
@@ -99,8 +102,13 @@ async def test_clusterer_files_interleaved_kinds_into_their_own_clusters_when_up
         ("green", "placeholder", True, 4),
         ("red", "placeholder", True, 4),
     ]
-    # The model's manifest carries its own threshold, and new clusters take it.
-    assert {round(c["threshold"], 3) for c in clusters} == {0.9}
+    # New clusters have no threshold of their own: they follow the model's calibration.
+    assert {c["threshold"] for c in clusters} == {None}
+    calibration = orjson.loads(
+        await db.fetchval("SELECT calibration::text FROM models WHERE id = $1", COLOUR_ID)
+    )
+    assert calibration["prior"] == pytest.approx(0.9)  # the manifest's, as a prior
+    assert calibration["source"] == "data" and calibration["items"] == 12
 
     # Each folder holds one link per upload to the stored file, and one per thumbnail.
     links = folder_snapshot(storage_path)

@@ -78,3 +78,26 @@ class ClusterCommandReply(BaseModel):
     cluster: dict[str, Any] | None = None
     error: str | None = None
     details: dict[str, Any] | None = None
+
+
+class ProposalCommand(BaseModel):
+    """Accept or dismiss a re-clustering proposal."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    proposal_id: uuid.UUID
+    actor: str = Field(min_length=1, max_length=200)
+    decision: Literal["accept", "dismiss"]
+
+
+class ReclusterCommand(BaseModel):
+    """Run the re-clustering now, for one model or for every model with clusters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recluster: Literal["run"] = "run"
+    actor: str = Field(min_length=1, max_length=200)
+    model_id: str | None = Field(None, min_length=1, max_length=200)
+
+
+AdminRequest = ClusterCommand | ProposalCommand | ReclusterCommand

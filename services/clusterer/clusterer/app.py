@@ -1,4 +1,5 @@
-"""The clusterer as a worker: labels, an outbox relay, three queues, the command RPC, a sweep."""
+"""The clusterer as a worker: labels, an outbox relay, three queues, the command RPC, a sweep,
+scheduled re-clustering."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import structlog
 from prometheus_client import Gauge
 
-from clusterer import commands, folders, repo
+from clusterer import commands, folders, reclustering, repo
 from clusterer.handlers import (
     ClustererDeps,
     ModelCache,
@@ -74,6 +75,13 @@ def _info(deps: ClustererDeps) -> dict[str, object]:
         "cluster_threshold": deps.settings.cluster_threshold,
         "threshold_explicit": deps.settings.threshold_is_explicit,
         "labels": len(deps.settings.cluster_labels),
+        "recluster_interval_s": deps.settings.cluster_recluster_interval_s,
+        "auto_merge": deps.settings.cluster_auto_merge,
+        "calibrations": {
+            model_id: calibration.as_json()
+            for model_id in deps.models.known()
+            if (calibration := deps.models.calibration(model_id)) is not None
+        },
     }
 
 
@@ -92,6 +100,7 @@ worker.serve_rpc(
 )
 worker.task("outbox-relay", _relay)
 worker.task("folder-sweep", _sweep)
+worker.task("recluster-schedule", reclustering.schedule)
 worker.check("storage", lambda deps: deps.storage.writable())
 worker.info(_info)
 running = worker.running

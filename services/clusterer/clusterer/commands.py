@@ -1,4 +1,5 @@
-"""Admin commands (rename, merge, update_threshold, confirm, reject), run for the gateway.
+"""Admin commands (rename, merge, update_threshold, confirm, reject; accept or dismiss a
+re-clustering proposal; run the re-clustering now), run for the gateway.
 
 Each command is one transaction. Folders that lose members are recorded in `folder_syncs` in
 that transaction and synced after the commit; content to be filed again gets a
@@ -7,20 +8,25 @@ media.recluster event through the outbox, so a crash at any point strands nothin
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import asyncpg
 import structlog
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from clusterer import folders, repo
 from clusterer.handlers import ClustererDeps
+from clusterer.logic import unique_name
 from common.cluster_commands import (
+    AdminRequest,
     ClusterCommand,
     ClusterCommandReply,
     Confirm,
     Merge,
+    ProposalCommand,
+    ReclusterCommand,
     Reject,
     Rename,
     UpdateThreshold,
@@ -30,6 +36,9 @@ from common.messages import Event, MediaRecluster
 from common.outbox import add_events
 
 log = structlog.get_logger(__name__)
+REQUEST: TypeAdapter[AdminRequest] = TypeAdapter(AdminRequest)
+# Runs started by a command, kept so that they are not collected while they run.
+_RUNS: set[asyncio.Task[object]] = set()
 
 
 class CommandError(Exception):
@@ -43,21 +52,137 @@ class CommandError(Exception):
 async def answer(deps: ClustererDeps, body: bytes) -> bytes:
     """The RPC entry point: a command in, a reply out (never an exception)."""
     try:
-        command = ClusterCommand.model_validate_json(body)
+        command = REQUEST.validate_json(body)
     except ValidationError as error:
         reply = ClusterCommandReply(
             status=400, error=f"invalid command: {error.errors()[0]['msg']}"
         )
         return reply.model_dump_json().encode()
     try:
-        cluster = await run(deps, command)
-        reply = ClusterCommandReply(status=200, cluster=cluster)
+        if isinstance(command, ProposalCommand):
+            result = await decide_proposal(
+                deps, command.proposal_id, command.decision, command.actor
+            )
+            reply = ClusterCommandReply(status=200, cluster=result)
+        elif isinstance(command, ReclusterCommand):
+            reply = ClusterCommandReply(status=202, cluster=start_recluster(deps, command))
+        else:
+            reply = ClusterCommandReply(status=200, cluster=await run(deps, command))
     except CommandError as error:
         reply = ClusterCommandReply(status=error.status, error=error.error, details=error.details)
     except Exception as error:
-        log.exception("cluster command failed", command=command.change.action)
+        log.exception("cluster command failed", command=type(command).__name__)
         reply = ClusterCommandReply(status=500, error=f"command failed: {type(error).__name__}")
     return reply.model_dump_json().encode()
+
+
+def start_recluster(deps: ClustererDeps, command: ReclusterCommand) -> dict[str, Any]:
+    """Start the runs in the background (they can take minutes); the reply says so."""
+    from clusterer import reclustering  # it calls back into this module
+
+    async def runs() -> object:
+        if command.model_id is None:
+            return await reclustering.run_all(deps, command.actor, only_changed=False)
+        return await reclustering.run_model(deps, command.model_id, command.actor)
+
+    task = asyncio.create_task(runs())
+    _RUNS.add(task)
+    task.add_done_callback(_finished)
+    return {"started": True, "model_id": command.model_id}
+
+
+def _finished(task: asyncio.Task[object]) -> None:
+    _RUNS.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("re-clustering run failed", error=repr(task.exception()))
+
+
+async def decide_proposal(
+    deps: ClustererDeps, proposal_id: uuid.UUID, decision: str, actor: str
+) -> dict[str, Any]:
+    """Accept (carry out) or dismiss a proposal, in one transaction; the proposal after."""
+    syncs: list[uuid.UUID] = []
+    stale: CommandError | None = None
+    async with deps.pool.acquire() as conn, conn.transaction():
+        proposal = await repo.lock_proposal(conn, proposal_id)
+        if proposal is None:
+            raise CommandError(404, "proposal not found")
+        if proposal["status"] != "open":
+            raise CommandError(
+                409, f"the proposal is {proposal['status']}", {"status": proposal["status"]}
+            )
+        details: dict[str, Any] = {}
+        if decision == "accept":
+            try:
+                async with conn.transaction():  # a savepoint: marking it stale must stick
+                    details, syncs = await _carry_out(conn, proposal)
+            except CommandError as error:
+                if error.status != 409:
+                    raise
+                stale = error
+        if stale is not None:
+            await repo.decide(conn, proposal_id, "stale", actor)
+            await repo.audit(
+                conn,
+                actor,
+                "cluster.proposal.stale",
+                "proposal",
+                proposal_id,
+                {"error": stale.error},
+            )
+        else:
+            status = "accepted" if decision == "accept" else "dismissed"
+            decided = await repo.decide(conn, proposal_id, status, actor)
+            await repo.request_folder_syncs(conn, syncs)
+            await repo.audit(
+                conn,
+                actor,
+                f"cluster.proposal.{decision}",
+                "proposal",
+                proposal_id,
+                {"kind": proposal["kind"], "plan": proposal["plan"], **details},
+            )
+    if stale is not None:
+        raise CommandError(409, f"{stale.error}: the proposal is stale now", stale.details)
+    deps.relay.wake()
+    if syncs:
+        await folders.run_pending_syncs(deps.pool, deps.storage, syncs)
+    return {"proposal": decided, **details}
+
+
+async def _carry_out(
+    conn: asyncpg.Connection, proposal: dict[str, Any]
+) -> tuple[dict[str, Any], list[uuid.UUID]]:
+    """Apply the plan to what is there now; 409 (stale) when it no longer applies."""
+    plan = proposal["plan"]
+    model_id = proposal["model_id"]
+    ids = [uuid.UUID(c) for c in proposal["cluster_ids"]]
+    try:
+        rows = {r["id"]: r for r in await _lock(conn, ids)}
+    except CommandError as error:
+        raise CommandError(409, "a cluster of the proposal is gone", error.details) from None
+    if proposal["kind"] == "merge":
+        target = uuid.UUID(plan["target"])
+        merge = Merge(action="merge", source_ids=[uuid.UUID(s) for s in plan["sources"]])
+        details = await _merge(conn, rows[target], merge)
+        return details, [target, *merge.source_ids]
+    members = [uuid.UUID(m) for m in plan.get("members", plan.get("part", []))]
+    if proposal["kind"] == "move":
+        source, target = uuid.UUID(plan["from"]), uuid.UUID(plan["to"])
+    else:
+        source, target = uuid.UUID(plan["cluster"]), uuid.uuid4()
+        base = await repo.cluster_name(conn, source)
+        name = unique_name(base, await repo.taken_names(conn, base))
+        await repo.create_empty(conn, target, model_id, name)
+    moved = await repo.move_listed(conn, members, source, target)
+    if moved == 0:
+        raise CommandError(409, "none of the proposal's members is still where it was")
+    left = await _recompute(conn, source, model_id)
+    count = await _recompute(conn, target, model_id)
+    return {"moved": moved, "target": str(target), "member_count": count, "left": left}, [
+        source,
+        target,
+    ]
 
 
 async def run(deps: ClustererDeps, command: ClusterCommand) -> dict[str, Any]:

@@ -6,9 +6,11 @@ cluster still carrying its placeholder takes the analyzer's suggested name (medi
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -19,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from clusterer import folders, repo
 from clusterer.logic import choose, clean_name, unique_name, untitled_name
 from clusterer.settings import ClustererSettings
+from common.calibration import Calibration, calibrate, due
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler
 from common.messages import (
@@ -53,28 +56,90 @@ class ClustererDeps(WorkerDeps):
 
 
 class ModelCache:
-    """Models by id with their effective threshold (CLUSTER_THRESHOLD set > manifest > default)."""
+    """Models by id with their joining thresholds: CLUSTER_THRESHOLD when it is set, else the
+    ones calibrated from the model's own items (common/calibration.py), of which the
+    manifest's value (or the default) is a weak prior.
+
+    The calibration is redone, and stored in `models` for the gateway and other replicas, on
+    first sight of a model, when this process has filed max(1, 5 %) more items than it was
+    made from, and at least every CALIBRATION_TTL seconds when the model grew elsewhere.
+    """
+
+    CALIBRATION_TTL = 30.0
 
     def __init__(self, settings: ClustererSettings) -> None:
         self.settings = settings
-        self._models: dict[str, tuple[float, repo.Model]] = {}
+        self._models: dict[str, tuple[float, repo.Model, Calibration]] = {}
+        self._filed: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def filed(self, model_id: str) -> None:
+        """One more item of this model was filed here."""
+        self._filed[model_id] = self._filed.get(model_id, 0) + 1
+
+    def known(self) -> list[str]:
+        return sorted(self._models)
+
+    def calibration(self, model_id: str) -> Calibration | None:
+        cached = self._models.get(model_id)
+        return cached[2] if cached else None
+
+    def _fresh(self, model_id: str) -> repo.Model | None:
+        cached = self._models.get(model_id)
+        if cached is None or time.monotonic() - cached[0] >= self.CALIBRATION_TTL:
+            return None
+        _, model, calibration = cached
+        if self._filed.get(model_id, 0) >= max(1, calibration.items // 20):
+            return None
+        return model
 
     async def get(self, pool: asyncpg.Pool, model_id: str) -> repo.Model:
-        cached = self._models.get(model_id)
-        if cached is not None and time.monotonic() - cached[0] < 60:
-            return cached[1]
+        model = self._fresh(model_id)
+        if model is not None:
+            return model
+        async with self._locks.setdefault(model_id, asyncio.Lock()):
+            model = self._fresh(model_id)  # another handler may have done it meanwhile
+            if model is None:
+                model = await self._calibrate(pool, model_id)
+        return model
+
+    async def _calibrate(self, pool: asyncpg.Pool, model_id: str) -> repo.Model:
         row = await repo.model(pool, model_id)
         if row is None:
             raise Permanent(f"unknown model {model_id!r}")
+        self._filed[model_id] = 0
         own = row["cluster_threshold"]
-        threshold = (
-            self.settings.cluster_threshold
-            if self.settings.threshold_is_explicit or own is None
-            else float(own)
-        )
-        model = repo.Model(model_id, int(row["dim"]), threshold)
-        self._models[model_id] = (time.monotonic(), model)
+        prior = float(own) if own is not None else self.settings.cluster_threshold
+        override = self.settings.cluster_threshold if self.settings.threshold_is_explicit else None
+        items = await repo.item_count(pool, model_id)
+        stored = row["calibration"]
+        if _reusable(stored, items, prior, override):
+            assert stored is not None
+            calibration = Calibration.from_json(stored)
+        else:
+            sample = await repo.sample(pool, model_id, self.settings.cluster_calibration_sample)
+            calibration = calibrate(sample, items, prior, override)
+            await repo.store_calibration(
+                pool,
+                model_id,
+                calibration.threshold_for(1),
+                calibration.linkage,
+                calibration.as_json(),
+            )
+            log.info("model calibrated", model_id=model_id, **calibration.as_json())
+        model = repo.Model(model_id, int(row["dim"]), calibration)
+        self._models[model_id] = (time.monotonic(), model, calibration)
         return model
+
+
+def _reusable(
+    stored: dict[str, Any] | None, items: int, prior: float, override: float | None
+) -> bool:
+    """Whether a stored calibration still holds: the model has not changed enough since, and
+    it was made under the same prior and CLUSTER_THRESHOLD override (or none)."""
+    if stored is None or due(items, stored.get("items")):
+        return False
+    return bool(stored.get("override") == override and stored.get("prior") == prior)
 
 
 async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: Delivery) -> None:
@@ -90,6 +155,7 @@ async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: D
         start = time.perf_counter()
         outcome = await _assign(deps, model, row.id, row.embedding)
         ASSIGNMENT_LATENCY.labels(outcome).observe(time.perf_counter() - start)
+        deps.models.filed(event.model_id)
         new_cluster = outcome == "created"
     elif row.stage != Stage.CLUSTERED:
         return  # failed, or not ours to file

@@ -35,6 +35,7 @@ from gateway.ingest import handle_ingest
 from gateway.ingest_commit import ingest_commit
 from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
+from gateway.proposals import handle_decision, handle_proposals, handle_recluster
 from gateway.schemas import (
     handle_approve,
     handle_approve_migration,
@@ -94,6 +95,12 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/objects/{object_id}/content", handle_object_content)
     app.router.add_get("/api/v1/objects/{object_id}/thumbnail", handle_object_thumbnail)
     app.router.add_get("/api/v1/clusters", handle_clusters)
+    # Before /clusters/{cluster_id}, which would take "proposals" for a cluster id.
+    app.router.add_get("/api/v1/clusters/proposals", handle_proposals)
+    app.router.add_post(
+        "/api/v1/clusters/proposals/{proposal_id}/{decision:accept|dismiss}", handle_decision
+    )
+    app.router.add_post("/api/v1/clusters/recluster", handle_recluster)
     app.router.add_get("/api/v1/clusters/{cluster_id}", handle_cluster)
     app.router.add_patch("/api/v1/clusters/{cluster_id}", handle_patch_cluster)
     app.router.add_get("/api/v1/schemas", handle_schemas)

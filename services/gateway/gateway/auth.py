@@ -89,7 +89,9 @@ def required_role(request: web.Request) -> Role | None:
         return None
     if path.startswith("/api/v1/admin/"):
         return "admin"
-    if path.startswith("/api/v1/clusters/") and request.method == "PATCH":
+    if path.startswith("/api/v1/clusters/") and request.method in ("PATCH", "POST"):
+        return "admin"
+    if path.startswith("/api/v1/clusters/proposals"):
         return "admin"
     if path.startswith("/api/v1/schemas/") and request.method == "POST":
         return "admin"

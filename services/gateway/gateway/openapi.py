@@ -94,9 +94,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["system_id", "content_id", "kind", "status"],
         "properties": {
-            "embeddings": {"type": "array", "items": {"type": "object", "required": ["model_id", "dim"]},
-                           "description": "the model and dimension of each embedding of its content"},
-            "cluster": {"type": ["object", "null"], "description": "its cluster's id and the name this key may see"},
+            "embeddings": {
+                "type": "array",
+                "items": {"type": "object", "required": ["model_id", "dim"]},
+                "description": "the model and dimension of each embedding of its content",
+            },
+            "cluster": {
+                "type": ["object", "null"],
+                "description": "its cluster's id and the name this key may see",
+            },
             "document": {"type": "object", "description": "JSON: where its document went"},
         },
     },
@@ -108,7 +114,14 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "name_source": {"enum": ["placeholder", "vlm", "admin"]},
             "provisional": {"type": "boolean"},
-            "threshold": {"type": "number"},
+            "threshold": {
+                "type": ["number", "null"],
+                "description": "the similarity a newcomer needs to join",
+            },
+            "threshold_source": {
+                "enum": ["cluster", "model"],
+                "description": "set for this cluster by an admin, or the model's calibrated one",
+            },
             "member_count": {"type": "integer"},
             "model_id": {"type": "string"},
             "thumbnails": {"type": "array", "items": {"type": "string"}},
@@ -130,6 +143,27 @@ SCHEMAS: dict[str, Any] = {
         "required": ["members", "members_total"],
     },
     "ClusterChanged": {"type": "object", "required": ["cluster"]},
+    "Proposal": {
+        "type": "object",
+        "required": ["id", "kind", "cluster_ids", "plan", "reason", "gain", "status"],
+        "properties": {
+            "id": UUID,
+            "run_id": UUID,
+            "model_id": {"type": "string"},
+            "kind": {"enum": ["merge", "split", "move"]},
+            "cluster_ids": {"type": "array", "items": UUID},
+            "plan": {
+                "type": "object",
+                "description": "merge: target, sources; split: cluster, part (content ids); move: from, to, members",
+            },
+            "reason": {"type": "string"},
+            "gain": {
+                "type": "number",
+                "description": "how far the change's average similarity lies past the linkage threshold",
+            },
+            "status": {"enum": ["open", "accepted", "dismissed", "stale"]},
+        },
+    },
     "SearchResults": {
         "type": "object",
         "required": ["results", "total", "has_more", "limit", "offset", "query_time_ms"],
@@ -325,6 +359,30 @@ def document() -> dict[str, Any]:
             "parameters": [_query("provisional", {"enum": ["true", "false"]}),
                            _query("model_id", {"type": "string"}), *PAGING],
             "responses": {"200": _json(_ref("ClusterList")), **_errors(400, 401)}}},
+        "/api/v1/clusters/proposals": {"get": {
+            "tags": ["clusters"], "summary": "Re-clustering proposals, the largest gain first, and the latest runs (admin not bound to an owner)",
+            "parameters": [_query("status", {"enum": ["open", "accepted", "dismissed", "stale", "all"]}),
+                           _query("model_id", {"type": "string"}), *PAGING],
+            "responses": {"200": _json({"type": "object", "required": ["proposals", "total", "runs"], "properties": {
+                "proposals": {"type": "array", "items": _ref("Proposal")},
+                "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                "runs": {"type": "array", "items": {"type": "object"}}}}), **_errors(400, 401, 403)}}},
+        "/api/v1/clusters/proposals/{proposal_id}/accept": {"post": {
+            "tags": ["clusters"], "summary": "Carry out a proposal (admin): members moved, centroids recomputed, folders synced, audited",
+            "parameters": [_id("proposal_id", "the proposal")],
+            "responses": {"200": _json({"type": "object", "required": ["proposal"]}),
+                          **_errors(400, 401, 403, 404, 409, 503, 504)}}},
+        "/api/v1/clusters/proposals/{proposal_id}/dismiss": {"post": {
+            "tags": ["clusters"], "summary": "Dismiss a proposal (admin); a later run does not propose it again",
+            "parameters": [_id("proposal_id", "the proposal")],
+            "responses": {"200": _json({"type": "object", "required": ["proposal"]}),
+                          **_errors(400, 401, 403, 404, 409, 503, 504)}}},
+        "/api/v1/clusters/recluster": {"post": {
+            "tags": ["clusters"], "summary": "Run the re-clustering now (admin), for one model or all; the runs show in the proposals listing",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"model_id": {"type": "string", "minLength": 1, "maxLength": 200}}}}}},
+            "responses": {"202": _json({"type": "object"}, "Started"), **_errors(400, 401, 403, 413, 503, 504)}}},
         "/api/v1/clusters/{cluster_id}": {
             "get": {"tags": ["clusters"], "summary": "A cluster and its members, paged",
                     "parameters": [_id("cluster_id", "the cluster"), *PAGING],

@@ -1,7 +1,8 @@
 """The clusterer's SQL, every statement of it: `from clusterer import repo; repo.join(...)`.
 
-filing: nearest centroids, joins, the create path; naming: cluster names; folders: links,
-folder locks and syncs; admin: the commands' statements and counts; audit: the audit trail.
+filing: nearest centroids, joins, the create path; calibration: a model's sample and
+thresholds; naming: cluster names; proposals: re-clustering runs and proposals; folders:
+links, folder locks and syncs; admin: the commands' statements and counts; audit: the trail.
 """
 
 from clusterer.repo.admin import (
@@ -18,6 +19,8 @@ from clusterer.repo.admin import (
     unfile,
 )
 from clusterer.repo.audit import audit
+from clusterer.repo.calibration import item_count, sample
+from clusterer.repo.calibration import store as store_calibration
 from clusterer.repo.filing import (
     SEARCH_KEY_DRIFT,
     AlreadyFiled,
@@ -48,6 +51,22 @@ from clusterer.repo.folders import (
     unlock_folder,
 )
 from clusterer.repo.naming import lock_placeholder_cluster, rename, taken_names
+from clusterer.repo.proposals import (
+    cluster_name,
+    create_empty,
+    current_clusters,
+    decide,
+    end_run,
+    filed_items,
+    linkage_threshold,
+    lock_proposal,
+    models_with_clusters,
+    move_listed,
+    start_run,
+    try_lock_model,
+    unlock_model,
+)
+from clusterer.repo.proposals import record as record_proposals
 
 __all__ = [
     "SEARCH_KEY_DRIFT",
@@ -60,34 +79,51 @@ __all__ = [
     "cluster_counts",
     "cluster_exists",
     "cluster_ids",
+    "cluster_name",
     "cluster_of",
     "cluster_row",
     "confirm",
     "content_stage",
     "content_to_file",
     "create",
+    "create_empty",
+    "current_clusters",
+    "decide",
     "delete_clusters",
+    "end_run",
+    "filed_items",
     "folder_synced",
     "forget_folder_syncs_except",
+    "item_count",
     "join",
+    "linkage_threshold",
     "links_of_cluster",
     "links_of_content",
     "lock_clusters",
     "lock_create_path",
     "lock_folder",
     "lock_placeholder_cluster",
+    "lock_proposal",
     "members",
     "members_below",
     "model",
+    "models_with_clusters",
+    "move_listed",
     "move_members",
     "nearest",
     "pending_folder_syncs",
     "prefer_index",
     "recompute_centroid",
+    "record_proposals",
     "rename",
     "request_folder_syncs",
+    "sample",
     "set_threshold",
+    "start_run",
+    "store_calibration",
     "taken_names",
+    "try_lock_model",
     "unfile",
     "unlock_folder",
+    "unlock_model",
 ]

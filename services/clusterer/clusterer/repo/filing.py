@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -12,6 +13,7 @@ from numpy.typing import NDArray
 
 from clusterer.logic import Candidate
 from clusterer.repo.audit import audit
+from common.calibration import Calibration
 from common.vectors import as_array, model_literal
 
 
@@ -25,11 +27,14 @@ class AlreadyFiled(Exception):
 
 @dataclass(frozen=True)
 class Model:
-    """An embedding model as the clusterer needs it: SQL fragments and its threshold."""
+    """An embedding model as the clusterer needs it: SQL fragments and its thresholds."""
 
     model_id: str
     dim: int
-    threshold: float
+    calibration: Calibration
+
+    def threshold_for(self, members: int) -> float:
+        return self.calibration.threshold_for(members)
 
     @property
     def literal(self) -> str:
@@ -51,11 +56,18 @@ class ContentToFile:
     embedding: NDArray[np.float32] | None
 
 
-async def model(conn: asyncpg.Connection | asyncpg.Pool, model_id: str) -> asyncpg.Record | None:
-    """The model's row (id, dim, cluster_threshold); None if it is unknown."""
-    return await conn.fetchrow(
-        "SELECT id, dim, cluster_threshold FROM models WHERE id = $1", model_id
+async def model(conn: asyncpg.Connection | asyncpg.Pool, model_id: str) -> dict[str, Any] | None:
+    """The model's row (id, dim, cluster_threshold, calibration as a dict); None if unknown."""
+    row = await conn.fetchrow(
+        "SELECT id, dim, cluster_threshold, calibration::text AS calibration"
+        " FROM models WHERE id = $1",
+        model_id,
     )
+    if row is None:
+        return None
+    values = dict(row)
+    values["calibration"] = orjson.loads(row["calibration"]) if row["calibration"] else None
+    return values
 
 
 async def content_to_file(
@@ -99,7 +111,8 @@ async def nearest(
     limit: int = 5,
     exact: bool = False,
 ) -> list[Candidate]:
-    """The clusters nearest to a vector, with their exact similarity (to the centroid sum).
+    """The clusters nearest to a vector, with their exact similarity (to the centroid sum)
+    and threshold (their own, else the model's for their size).
 
     Candidates come from the model's HNSW index on the search key and are re-ranked exactly;
     the exact form scans every cluster of the model, for the serialised create path, where a
@@ -107,20 +120,30 @@ async def nearest(
     """
     if exact:
         # The distance is computed once per row (each use of a TOASTed vector fetches it).
-        sql = f"""SELECT id, threshold, 1 - distance AS similarity FROM (
-                      SELECT id, threshold, centroid_sum <=> $1::vector AS distance
+        sql = f"""SELECT id, threshold, member_count, 1 - distance AS similarity FROM (
+                      SELECT id, threshold, member_count, centroid_sum <=> $1::vector AS distance
                       FROM clusters
                       WHERE model_id = {model.literal} AND centroid_sum IS NOT NULL
                       ORDER BY distance LIMIT $2
                   ) AS nearest"""
     else:
-        sql = f"""SELECT id, threshold, 1 - (centroid_sum <=> $1::vector) AS similarity FROM (
-                      SELECT id, threshold, centroid_sum FROM clusters
-                      WHERE model_id = {model.literal} AND centroid IS NOT NULL
+        sql = f"""SELECT id, threshold, member_count,
+                         1 - (centroid_sum <=> $1::vector) AS similarity FROM (
+                      SELECT id, threshold, member_count, centroid_sum
+                      FROM clusters WHERE model_id = {model.literal} AND centroid IS NOT NULL
                       ORDER BY centroid::{model.cast} <=> $1::vector::{model.cast} LIMIT $2
                   ) AS candidates"""
     rows = await conn.fetch(sql, vector, limit)
-    return [Candidate(r["id"], float(r["similarity"]), float(r["threshold"])) for r in rows]
+    return [
+        Candidate(
+            r["id"],
+            float(r["similarity"]),
+            float(r["threshold"])
+            if r["threshold"] is not None
+            else model.threshold_for(r["member_count"]),
+        )
+        for r in rows
+    ]
 
 
 async def prefer_index(conn: asyncpg.Connection) -> None:
@@ -217,15 +240,15 @@ async def create(
     content_id: uuid.UUID,
     vector: NDArray[np.float32],
 ) -> None:
-    """Open a provisional cluster holding this one content (inside the create lock)."""
+    """Open a provisional cluster holding this one content (inside the create lock); its
+    threshold follows the model's."""
     await conn.execute(
-        """INSERT INTO clusters (id, model_id, name, name_source, provisional, threshold,
+        """INSERT INTO clusters (id, model_id, name, name_source, provisional,
                                  centroid_sum, centroid, member_count)
-           VALUES ($1, $2, $3, 'placeholder', true, $4, $5::vector, l2_normalize($5::vector), 1)""",
+           VALUES ($1, $2, $3, 'placeholder', true, $4::vector, l2_normalize($4::vector), 1)""",
         cluster_id,
         model.model_id,
         name,
-        model.threshold,
         vector,
     )
     await _file_content(conn, content_id, cluster_id)
@@ -235,5 +258,5 @@ async def create(
         "cluster.create",
         "cluster",
         cluster_id,
-        {"name": name, "first_member": str(content_id), "threshold": model.threshold},
+        {"name": name, "first_member": str(content_id), "threshold": model.threshold_for(1)},
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from common.clusters import CLUSTER_COLUMNS
+from common.clusters import CLUSTER_COLUMNS, threshold_columns
 from gateway.repo.scope import OwnerScope, Statement
 
 # The content the cluster's current name was made from, if the clusterer recorded it.
@@ -65,7 +65,7 @@ def _view(q: Statement, scope: OwnerScope) -> str:
                       CASE WHEN v.shown THEN cl.name ELSE {_NEUTRAL_NAME} END AS name,
                       CASE WHEN v.shown THEN cl.name_source ELSE 'placeholder' END
                           AS name_source,
-                      cl.provisional, cl.threshold,
+                      cl.provisional, {threshold_columns("cl.")},
                       (SELECT count(*) FROM content mc
                        WHERE mc.cluster_id = cl.id AND {scope.holds_content(q, "mc.id")})::int
                           AS member_count,

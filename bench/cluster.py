@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import sys
 import tempfile
@@ -35,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
 from bench.benchdb import scratch_database
-from clusterer import repo
-from clusterer.handlers import ClustererDeps, _assign
+from clusterer import reclustering, repo
+from clusterer.handlers import ClustererDeps, ModelCache, _assign
+from clusterer.settings import ClustererSettings
 from common.calibration import Calibration
 from common.db import open_pool
 from common.settings import CommonSettings
@@ -166,6 +168,102 @@ async def latency(deps: ClustererDeps, sizes: list[int], queries: int) -> None:
         )
 
 
+async def recluster(pool: asyncpg.Pool, sizes: list[int]) -> None:
+    """A re-clustering run (clusterer/reclustering.run_model: read, propose, record) over
+    `size` embeddings of 512-d in clusters of ~10, pieces of kinds of ~50 (so: merges)."""
+    print("\n== re-clustering run (read every filed embedding, cluster by regions, record)")
+    print(
+        f"{'items':>8} {'clusters':>9} {'regions':>8} {'proposed':>9} {'seconds':>8}"
+        f" {'max RSS MB':>11}"
+    )
+    rng = np.random.default_rng(5)
+    job_id = uuid.uuid4()
+    await pool.execute("INSERT INTO jobs (id, owner, request_id) VALUES ($1, 'bench', 'r')", job_id)
+    for size in sizes:
+        model_id = f"bench/recluster-{size}"
+        await pool.execute("INSERT INTO models (id, dim) VALUES ($1, $2)", model_id, DIM)
+        kinds_n = max(size // 50, 2)
+        centres = unit(rng.normal(size=(kinds_n, DIM)))
+        labels = rng.integers(0, kinds_n, size)
+        vectors = unit(centres[labels] + rng.normal(scale=1.0 / np.sqrt(DIM), size=(size, DIM)))
+        pieces = labels * 5 + rng.integers(0, 5, size)  # each kind in five clusters
+        cluster_ids = {int(p): uuid.uuid4() for p in np.unique(pieces)}
+        sums: dict[int, NDArray[np.float64]] = {}
+        for p, v in zip(pieces, vectors, strict=True):
+            sums[int(p)] = sums.get(int(p), 0) + v.astype(np.float64)
+        counts = {
+            int(p): int(n) for p, n in zip(*np.unique(pieces, return_counts=True), strict=True)
+        }
+        await pool.executemany(
+            """INSERT INTO clusters (id, model_id, name, centroid_sum, centroid, member_count)
+               VALUES ($1, $2, $3, $4::text::vector, $5::text::vector, $6)""",
+            [
+                (
+                    cid,
+                    model_id,
+                    f"{model_id} {p}",
+                    text(sums[p].astype(np.float32)),
+                    text((sums[p] / np.linalg.norm(sums[p])).astype(np.float32)),
+                    counts[p],
+                )
+                for p, cid in cluster_ids.items()
+            ],
+        )
+        contents = [uuid.uuid4() for _ in range(size)]
+        async with pool.acquire() as conn:
+            await conn.copy_records_to_table(
+                "content",
+                columns=[
+                    "id",
+                    "sha256",
+                    "kind",
+                    "mime_type",
+                    "size_bytes",
+                    "storage_key",
+                    "stage",
+                    "first_job_id",
+                    "cluster_id",
+                ],
+                records=[
+                    (
+                        c,
+                        uuid.uuid4().hex * 2,
+                        "image",
+                        "image/png",
+                        1,
+                        f"media/x/{c}",
+                        "clustered",
+                        job_id,
+                        cluster_ids[int(p)],
+                    )
+                    for c, p in zip(contents, pieces, strict=True)
+                ],
+            )
+            await conn.copy_records_to_table(
+                "embeddings",
+                columns=["content_id", "model_id", "embedding"],
+                records=[(c, model_id, v) for c, v in zip(contents, vectors, strict=True)],
+            )
+        settings = ClustererSettings(
+            database_url="postgresql://unused", cluster_recluster_interval_s=0
+        )
+        deps = cast(
+            ClustererDeps,
+            type(
+                "Deps", (), {"pool": pool, "settings": settings, "models": ModelCache(settings)}
+            )(),
+        )
+        start = time.perf_counter()
+        run_id = await reclustering.run_model(deps, model_id, "bench")
+        seconds = time.perf_counter() - start
+        run = await pool.fetchrow("SELECT * FROM recluster_runs WHERE id = $1", run_id)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"{run['items']:>8} {run['clusters']:>9} {run['regions']:>8} {run['proposed']:>9}"
+            f" {seconds:>8.1f} {rss:>11.0f}"
+        )
+
+
 async def quality(
     deps: ClustererDeps,
     name: str,
@@ -215,6 +313,10 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--model-dir", type=Path, help="an exported efficientnet-lite2 folder")
     parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument(
+        "--recluster", type=int, nargs="*", default=[10_000, 100_000], help="run sizes"
+    )
+    parser.add_argument("--only-recluster", action="store_true")
     args = parser.parse_args()
     async with scratch_database("mb_bench_cluster") as url:
         settings = CommonSettings(database_url=url, db_pool_size=2)
@@ -225,6 +327,9 @@ async def main() -> None:
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
             )
             print(f"PostgreSQL {server}, pgvector {pgvector}")
+            await recluster(pool, args.recluster)
+            if args.only_recluster:
+                return
             await latency(deps, args.sizes, args.queries)
             print("\n== clustering quality: online assignment vs HDBSCAN (adjusted Rand index)")
             print(

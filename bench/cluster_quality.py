@@ -12,8 +12,11 @@ in one by one (a fixed shuffled upload order); each is compared with every clust
 sum (the exact cosine the create path's look uses; with this few clusters the HNSW look finds
 the same nearest ones), `clusterer.logic.choose` picks the most similar cluster that reaches
 its threshold, a join adds the vector to that sum, and no pick opens a cluster holding the
-photo. The threshold is the clusterer's effective one: the model's manifest
-`cluster_threshold`, else ClustererSettings' default. No database is needed.
+photo. "calibrated" is today's rule (common/calibration.py: recalibrated on every photo from
+the photos so far, a threshold per cluster size, the manifest's value a weak prior); "flat"
+is the rule before it (the manifest `cluster_threshold`, else ClustererSettings' default).
+"+ proposals accepted" runs the re-clustering (clusterer/recluster.propose, its calibrated
+linkage) over the calibrated result and accepts every proposal. No database is needed.
 
 Baselines on the same unit vectors: scikit-learn's HDBSCAN (min_cluster_size 2, Euclidean
 distance on the unit vectors, which orders pairs as cosine does; noise counts as one
@@ -27,6 +30,8 @@ its distance threshold chosen on "tune" by ARI and applied unchanged to "test" a
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 import time
 import uuid
@@ -34,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,7 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
 from clusterer.logic import Candidate, choose
+from clusterer.recluster import Current, Item, Proposal, propose
 from clusterer.settings import ClustererSettings
+from common.calibration import Calibration, calibrate
 from embedder.decode import decode_image
 from embedder.model import OnnxModel
 from embedder.preprocess import batch
@@ -118,29 +126,83 @@ def embed(model: OnnxModel, out: Path, entries: list[dict[str, str]]) -> Photos:
     )
 
 
-def online(vectors: NDArray[np.float32], threshold: float, order: Sequence[int]) -> list[int]:
-    """Cluster of each photo when filed one by one in `order` by the clusterer's rule."""
+def online(
+    vectors: NDArray[np.float32],
+    threshold: float | None,
+    order: Sequence[int],
+    prior: float = 0.72,
+) -> list[int]:
+    """Cluster of each photo when filed one by one in `order` by the clusterer's rule.
+
+    `threshold` None: the calibrated rule, recalibrated on every photo from all photos so far
+    (as the clusterer does while a model is small: common/calibration.py), each cluster's
+    threshold that of its size; a number: that threshold, flat (CLUSTER_THRESHOLD set).
+    """
     ids: list[uuid.UUID] = []
     sums: list[NDArray[np.float32]] = []
+    counts: list[int] = []
     found = [-1] * len(vectors)
+    seen: list[int] = []
     for i in order:
+        seen.append(i)
+        rule = (
+            calibrate(vectors[seen], len(seen), prior)
+            if threshold is None
+            else Calibration.flat(threshold)
+        )
         vector = vectors[i]
         candidates = [
             Candidate(
-                cid, float(s @ vector / (np.linalg.norm(s) * np.linalg.norm(vector))), threshold
+                cid,
+                float(s @ vector / (np.linalg.norm(s) * np.linalg.norm(vector))),
+                rule.threshold_for(n),
             )
-            for cid, s in zip(ids, sums, strict=True)
+            for cid, s, n in zip(ids, sums, counts, strict=True)
         ]
         best = choose(candidates)
         if best is None:
             ids.append(uuid.uuid4())
             sums.append(vector.copy())
+            counts.append(1)
             found[i] = len(ids) - 1
         else:
             k = ids.index(best.cluster_id)
             sums[k] = (sums[k] + vector).astype(np.float32)  # pgvector sums in float32
+            counts[k] += 1
             found[i] = k
     return found
+
+
+def after_proposals(
+    vectors: NDArray[np.float32], clusters: list[int], prior: float
+) -> tuple[list[int], int]:
+    """The clusters after one re-clustering with every proposal accepted (merges, then the
+    rest, as an admin working down the list would), and how many proposals there were."""
+    contents = [uuid.UUID(int=i + 1) for i in range(len(clusters))]
+    ids = {c: uuid.UUID(int=10_000 + c) for c in set(clusters)}
+    items = [Item(contents[i], ids[c]) for i, c in enumerate(clusters)]
+    current = {cid: Current(cid, True, clusters.count(c)) for c, cid in ids.items()}
+    linkage = calibrate(vectors, len(vectors), prior).linkage
+    proposals = propose(items, vectors, current, linkage, 5000).proposals
+    cluster_of = {c: ids[k] for c, k in zip(contents, clusters, strict=True)}
+    for p in sorted(proposals, key=lambda p: p.kind != "merge"):
+        _accept(p, cluster_of)
+    labels = {cid: n for n, cid in enumerate(dict.fromkeys(cluster_of.values()))}
+    return [labels[cluster_of[c]] for c in contents], len(proposals)
+
+
+def _accept(p: Proposal, cluster_of: dict[uuid.UUID, uuid.UUID]) -> None:
+    if p.kind == "merge":
+        target, sources = uuid.UUID(p.plan["target"]), {uuid.UUID(s) for s in p.plan["sources"]}
+        for content, cluster in cluster_of.items():
+            if cluster in sources:
+                cluster_of[content] = target
+        return
+    source = uuid.UUID(p.plan.get("from", p.plan.get("cluster")))
+    target = uuid.UUID(p.plan["to"]) if p.kind == "move" else uuid.uuid4()
+    for m in p.plan.get("members", p.plan.get("part", [])):
+        if cluster_of[uuid.UUID(m)] == source:
+            cluster_of[uuid.UUID(m)] = target
 
 
 def hdbscan(vectors: NDArray[np.float32]) -> list[int]:
@@ -256,36 +318,136 @@ def evaluate(name: str, model: OnnxModel, photos: Photos, orders: int) -> None:
         part = photos.subset(split)
         n = len(part.kinds)
         order = upload_order(n, UPLOAD_SEED)
+        fixed = f"online, flat t {threshold:g} (before)"
+        print(row(fixed, split, part, online(part.vectors, threshold, order)))
         print(
             row(
-                f"online, t {threshold:g} (today)",
-                split,
-                part,
-                online(part.vectors, threshold, order),
-            )
-        )
-        print(
-            row(
-                f"online, t {online_t:g} (tuned)",
+                f"online, flat t {online_t:g} (tuned)",
                 split,
                 part,
                 online(part.vectors, online_t, order),
             )
         )
+        calibrated = online(part.vectors, None, order, threshold)
+        print(row("**online, calibrated**", split, part, calibrated))
+        merged, count = after_proposals(part.vectors, calibrated, threshold)
+        print(row(f"**+ {count} proposals accepted**", split, part, merged))
         print(row("HDBSCAN, min size 2", split, part, hdbscan(part.vectors)))
         print(
             row(f"agglomerative, d {agglo_t:g}", split, part, agglomerative(part.vectors, agglo_t))
         )
-        aris = [
-            adjusted_rand_score(part.kinds, online(part.vectors, threshold, upload_order(n, s)))
-            for s in range(orders)
-        ]
-        spread.append(f"{split} {np.min(aris):.3f} / {np.median(aris):.3f} / {np.max(aris):.3f}")
+        linkage = calibrate(part.vectors, n, threshold).linkage
+        print(
+            row(
+                f"agglomerative, calibrated d {1 - linkage:.2f}",
+                split,
+                part,
+                agglomerative(part.vectors, 1 - linkage),
+            )
+        )
+        results = []
+        for s in range(orders):
+            again = online(part.vectors, None, upload_order(n, s), threshold)
+            results.append(
+                (
+                    adjusted_rand_score(part.kinds, again),
+                    adjusted_rand_score(
+                        part.kinds, after_proposals(part.vectors, again, threshold)[0]
+                    ),
+                )
+            )
+        online_aris, after_aris = zip(*results, strict=True)
+        spread.append(
+            f"{split}: online {np.min(online_aris):.3f} / {np.median(online_aris):.3f} /"
+            f" {np.max(online_aris):.3f}, after proposals {np.min(after_aris):.3f} /"
+            f" {np.median(after_aris):.3f} / {np.max(after_aris):.3f}"
+        )
     print(
-        f"\n  today's online ARI over {orders} upload orders (min / median / max): "
-        + "; ".join(spread)
+        f"\n  calibrated ARI over {orders} upload orders (min / median / max):\n    "
+        + "\n    ".join(spread)
     )
     distributions(photos, threshold)
+
+
+async def live(base: str, photos_dir: Path, entries: list[dict[str, str]], split: str) -> None:
+    """The split's photos uploaded one by one to a running system (scripts/up.sh; an open or
+    admin-keyed gateway at `base`), their clusters read back; then one re-clustering run of
+    the model with every proposal accepted through the API, and the clusters read again."""
+    import aiohttp
+
+    chosen = [e for e in entries if split in ("all", e["split"])]
+    order = upload_order(len(chosen), UPLOAD_SEED)
+    headers = {"X-API-Key": key} if (key := os.environ.get("MAMMOTH_API_KEY")) else {}
+    async with aiohttp.ClientSession(base, headers=headers) as http:
+
+        async def call(method: str, path: str, **kwargs: Any) -> Any:
+            async with http.request(method, path, **kwargs) as response:
+                body = await response.json()
+                if response.status >= 300:
+                    raise RuntimeError(f"{method} {path}: {response.status} {body}")
+                return body
+
+        uploads: list[str] = [""] * len(chosen)
+        jobs = []
+        started = time.perf_counter()
+        for i in order:
+            form = aiohttp.FormData()
+            path = photos_dir / chosen[i]["file"]
+            form.add_field("files[]", path.read_bytes(), filename=path.name)
+            form.add_field("owner", "cluster-quality")
+            answer = await call("POST", "/api/v1/ingest", data=form)
+            uploads[i] = answer["system_ids"][0]
+            jobs.append(answer["job_id"])
+        for job in jobs:
+            while (await call("GET", f"/api/v1/ingest/{job}/status"))["status"] not in (
+                "done",
+                "failed",
+                "partial",
+            ):
+                await asyncio.sleep(0.2)
+        print(
+            f"  {len(uploads)} photos uploaded and filed in {time.perf_counter() - started:.1f} s"
+        )
+
+        async def clusters() -> tuple[list[int], str]:
+            objects = [await call("GET", f"/api/v1/objects/{u}") for u in uploads]
+            ids = [(o.get("cluster") or {}).get("id") or o["system_id"] for o in objects]
+            numbers = {c: n for n, c in enumerate(dict.fromkeys(ids))}
+            return [numbers[c] for c in ids], objects[0]["embeddings"][0]["model_id"]
+
+        kinds = [e["kind"] for e in chosen]
+        part = Photos(
+            np.zeros((len(kinds), 1), dtype=np.float32),
+            kinds,
+            [split] * len(kinds),
+            [e["file"] for e in chosen],
+        )
+        online_clusters, model_id = await clusters()
+        print(row("live: online, calibrated", split, part, online_clusters))
+        before = {
+            r["id"]
+            for r in (await call("GET", "/api/v1/clusters/proposals?status=all&limit=200"))["runs"]
+        }
+        await call("POST", "/api/v1/clusters/recluster", json={"model_id": model_id})
+        while True:
+            listed = await call("GET", f"/api/v1/clusters/proposals?model_id={model_id}&limit=200")
+            runs = [r for r in listed["runs"] if r["id"] not in before]
+            if runs and runs[0]["status"] != "running":
+                break
+            await asyncio.sleep(0.2)
+        accepted = 0
+        for proposal in sorted(listed["proposals"], key=lambda p: p["kind"] != "merge"):
+            async with http.post(f"/api/v1/clusters/proposals/{proposal['id']}/accept") as response:
+                accepted += response.status == 200
+        after, _ = await clusters()
+        print(
+            row(
+                f"live: + {accepted} of {len(listed['proposals'])} proposals accepted",
+                split,
+                part,
+                after,
+            )
+        )
 
 
 def main() -> None:
@@ -300,6 +462,12 @@ def main() -> None:
         choices=["lite2", "tiny-clip", "colour"],
     )
     parser.add_argument("--orders", type=int, default=20, help="upload orders for the spread")
+    parser.add_argument(
+        "--live",
+        metavar="URL",
+        help="also upload the --live-split photos to the running system at URL (scripts/up.sh)",
+    )
+    parser.add_argument("--live-split", default="test", choices=SPLITS)
     args = parser.parse_args()
     start = time.perf_counter()
     if not eval_photos.is_built(args.photos):
@@ -312,6 +480,13 @@ def main() -> None:
             f"  {kind:<11} {total:>3} (tune {per_split['tune'][kind]},"
             f" test {per_split['test'][kind]})"
         )
+    if args.live:
+        print(f"\n== live: {args.live_split} photos through the running system at {args.live}")
+        print(
+            "\n| method | split | photos | kinds | ARI | NMI | purity | clusters | singletons |"
+            "\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        asyncio.run(live(args.live, args.photos, entries, args.live_split))
     for name, folder in export_models(args.models_dir, args.models).items():
         model = OnnxModel(folder, providers=("cpu",), threads=2)
         evaluate(name, model, embed(model, args.photos, entries), args.orders)

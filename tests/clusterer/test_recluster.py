@@ -93,7 +93,18 @@ async def test_singletons_get_merge_proposals_that_a_second_run_does_not_repeat(
         await file_all(deps, seeded)
         assert await db.fetchval("SELECT count(*) FROM clusters") == 18
         before = await memberships(db)
+        # A run a stopped clusterer left marked running is marked failed by the next one.
+        cut_short = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO recluster_runs (id, model_id, requested_by) VALUES ($1, $2, 'x')",
+            cut_short,
+            MODEL,
+        )
         first = await reclustering.run_model(deps, MODEL, "test")
+        assert (
+            await db.fetchval("SELECT status FROM recluster_runs WHERE id = $1", cut_short)
+            == "failed"
+        )
         proposals = await open_proposals(db)
         assert {p["kind"] for p in proposals} == {"merge"}
         # The batch clustering finds the three kinds: one merge per kind, each exact.

@@ -256,8 +256,12 @@ async def test_every_protected_operation_answers_401_without_a_key_and_403_below
                 checked += 1
                 admin_only = (
                     path.startswith("/api/v1/admin/")
+                    or path.startswith("/api/v1/clusters/proposals")
                     or method == "patch"
-                    or (method == "post" and path.startswith("/api/v1/schemas/"))
+                    or (
+                        method == "post"
+                        and path.startswith(("/api/v1/schemas/", "/api/v1/clusters/"))
+                    )
                 )
                 response = await gateway.client.request(
                     method.upper(), concrete, headers=auth(READER)
@@ -265,4 +269,4 @@ async def test_every_protected_operation_answers_401_without_a_key_and_403_below
                 assert (response.status == 403) == (
                     admin_only or (method == "post" and path == "/api/v1/ingest")
                 ), (method, path, response.status)
-        assert checked == 23
+        assert checked == 27

@@ -139,7 +139,14 @@ def _reusable(
     it was made under the same prior and CLUSTER_THRESHOLD override (or none)."""
     if stored is None or due(items, stored.get("items")):
         return False
-    return bool(stored.get("override") == override and stored.get("prior") == prior)
+    return _same(stored.get("override"), override) and _same(stored.get("prior"), prior)
+
+
+def _same(stored: float | None, value: float | None) -> bool:
+    """Equal as stored (rounded to 6 digits; a `real` column's 0.72 reads 0.7200000286)."""
+    if stored is None or value is None:
+        return stored is value
+    return abs(stored - value) < 1e-5
 
 
 async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: Delivery) -> None:

@@ -35,7 +35,7 @@ from gateway.ingest import handle_ingest
 from gateway.ingest_commit import ingest_commit
 from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
-from gateway.proposals import handle_decision, handle_proposals, handle_recluster
+from gateway.proposals import handle_accept, handle_dismiss, handle_proposals, handle_recluster
 from gateway.schemas import (
     handle_approve,
     handle_approve_migration,
@@ -97,9 +97,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/clusters", handle_clusters)
     # Before /clusters/{cluster_id}, which would take "proposals" for a cluster id.
     app.router.add_get("/api/v1/clusters/proposals", handle_proposals)
-    app.router.add_post(
-        "/api/v1/clusters/proposals/{proposal_id}/{decision:accept|dismiss}", handle_decision
-    )
+    app.router.add_post("/api/v1/clusters/proposals/{proposal_id}/accept", handle_accept)
+    app.router.add_post("/api/v1/clusters/proposals/{proposal_id}/dismiss", handle_dismiss)
     app.router.add_post("/api/v1/clusters/recluster", handle_recluster)
     app.router.add_get("/api/v1/clusters/{cluster_id}", handle_cluster)
     app.router.add_patch("/api/v1/clusters/{cluster_id}", handle_patch_cluster)

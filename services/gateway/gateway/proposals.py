@@ -5,7 +5,7 @@ proposals name every owner's clusters and members.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -66,11 +66,19 @@ async def _call(request: web.Request, body: bytes) -> ClusterCommandReply:
     return reply
 
 
-async def handle_decision(request: web.Request) -> web.Response:
-    """POST .../proposals/{proposal_id}/accept or /dismiss."""
+async def handle_accept(request: web.Request) -> web.Response:
+    """POST .../proposals/{proposal_id}/accept: the clusterer carries it out."""
+    return await _decide(request, "accept")
+
+
+async def handle_dismiss(request: web.Request) -> web.Response:
+    """POST .../proposals/{proposal_id}/dismiss: a later run does not propose it again."""
+    return await _decide(request, "dismiss")
+
+
+async def _decide(request: web.Request, decision: Literal["accept", "dismiss"]) -> web.Response:
     _unbound_admin(request)
     proposal_id = parse_id(request, "proposal_id", "proposal id")
-    decision = "accept" if request.match_info["decision"] == "accept" else "dismiss"
     command = ProposalCommand(proposal_id=proposal_id, actor="admin", decision=decision)
     reply = await _call(request, command.model_dump_json().encode())
     result: dict[str, Any] = reply.cluster or {}

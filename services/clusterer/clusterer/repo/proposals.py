@@ -50,6 +50,14 @@ async def unlock_model(conn: asyncpg.Connection, model_id: str) -> None:
 async def start_run(
     conn: asyncpg.Connection | asyncpg.Pool, run_id: uuid.UUID, model_id: str, actor: str
 ) -> None:
+    """Record a run; a run of the model still marked running was cut short (the caller holds
+    the model's lock, so none is running now)."""
+    await conn.execute(
+        """UPDATE recluster_runs SET status = 'failed', finished_at = clock_timestamp(),
+                  error = 'interrupted (the clusterer stopped during the run)'
+           WHERE model_id = $1 AND status = 'running'""",
+        model_id,
+    )
     await conn.execute(
         "INSERT INTO recluster_runs (id, model_id, requested_by) VALUES ($1, $2, $3)",
         run_id,

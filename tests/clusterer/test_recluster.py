@@ -8,15 +8,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
 
 from clusterer import commands, folders, reclustering
 from clusterer.app import running
-from clusterer.handlers import ClustererDeps, _assign
+from clusterer.handlers import ClustererDeps, _assign, handle_embedded
 from clusterer.settings import ClustererSettings
+from common.consumer import Delivery
+from common.messages import MediaEmbedded
 from common.storage import FileSystemStorage
 from tests.clusterer.conftest import Seeded, folder_snapshot, kinds, seed_embedded
 from tests.clusterer.test_admin import assert_centroid_is_mean
@@ -302,3 +304,37 @@ async def test_proposals_through_the_gateway(
         shown = await (await client.get(f"/api/v1/clusters/{target}")).json()
         assert shown["member_count"] == 4
         assert (shown["threshold"], shown["threshold_source"]) == (0.9999, "model")
+
+
+async def test_a_near_duplicate_joins_its_originals_cluster_and_is_left_out_of_calibration(
+    start_clusterer: Callable[..., AbstractAsyncContextManager[ClustererDeps]],
+    db: asyncpg.Connection,
+    storage_path: Path,
+) -> None:
+    vectors, _ = kinds(2, 1, dim=16, spread=0.1, seed=2)  # two unrelated directions
+    original, copy = await seed_embedded(
+        db, FileSystemStorage(storage_path, fsync=False), MODEL, vectors, [0, 1]
+    )
+    # The embedder found `copy` to be a re-encoding of `original` (pHash); its vector here is
+    # far from the original's, so no threshold would put them together.
+    await db.execute(
+        "UPDATE content SET near_duplicate_of = $1 WHERE id = $2",
+        original.content_id,
+        copy.content_id,
+    )
+    async with start_clusterer(cluster_threshold=0.9999) as deps:
+        for seeded in (original, copy):
+            event = MediaEmbedded(
+                content_id=seeded.content_id,
+                job_id=seeded.content_id,
+                kind="image",
+                model_id=MODEL,
+            )
+            await handle_embedded(deps, event, cast(Delivery, None))
+        after = await memberships(db)
+        assert after[copy.content_id] == after[original.content_id]
+        assert await db.fetchval("SELECT count(*) FROM clusters") == 1
+        await assert_exact(db, storage_path, deps)
+        await deps.models.get(deps.pool, MODEL)
+        calibration = deps.models.calibration(MODEL)
+        assert calibration is not None and calibration.items == 1  # the copy does not count

@@ -160,7 +160,7 @@ async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: D
         if row.embedding is None:
             raise Permanent(f"content {event.content_id} has no {event.model_id} embedding")
         start = time.perf_counter()
-        outcome = await _assign(deps, model, row.id, row.embedding)
+        outcome = await _assign(deps, model, row.id, row.embedding, row.near_duplicate_of)
         ASSIGNMENT_LATENCY.labels(outcome).observe(time.perf_counter() - start)
         deps.models.filed(event.model_id)
         new_cluster = outcome == "created"
@@ -183,9 +183,18 @@ async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: D
 
 
 async def _assign(
-    deps: ClustererDeps, model: repo.Model, content_id: uuid.UUID, vector: NDArray[np.float32]
+    deps: ClustererDeps,
+    model: repo.Model,
+    content_id: uuid.UUID,
+    vector: NDArray[np.float32],
+    original: uuid.UUID | None = None,
 ) -> str:
-    """Join the nearest cluster that takes it, or open one; 'joined', 'created' or 'done'."""
+    """Join the nearest cluster that takes it, or open one; 'joined', 'created' or 'done'.
+
+    A near-duplicate (`original`: the content it copies, found by pHash) joins its original's
+    cluster when the original is filed: a re-encoded copy is the same picture, whatever the
+    threshold says of its vector.
+    """
     placeholder: str | None = None
     new_id = uuid.uuid4()
     for _ in range(ATTEMPTS):
@@ -193,7 +202,11 @@ async def _assign(
             async with deps.pool.acquire() as conn:
                 async with conn.transaction():
                     await repo.prefer_index(conn)
-                    best = choose(await repo.nearest(conn, model, vector))
+                    best = None
+                    if original is not None:
+                        best = await repo.cluster_of_original(conn, model, original, vector)
+                    if best is None:
+                        best = choose(await repo.nearest(conn, model, vector))
                     if best is not None:
                         await repo.join(conn, best.cluster_id, content_id, vector, best.similarity)
                 if best is not None:

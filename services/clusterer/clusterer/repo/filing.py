@@ -53,6 +53,7 @@ class ContentToFile:
     cluster_id: uuid.UUID | None
     first_job_id: uuid.UUID
     kind: str
+    near_duplicate_of: uuid.UUID | None
     embedding: NDArray[np.float32] | None
 
 
@@ -75,7 +76,8 @@ async def content_to_file(
 ) -> ContentToFile | None:
     """The content with its embedding of this model; None if there is no such content."""
     row = await conn.fetchrow(
-        """SELECT c.id, c.stage, c.cluster_id, c.first_job_id, c.kind, e.embedding
+        """SELECT c.id, c.stage, c.cluster_id, c.first_job_id, c.kind, c.near_duplicate_of,
+                  e.embedding
            FROM content c
            LEFT JOIN embeddings e ON e.content_id = c.id AND e.model_id = $2
            WHERE c.id = $1""",
@@ -144,6 +146,24 @@ async def nearest(
         )
         for r in rows
     ]
+
+
+async def cluster_of_original(
+    conn: asyncpg.Connection, model: Model, original: uuid.UUID, vector: NDArray[np.float32]
+) -> Candidate | None:
+    """The cluster of this model that holds the content a near-duplicate was found to copy
+    (with the copy's exact similarity to it); None while the original is not filed there."""
+    row = await conn.fetchrow(
+        f"""SELECT cl.id, 1 - (cl.centroid_sum <=> $2::vector) AS similarity
+            FROM content c JOIN clusters cl ON cl.id = c.cluster_id
+            WHERE c.id = $1 AND cl.model_id = {model.literal}""",
+        original,
+        vector,
+    )
+    if row is None:
+        return None
+    # A copy joins its original whatever the threshold: it is the same picture.
+    return Candidate(row["id"], float(row["similarity"]), -1.0)
 
 
 async def prefer_index(conn: asyncpg.Connection) -> None:

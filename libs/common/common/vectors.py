@@ -40,6 +40,17 @@ def as_array(value: object) -> NDArray[np.float32] | None:
     return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
+def unit_rows(values: list[object]) -> NDArray[np.float32]:
+    """Vector column values (None left out) as rows of unit float32 vectors; (0, 0) if none."""
+    found = [v for value in values if (v := as_array(value)) is not None]
+    if not found:
+        return np.zeros((0, 0), dtype=np.float32)
+    vectors = np.stack(found)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: NDArray[np.float32] = (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+    return unit
+
+
 def index_name(table: str, model_id: str) -> str:
     """A stable, valid identifier for a model's index on a table."""
     slug = re.sub(r"[^a-z0-9]+", "_", model_id.lower()).strip("_")[:30]

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from common.vectors import as_array
+from common.vectors import unit_rows
 
 # Items are embeddings of content that is not a near-duplicate of other content.
 _ITEMS = """FROM embeddings e JOIN content c ON c.id = e.content_id
@@ -35,13 +35,7 @@ async def sample(
         model_id,
         size,
     )
-    found = [v for r in rows if (v := as_array(r["embedding"])) is not None]
-    if not found:
-        return np.zeros((0, 0), dtype=np.float32)
-    vectors = np.stack(found)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    result: NDArray[np.float32] = (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
-    return result
+    return unit_rows([r["embedding"] for r in rows])
 
 
 async def store(

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from clusterer.recluster import Current, Item, Proposal
 from common.clusters import PROPOSAL_COLUMNS, proposal_json
-from common.vectors import as_array
+from common.vectors import unit_rows
 
 
 async def models_with_clusters(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -108,12 +108,7 @@ async def filed_items(
         model_id,
     )
     items = [Item(r["id"], r["cluster_id"]) for r in rows]
-    if not rows:
-        return items, np.zeros((0, 0), dtype=np.float32)
-    vectors = np.stack([v for r in rows if (v := as_array(r["embedding"])) is not None])
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: NDArray[np.float32] = (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
-    return items, unit
+    return items, unit_rows([r["embedding"] for r in rows])
 
 
 async def current_clusters(conn: asyncpg.Connection, model_id: str) -> dict[uuid.UUID, Current]:

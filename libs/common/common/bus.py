@@ -17,7 +17,13 @@ from prometheus_client import Counter
 
 from common.aio import wait_event
 from common.settings import CommonSettings
-from common.topology import QueueSpec, declare_all, queue_specs
+from common.topology import (
+    ENQUEUED_AT_HEADER,
+    PUBLISHED_AT_HEADER,
+    QueueSpec,
+    declare_all,
+    queue_specs,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -158,10 +164,13 @@ class Bus:
         """
         if not self.connected or self._channel is None or self._exchange is None:
             raise BusUnavailable("bus not connected")
+        now = int(time.time() * 1000)
+        # First times only: a retry or a hold re-publishes with the headers it came with.
+        stamped = {ENQUEUED_AT_HEADER: now, PUBLISHED_AT_HEADER: now, **(headers or {})}
         message = aio_pika.Message(
             body,
             message_id=message_id,
-            headers=dict(headers or {}),
+            headers=stamped,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )

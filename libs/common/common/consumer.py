@@ -33,13 +33,17 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from common import stage_log
 from common.bus import Bus, BusUnavailable, PublishRefused
 from common.messages import EVENTS, Event
+from common.telemetry import current_trace_id, set_attributes
 from common.topology import (
     ATTEMPT_HEADER,
+    ENQUEUED_AT_HEADER,
     ERROR_HEADER,
     ORIGIN_QUEUE_HEADER,
     ORIGIN_ROUTING_KEY_HEADER,
+    PUBLISHED_AT_HEADER,
     TRACEBACK_HEADER,
     QueueSpec,
 )
@@ -112,6 +116,24 @@ async def _nack_requeue(message: AbstractIncomingMessage) -> None:
         log.info("nack failed", error=_error_text(error))
 
 
+@dataclass
+class _Report:
+    """One delivery as the stage log and the span see it: when it started (epoch), what it
+    was (once its event is known), and the error it ended with."""
+
+    started: float
+    delivery: stage_log.Delivery | None = None
+    error: str | None = None
+
+
+def _epoch(milliseconds: object) -> float | None:
+    """Epoch seconds from a header's epoch milliseconds; None when absent or not a number."""
+    try:
+        return float(milliseconds) / 1000 if isinstance(milliseconds, int | str) else None
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class _Failure:
     """A handler's failure: retried unless `final`; `traceback` only for the unexpected."""
@@ -149,8 +171,10 @@ class Consumer:
         timeout_s: float | None = None,
         pause_base: float = 0.5,
         pause_max: float | None = None,
+        stages: stage_log.StageLog | None = None,
     ) -> None:
         self.bus = bus
+        self.stages = stages
         self.spec = spec
         self.routes = {model.routing_key: (model, handler) for model, handler in routes.items()}
         for key, (model, _) in self.routes.items():
@@ -191,18 +215,75 @@ class Consumer:
         parent = propagate.extract({k: str(v) for k, v in headers.items()})
         token = otel_context.attach(parent)
         start = time.perf_counter()
+        report = _Report(time.time())
+        outcome = "failed"
         try:
             with (
-                tracer.start_as_current_span(f"consume {self.spec.name}"),
+                tracer.start_as_current_span(
+                    f"consume {self.spec.name}",
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "rabbitmq",
+                        "messaging.destination.name": self.spec.name,
+                        "messaging.message.id": message.message_id or "",
+                        "mammothbox.stage": self.spec.stage,
+                        "mammothbox.attempt": attempt,
+                    },
+                ) as span,
                 structlog.contextvars.bound_contextvars(
                     queue=self.spec.name, message_id=message.message_id, attempt=attempt
                 ),
             ):
-                outcome = await self._handle(message, headers, attempt)
+                outcome = await self._handle(message, headers, attempt, report)
+                span.set_attribute("mammothbox.outcome", outcome)
+                if report.error is not None:
+                    span.set_status(trace.StatusCode.ERROR, report.error[:500])
         finally:
             otel_context.detach(token)
-            JOB_DURATION.labels(self.service, self.spec.name).observe(time.perf_counter() - start)
+            JOB_DURATION.labels(self.service, self.spec.stage).observe(time.perf_counter() - start)
+            if self.stages is not None and report.delivery is not None:
+                self.stages.finished(
+                    report.delivery, report.started, time.time(), outcome, report.error
+                )
         JOBS_PROCESSED.labels(self.service, outcome).inc()
+
+    def _report_start(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        attempt: int,
+        event: Event,
+        report: _Report,
+    ) -> None:
+        """Tag the span with the event's ids and tell the stage log the delivery started."""
+        ids = _ids(event)
+        upload_ids = [str(u) for u in getattr(event, "upload_ids", None) or []]
+        set_attributes(
+            {
+                **{f"mammothbox.{key}": value for key, value in ids.items()},
+                "mammothbox.upload_ids": upload_ids or None,
+                "mammothbox.model_id": getattr(event, "model_id", None),
+            }
+        )
+        if self.stages is None:
+            return
+        uploads = list(getattr(event, "upload_ids", None) or [])
+        if (single := getattr(event, "upload_id", None)) is not None:
+            uploads.append(single)
+        report.delivery = stage_log.Delivery(
+            stage=self.spec.stage,
+            message_id=event.message_id,
+            service=self.service,
+            queue=self.spec.name,
+            attempt=attempt,
+            job_id=getattr(event, "job_id", None),
+            content_id=getattr(event, "content_id", None),
+            upload_ids=uploads,
+            queued_at=_epoch(headers.get(ENQUEUED_AT_HEADER)),
+            published_at=_epoch(headers.get(PUBLISHED_AT_HEADER)),
+            trace_id=current_trace_id(),
+        )
+        self.stages.started(report.delivery, report.started)
 
     def _routing_key(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> str:
         """The event's own routing key: a retry or a hold comes back through the default
@@ -214,7 +295,11 @@ class Consumer:
         return key
 
     async def _handle(
-        self, message: AbstractIncomingMessage, headers: dict[str, Any], attempt: int
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        attempt: int,
+        report: _Report,
     ) -> str:
         routing_key = self._routing_key(message, headers)
         route = self.routes.get(routing_key)
@@ -229,11 +314,13 @@ class Consumer:
             failure = _Failure(f"invalid message: {error}", final=True)
             return await self._park(message, headers, failure, attempt, routing_key)
         with structlog.contextvars.bound_contextvars(**_ids(event)):
+            self._report_start(message, headers, attempt, event, report)
             outcome = await self._run(handler, event, Delivery(attempt, headers, routing_key))
             if outcome is None:
                 await message.ack()
                 self._holds = 0
                 return "ok"
+            report.error = outcome.error
             if isinstance(outcome, _Held):
                 return await self._hold(message, headers, outcome.error, routing_key)
             failure = outcome

@@ -12,8 +12,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
+from common.telemetry import batch_span, current_span_context
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("mammothbox.group_commit")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,13 +39,13 @@ class GroupCommit(Generic[T, R]):
         self.name = name
         self.max_batch = max_batch
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._waiting: list[tuple[T, asyncio.Future[R], SpanContext]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         """Write one item (with whoever else is waiting) and return its result."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
+        self._waiting.append((item, future, current_span_context()))
         task = asyncio.create_task(self._flush())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -52,12 +57,17 @@ class GroupCommit(Generic[T, R]):
             if batch:
                 await self._write(batch)
 
-    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R], SpanContext]]) -> None:
+        # One span for the shared write, linking the callers' spans (common.telemetry).
+        with batch_span(tracer, f"{self.name} group commit", [span for _, _, span in batch]):
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R], SpanContext]]) -> None:
         try:
-            results = await self.write([item for item, _ in batch])
+            results = await self.write([item for item, _, _ in batch])
         except Exception as error:
             if len(batch) == 1:
-                _, future = batch[0]
+                _, future, _ = batch[0]
                 if not future.done():
                     future.set_exception(error)
                 return
@@ -66,8 +76,8 @@ class GroupCommit(Generic[T, R]):
                 "batched write failed; retrying one by one", writer=self.name, error=str(error)
             )
             for entry in batch:
-                await self._write([entry])
+                await self._write_batch([entry])
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

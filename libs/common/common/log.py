@@ -19,6 +19,7 @@ def _add_trace_ids(
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid and "trace_id" not in event_dict:
         event_dict["trace_id"] = format(ctx.trace_id, "032x")
+        event_dict["span_id"] = format(ctx.span_id, "016x")
     return event_dict
 
 

@@ -28,6 +28,7 @@ from common.aio import wait_event
 from common.bus import Bus, BusUnavailable, PublishRefused
 from common.dlq import insert_dead_letter
 from common.messages import Event
+from common.topology import ENQUEUED_AT_HEADER
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("mammothbox.outbox")
@@ -211,7 +212,8 @@ class OutboxRelay:
             rows = await conn.fetch(
                 f"""SELECT id, message_id, routing_key, queue, body, headers::text AS headers,
                            attempts, {_DESTINATION} AS destination,
-                           extract(epoch FROM now() - created_at) AS age
+                           extract(epoch FROM now() - created_at) AS age,
+                           extract(epoch FROM created_at) AS enqueued_at
                     FROM outbox
                     WHERE sent_at IS NULL AND NOT ({_DESTINATION} = ANY($2::text[]))
                     ORDER BY id LIMIT $1
@@ -320,6 +322,8 @@ class OutboxRelay:
 
     async def _publish(self, row: asyncpg.Record) -> None:
         headers: dict[str, Any] = orjson.loads(row["headers"])
+        # The event waited from its row's commit: the timeline counts that wait too.
+        headers.setdefault(ENQUEUED_AT_HEADER, int(float(row["enqueued_at"]) * 1000))
         # Publish inside the upload's trace, so the consumer's span joins the same trace.
         parent = propagate.extract(headers)
         with tracer.start_as_current_span(f"publish {row['routing_key']}", context=parent):

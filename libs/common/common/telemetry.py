@@ -2,19 +2,48 @@
 
 Spans are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT (or the traces-specific
 variable) is set; otherwise they are still created, so trace ids reach logs and job status.
+Sampling follows the standard OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG; with neither
+set it is `parentbased_traceidratio` at 0.1 (the SDK's own default records everything).
+OTEL_SDK_DISABLED=true turns tracing off.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio, Sampler
+from opentelemetry.trace import Link, SpanContext
+from opentelemetry.util.types import AttributeValue
 
+DEFAULT_SAMPLE_RATIO = 0.1
 _configured = False
+
+
+def tracing_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def _sampler() -> Sampler | None:
+    """The default sampler when OTEL_TRACES_SAMPLER is unset; None lets the SDK read it."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    raw = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    try:
+        ratio = float(raw) if raw else DEFAULT_SAMPLE_RATIO
+    except ValueError:
+        raise SystemExit(f"OTEL_TRACES_SAMPLER_ARG: not a number: {raw!r}") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise SystemExit(f"OTEL_TRACES_SAMPLER_ARG: {ratio} is not between 0 and 1")
+    return ParentBasedTraceIdRatio(ratio)
 
 
 def configure_telemetry(service: str) -> None:
@@ -23,11 +52,12 @@ def configure_telemetry(service: str) -> None:
     Call it before building an aiohttp Application: the server instrumentation wraps it.
     """
     global _configured
-    if _configured or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if _configured or tracing_disabled():
         return
     _configured = True
     provider = TracerProvider(
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)}),
+        sampler=_sampler(),
     )
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
@@ -50,7 +80,89 @@ def configure_telemetry(service: str) -> None:
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
 
 
-def current_trace_id() -> str | None:
-    """The current trace id as 32 hex digits, or None outside a recorded trace."""
+@dataclass(frozen=True)
+class TraceRef:
+    """Where the current span sits: its trace and span ids (hex) and whether it is recorded."""
+
+    trace_id: str
+    span_id: str
+    sampled: bool
+
+
+def current_trace() -> TraceRef | None:
+    """The current span's ids, or None outside any trace (tracing disabled included)."""
     ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+    if not ctx.is_valid:
+        return None
+    return TraceRef(
+        format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), ctx.trace_flags.sampled
+    )
+
+
+def current_trace_id() -> str | None:
+    """The current trace id as 32 hex digits, or None outside a trace."""
+    ref = current_trace()
+    return ref.trace_id if ref else None
+
+
+def span_context_of(trace_id: str | None, span_id: str | None) -> SpanContext | None:
+    """A remote span's context from stored hex ids (for a link); None when they are unusable."""
+    try:
+        ctx = SpanContext(
+            int(trace_id or "", 16),
+            int(span_id or "", 16),
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    except ValueError:
+        return None
+    return ctx if ctx.is_valid else None
+
+
+def link_span(trace_id: str | None, span_id: str | None, why: str) -> None:
+    """Link the current span to a stored span (a trace recorded earlier), when both exist."""
+    span = trace.get_current_span()
+    ctx = span_context_of(trace_id, span_id)
+    if ctx is not None and span.is_recording():
+        span.add_link(ctx, {"mammothbox.link": why})
+
+
+def set_attributes(attributes: Mapping[str, AttributeValue | None]) -> None:
+    """Set attributes on the current span, skipping those without a value."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+
+@contextmanager
+def batch_span(
+    tracer: trace.Tracer,
+    name: str,
+    served: Sequence[SpanContext],
+    **attributes: AttributeValue,
+) -> Iterator[trace.Span]:
+    """A span for work done once for many callers (a micro-batch, a group commit).
+
+    It links every span it serves and is the child of the first recorded one, so it is
+    recorded whenever any caller's trace is, and its own children (the database statements)
+    land in that trace; a batch that serves no recorded span starts its own trace.
+    """
+    valid = [c for c in served if c.is_valid]
+    parent = next((c for c in valid if c.trace_flags.sampled), None)
+    context = (
+        trace.set_span_in_context(trace.NonRecordingSpan(parent), otel_context.Context())
+        if parent is not None
+        else otel_context.Context()
+    )
+    with tracer.start_as_current_span(
+        name,
+        context=context,
+        links=[Link(c) for c in valid],
+        attributes={"batch.size": len(served), **attributes},
+    ) as span:
+        yield span
+
+
+def current_span_context() -> SpanContext:
+    """The current span's context (invalid outside a trace), to hand to a batch."""
+    return trace.get_current_span().get_span_context()

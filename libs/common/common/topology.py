@@ -29,15 +29,22 @@ ERROR_HEADER = "x-error"
 TRACEBACK_HEADER = "x-traceback"
 ORIGIN_QUEUE_HEADER = "x-origin-queue"
 ORIGIN_ROUTING_KEY_HEADER = "x-origin-routing-key"
+# When the event was recorded for publishing (its outbox row, or the publish itself) and when
+# the broker first took it, as integer epoch milliseconds (pamqp sends a Python float as a 32-bit
+# float, about two minutes coarse): kept across retries, read by the stage log.
+ENQUEUED_AT_HEADER = "x-enqueued-at"
+PUBLISHED_AT_HEADER = "x-published-at"
 
 
 @dataclass(frozen=True)
 class QueueSpec:
-    """A consumer's queue, the events bound to it, and whether its failures fail the content."""
+    """A consumer's queue, the events bound to it, the stage it is (in metrics and the
+    timeline), and whether its failures fail the content."""
 
     service: str
     name: str
     routing_keys: tuple[str, ...]
+    stage: str
     fails_content: bool = True
 
     @property
@@ -55,19 +62,23 @@ class QueueSpec:
 def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
     """Every consumer queue; BUS_QUEUE_PREFIX lets several deployments share one broker."""
     return (
-        QueueSpec("embedder", f"{prefix}embedder.media-ingested", (MediaIngested.routing_key,)),
+        QueueSpec(
+            "embedder", f"{prefix}embedder.media-ingested", (MediaIngested.routing_key,), "embed"
+        ),
         # A JSON event stands for uploads, not one content: the schemer's failures are shown
         # per upload (through its dead letter), never by failing shared content.
         QueueSpec(
             "schemer",
             f"{prefix}schemer.json-ingested",
             (JsonIngested.routing_key, JsonIngestedV1.routing_key),
+            "store",
             fails_content=False,
         ),
         QueueSpec(
             "clusterer",
             f"{prefix}clusterer.media-embedded",
             (MediaEmbedded.routing_key, MediaRecluster.routing_key),
+            "cluster",
         ),
         # A later upload of stored content only needs its link; a failure there is not the
         # content's failure, and neither is a failure to name a cluster.
@@ -75,18 +86,21 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
             "clusterer",
             f"{prefix}clusterer.media-uploaded",
             (MediaUploaded.routing_key,),
+            "link",
             fails_content=False,
         ),
         QueueSpec(
             "clusterer",
             f"{prefix}clusterer.media-analyzed",
             (MediaAnalyzed.routing_key,),
+            "name",
             fails_content=False,
         ),
         QueueSpec(
             "analyzer",
             f"{prefix}analyzer.media-embedded",
             (MediaEmbedded.routing_key,),
+            "analyze",
             fails_content=False,  # the analysis enriches; its failure does not fail the media
         ),
         # Approvals and rejections of collections (the gateway writes them to its outbox).
@@ -94,6 +108,7 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
             "schemer",
             f"{prefix}schemer.commands",
             (SchemaCommand.routing_key,),
+            "schema_command",
             fails_content=False,
         ),
     )

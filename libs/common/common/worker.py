@@ -36,6 +36,7 @@ from common.messages import Event
 from common.probes import serve_worker
 from common.rpc import RpcServer
 from common.settings import WorkerSettings, load_settings
+from common.stage_log import StageLog
 from common.storage import FileSystemStorage, open_storage
 from common.telemetry import configure_telemetry
 from common.topology import spec_of
@@ -157,6 +158,11 @@ class Worker(Generic[S, D]):
             deps = await self.setup(settings, Resources(pool, bus, storage, stack))
             tasks = [asyncio.create_task(run(deps), name=name) for name, run in self._tasks]
             stack.push_async_callback(_cancel_all, tasks)
+            # Closed after the consumers stop (the stack unwinds in reverse): their last
+            # reports are written.
+            stages = StageLog(pool)
+            stages.start()
+            stack.push_async_callback(stages.close)
             consumers: list[Consumer] = []
             stack.push_async_callback(_stop_all, consumers)
 
@@ -168,7 +174,7 @@ class Worker(Generic[S, D]):
 
             async with serve_worker(
                 self.service,
-                self._start_consuming(deps, bus, consumers),
+                self._start_consuming(deps, bus, consumers, stages),
                 pool,
                 bus,
                 info,
@@ -178,7 +184,9 @@ class Worker(Generic[S, D]):
             ) as port:
                 yield dataclasses.replace(deps, probe_port=port)
 
-    async def _start_consuming(self, deps: D, bus: Bus, consumers: list[Consumer]) -> None:
+    async def _start_consuming(
+        self, deps: D, bus: Bus, consumers: list[Consumer], stages: StageLog
+    ) -> None:
         await bus.wait_connected(timeout=float("inf"))
         for start in self._starters:
             await start(deps)
@@ -194,6 +202,7 @@ class Worker(Generic[S, D]):
                 service=self.service,
                 prefetch=sub.prefetch(deps),
                 timeout_s=sub.timeout_s(deps),
+                stages=stages,
             )
             await consumer.start()
             consumers.append(consumer)

@@ -11,7 +11,8 @@ import aiohttp
 import structlog
 from google import genai
 from google.genai import errors, types
-from prometheus_client import Counter, Histogram
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from analyzer.ratelimit import RateLimiter
@@ -27,11 +28,32 @@ VLM_REQUESTS = Counter(
     " server_error) and analyses made by the CLIP fallback (fallback).",
     ["outcome"],
 )
+VLM_OUTCOMES = (
+    "ok",
+    "retry",
+    "timeout",
+    "rate_limited",
+    "unauthorized",
+    "invalid",
+    "server_error",
+    "fallback",
+)
+for _outcome in VLM_OUTCOMES:  # every series exists from start-up, at zero
+    VLM_REQUESTS.labels(_outcome)
 VLM_LATENCY = Histogram(
     "vlm_latency_seconds",
     "Time of one VLM call, answered or not.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60),
 )
+VLM_BREAKER_OPEN = Gauge(
+    "vlm_breaker_open", "1 while the VLM circuit breaker is open or half-open, else 0."
+)
+VLM_RATE_LIMIT_WAIT = Histogram(
+    "vlm_rate_limit_wait_seconds",
+    "Time a VLM call waited for the global rate limit.",
+    buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+)
+tracer = trace.get_tracer("mammothbox.analyzer")
 
 
 class VlmUnavailable(Exception):
@@ -70,6 +92,7 @@ class GeminiVlm:
             ),
         )
         self.breaker = Breaker(settings.vlm_breaker_failures, settings.vlm_breaker_reset_s)
+        VLM_BREAKER_OPEN.set_function(lambda: 0.0 if self.breaker.state == "closed" else 1.0)
         self._slots = asyncio.Semaphore(settings.vlm_concurrency)
         self._unauthorized_until = 0.0
 
@@ -91,7 +114,16 @@ class GeminiVlm:
             if not self.breaker.allow():
                 raise VlmUnavailable(f"circuit breaker open after: {last}")
             try:
-                return await self._call(jpeg, attempt)
+                with tracer.start_as_current_span(
+                    "vlm generate_content",
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={
+                        "gen_ai.system": "gemini",
+                        "gen_ai.request.model": self.model,
+                        "mammothbox.attempt": attempt + 1,
+                    },
+                ):
+                    return await self._call(jpeg, attempt)
             except _Retry as retry:
                 last = str(retry)
                 if attempt + 1 == attempts:
@@ -104,8 +136,10 @@ class GeminiVlm:
 
     async def _call(self, jpeg: bytes, attempt: int) -> VlmAnalysis:
         async with self._slots:
+            waited = time.perf_counter()
             await self.limiter.acquire()
             start = time.perf_counter()
+            VLM_RATE_LIMIT_WAIT.observe(start - waited)
             try:
                 response = await asyncio.wait_for(self._generate(jpeg), self.settings.vlm_timeout)
             except TimeoutError:

@@ -16,6 +16,7 @@ import asyncpg
 import numpy as np
 import structlog
 from numpy.typing import NDArray
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from clusterer import folders, repo
@@ -33,6 +34,7 @@ from common.messages import (
 )
 from common.outbox import OutboxRelay
 from common.stages import UNFINISHED, Stage
+from common.telemetry import link_span
 from common.worker import WorkerDeps
 
 log = structlog.get_logger(__name__)
@@ -242,7 +244,12 @@ async def handle_uploaded(deps: ClustererDeps, event: MediaUploaded, delivery: D
     """A new upload of stored media: its link goes where the content already is.
 
     Content not filed yet needs nothing: filing links every upload committed before it.
+    The span links the trace that processed the content (embedding, filing, analysis).
     """
+    if trace.get_current_span().is_recording():
+        origin = await repo.origin_trace(deps.pool, event.content_id)
+        if origin is not None:
+            link_span(origin["trace_id"], origin["span_id"], "processed the content")
     await folders.ensure_links(deps.pool, deps.storage, event.content_id)
 
 

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 from numpy.typing import NDArray
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Histogram
 
 from common.aio import wait_event
+from common.telemetry import batch_span, current_span_context
 from embedder.model import EmbeddingModel
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("mammothbox.embedder")
 
 BATCH_SIZE = Histogram(
     "embedder_batch_size",
@@ -42,6 +46,7 @@ EMBEDDED = Counter("embedder_items_total", "Items embedded (rate() gives images/
 class _Item:
     payload: NDArray[np.float32] | str
     future: asyncio.Future[NDArray[np.float32]]
+    span: SpanContext  # the caller's, which the batch's span links
 
 
 class ModelBatcher:
@@ -75,7 +80,7 @@ class ModelBatcher:
         self, queue: asyncio.Queue[_Item], payload: NDArray[np.float32] | str
     ) -> NDArray[np.float32]:
         future: asyncio.Future[NDArray[np.float32]] = asyncio.get_running_loop().create_future()
-        queue.put_nowait(_Item(payload, future))
+        queue.put_nowait(_Item(payload, future, current_span_context()))
         self._wakeup.set()
         return await future
 
@@ -113,6 +118,17 @@ class ModelBatcher:
             return
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
+        with batch_span(
+            tracer,
+            f"embed {kind} batch",
+            [item.span for item in live],
+            **{"mammothbox.input": kind, "mammothbox.model_id": self.model.model_id},
+        ):
+            await self._infer_live(loop, live, kind, start)
+
+    async def _infer_live(
+        self, loop: asyncio.AbstractEventLoop, live: list[_Item], kind: str, start: float
+    ) -> None:
         try:
             if kind == "text":
                 texts = [str(item.payload) for item in live]

@@ -48,6 +48,7 @@ from gateway.schemas import (
 from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
 from gateway.sweep import Sweeper
+from gateway.timeline import handle_timeline
 from gateway.uploads import UPLOAD_SLOTS, UploadSlots
 from gateway.views import (
     handle_job_status,
@@ -91,6 +92,7 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.router.add_post("/api/v1/ingest", handle_ingest)
     app.router.add_get("/api/v1/ingest/{job_id}/status", handle_job_status)
+    app.router.add_get("/api/v1/ingest/{job_id}/timeline", handle_timeline)
     app.router.add_get("/api/v1/objects/{object_id}", handle_object)
     app.router.add_get("/api/v1/objects/{object_id}/content", handle_object_content)
     app.router.add_get("/api/v1/objects/{object_id}/thumbnail", handle_object_thumbnail)

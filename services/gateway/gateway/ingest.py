@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Histogram
 
 from common.storage import Storage, Writer, key_for
-from common.telemetry import current_trace_id
+from common.telemetry import current_trace, set_attributes
 from gateway.auth import OPEN, Principal, principal
 from gateway.deps import DEPS, Deps
 from gateway.errors import ApiError, no_nul, request_id
@@ -265,6 +266,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
     slots = request.app[UPLOAD_SLOTS]
     slots.acquire()
     start = time.perf_counter()
+    received_at = datetime.now(UTC)
     intake = Intake(deps.settings, deps.storage)
     try:
         async with read_deadline(request, deps.settings):
@@ -284,9 +286,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
         )
         # Idempotency keys belong to the caller: its API key, or without keys its owner.
         scope = owner if caller is OPEN else f"key:{caller.key_id}"
-        response = await _record(
-            request, deps, intake, IngestFields(owner, comments, collection), key, scope
-        )
+        fields = IngestFields(owner, comments, collection, received_at)
+        response = await _record(request, deps, intake, fields, key, scope)
     finally:
         intake.abort()  # removes temp files of anything not placed; placed files stay
         slots.release()
@@ -346,6 +347,7 @@ class IngestFields:
     owner: str
     comments: str | None
     collection: str | None
+    received_at: datetime
 
 
 async def _record(
@@ -365,8 +367,26 @@ async def _record(
         fields.collection,
     )
     idempotency = (scope, key, request_hash) if key else None
+    here = current_trace()
     request_record = IngestRequest(
-        fields.owner, fields.comments, rid, current_trace_id(), uploads, fields.collection
+        fields.owner,
+        fields.comments,
+        rid,
+        here.trace_id if here else None,
+        uploads,
+        fields.collection,
+        span_id=here.span_id if here else None,
+        trace_sampled=here.sampled if here else None,
+        received_at=fields.received_at,
+    )
+    # Every later line of this request names the job (the request's task has its own context).
+    structlog.contextvars.bind_contextvars(job_id=str(request_record.job_id))
+    set_attributes(
+        {
+            "mammothbox.job_id": str(request_record.job_id),
+            "mammothbox.upload_ids": [str(u) for u in request_record.upload_ids],
+            "mammothbox.uploads": len(uploads),
+        }
     )
     try:
         if idempotency is None:

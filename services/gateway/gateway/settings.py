@@ -38,6 +38,11 @@ class GatewaySettings(CommonSettings):
     max_concurrent_uploads: int = Field(128, ge=1)
     http_keepalive_timeout_seconds: float = Field(30.0, gt=0)
 
+    # A link to one trace in the operator's trace UI, e.g. Jaeger's
+    # http://jaeger:16686/trace/{trace_id}; job status and the timeline show it for recorded
+    # traces.
+    trace_ui_url: str | None = None
+
     # The storage sweeper (gateway/sweep.py): how often (0: never, in this process) and how
     # old an object without a row or a temp file must be before it is removed.
     sweep_interval_seconds: float = Field(600.0, ge=0)
@@ -69,6 +74,15 @@ class GatewaySettings(CommonSettings):
     @classmethod
     def _lists(cls, value: object) -> object:
         return comma_separated(value)
+
+    @field_validator("trace_ui_url")
+    @classmethod
+    def _trace_link(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if "{trace_id}" not in value or not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL with {trace_id} in it")
+        return value
 
     @field_validator("api_keys")
     @classmethod

@@ -35,3 +35,10 @@ def job_status(statuses: Iterable[str]) -> str:
     if found == {"queued"}:
         return "queued"
     return "processing"
+
+
+def trace_url(template: str | None, trace_id: str | None, sampled: bool | None) -> str | None:
+    """The trace UI's link for a recorded trace; None for one sampling left out (or unknown)."""
+    if template is None or trace_id is None or sampled is False:
+        return None
+    return template.replace("{trace_id}", trace_id)

@@ -14,7 +14,7 @@ from gateway.deps import DEPS, Deps
 from gateway.errors import ApiError
 from gateway.repo.objects import document_of, job_with_uploads, thumbnail_of, upload_with_content
 from gateway.repo.scope import OwnerScope
-from gateway.status import job_status, upload_status
+from gateway.status import job_status, trace_url, upload_status
 
 # Stored bytes are shown inline only as types a browser renders passively (the image and video
 # types ingest accepts); anything else (SVG, HTML, XML, a type this list does not know) is a
@@ -97,6 +97,12 @@ async def handle_job_status(request: web.Request) -> web.Response:
             "owner": first["owner"],
             "created_at": first["created_at"].isoformat(),
             "trace_id": first["trace_id"],
+            # False: sampling left this trace out; a tracing backend will not have it.
+            "trace_sampled": first["trace_sampled"],
+            "trace_url": trace_url(
+                deps.settings.trace_ui_url, first["trace_id"], first["trace_sampled"]
+            ),
+            "timeline": f"/api/v1/ingest/{job_id}/timeline",
             "progress": {"total": len(uploads), **counts},
             "uploads": uploads,
         }

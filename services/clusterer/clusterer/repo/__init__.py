@@ -35,6 +35,7 @@ from clusterer.repo.filing import (
     lock_create_path,
     model,
     nearest,
+    origin_trace,
     prefer_index,
 )
 from clusterer.repo.folders import (
@@ -113,6 +114,7 @@ __all__ = [
     "move_listed",
     "move_members",
     "nearest",
+    "origin_trace",
     "pending_folder_syncs",
     "prefer_index",
     "recompute_centroid",

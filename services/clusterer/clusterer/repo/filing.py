@@ -99,6 +99,18 @@ async def content_stage(
     return stage
 
 
+async def origin_trace(
+    conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID
+) -> asyncpg.Record | None:
+    """The trace and span of the request that first stored the content (trace_id, span_id)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """SELECT j.trace_id, j.span_id FROM content c JOIN jobs j ON j.id = c.first_job_id
+           WHERE c.id = $1""",
+        content_id,
+    )
+    return row
+
+
 # The search key (`centroid`, in the model's HNSW index) is refreshed when the exact direction
 # (`centroid_sum`) has moved more than this cosine distance from it: re-indexing a 512-d
 # vector on every join costs more than the rest of the join together.

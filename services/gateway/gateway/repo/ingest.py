@@ -93,6 +93,11 @@ class IngestRequest:
     collection: str | None = None
     job_id: uuid.UUID = field(default_factory=uuid.uuid4)
     headers: str = field(default_factory=lambda: orjson.dumps(trace_headers()).decode())
+    # The request span (a later upload of the same content links to it), whether its trace
+    # is recorded, and when the gateway started on the request.
+    span_id: str | None = None
+    trace_sampled: bool | None = None
+    received_at: datetime | None = None
 
     @cached_property
     def upload_ids(self) -> list[uuid.UUID]:
@@ -138,11 +143,14 @@ def _ingest_statement(requests: list[IngestRequest]) -> tuple[str, list[Any]]:
     content_ids = q.param([cid for cid, _, _ in new], "uuid[]")
     sql = f"""
 WITH job AS (
-    INSERT INTO jobs (id, owner, request_id, trace_id)
+    INSERT INTO jobs (id, owner, request_id, trace_id, span_id, trace_sampled, received_at)
     SELECT * FROM unnest({q.param([r.job_id for r in requests], "uuid[]")},
                          {q.param([r.owner for r in requests], "text[]")},
                          {q.param([r.request_id for r in requests], "text[]")},
-                         {q.param([r.trace_id for r in requests], "text[]")})
+                         {q.param([r.trace_id for r in requests], "text[]")},
+                         {q.param([r.span_id for r in requests], "text[]")},
+                         {q.param([r.trace_sampled for r in requests], "boolean[]")},
+                         {q.param([r.received_at for r in requests], "timestamptz[]")})
     RETURNING id, created_at
 ), c AS (
     INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key, document,

@@ -50,9 +50,11 @@ async def job_with_uploads(
     scope's. `json_queue` is the schemer's queue, whose dead letters fail JSON uploads."""
     q = Statement()
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"""SELECT j.id AS job_id, j.owner, j.trace_id, j.created_at, j.request_id,
+        f"""SELECT j.id AS job_id, j.owner, j.trace_id, j.trace_sampled, j.created_at,
+                   j.received_at, j.request_id,
                    u.id AS upload_id, u.filename, u.position,
                    c.id AS content_id, c.sha256, c.kind, c.mime_type, c.size_bytes,
+                   c.first_job_id,
                    {_upload_stage(q, json_queue)}
             JOIN jobs j ON j.id = u.job_id
             WHERE j.id = {q.param(job_id)} AND {scope.owns(q, "j.owner")}

@@ -30,12 +30,13 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from common import stage_log
 from common.bus import Bus, BusUnavailable, PublishRefused
 from common.messages import EVENTS, Event
+from common.metrics import JOB_DURATION, JOBS_PROCESSED, declare_stage
 from common.telemetry import current_trace_id, set_attributes
 from common.topology import (
     ATTEMPT_HEADER,
@@ -50,15 +51,6 @@ from common.topology import (
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("mammothbox.consumer")
-
-JOBS_PROCESSED = Counter(
-    "jobs_processed_total", "Messages handled, by service and outcome.", ["service", "outcome"]
-)
-JOB_DURATION = Histogram(
-    "job_processing_duration_seconds",
-    "Time spent handling one message, by service and stage.",
-    ["service", "stage"],
-)
 
 CONSUMER_PAUSED = Gauge(
     "consumer_paused",
@@ -182,6 +174,8 @@ class Consumer:
                 raise ValueError(f"{model.__name__} is not the registered event of {key}")
         self.service = service
         self.prefetch = prefetch
+        declare_stage(service, spec.stage)
+        CONSUMER_PAUSED.labels(service, spec.name).set(0)
         settings = bus.settings
         self.timeout_s = timeout_s if timeout_s is not None else settings.timeout_for(spec.name)
         self.max_attempts = len(settings.bus_retry_delays) + 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from asyncpg.connection import LoggedQuery
 from pgvector.asyncpg import register_vector
 from prometheus_client import Histogram
 
@@ -25,7 +26,20 @@ DB_QUERY_DURATION = Histogram(
 )
 
 
+# Statements are timed by their first keyword: a bounded label whatever the SQL.
+STATEMENTS = ("select", "insert", "update", "delete", "with", "begin", "commit", "rollback")
+for _operation in (*STATEMENTS, "other"):
+    DB_QUERY_DURATION.labels(_operation)
+
+
+def _observe(query: LoggedQuery) -> None:
+    words = query.query.lstrip(" \n\t(").split(None, 1)
+    first = words[0].rstrip(";").lower() if words else ""
+    DB_QUERY_DURATION.labels(first if first in STATEMENTS else "other").observe(query.elapsed)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    conn.add_query_logger(_observe)  # every statement's time, in db_query_duration_seconds
     await register_vector(conn)
     # jsonb in and out as Python objects, so callers never hand-serialise.
     import orjson

@@ -6,6 +6,7 @@ cannot list messages by job.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from common.bus import Bus
+from common.metrics import JOB_DURATION, JOBS_PROCESSED, declare_stage
 from common.topology import (
     ATTEMPT_HEADER,
     ERROR_HEADER,
@@ -24,6 +26,8 @@ from common.topology import (
 )
 
 log = structlog.get_logger(__name__)
+# The recorder's own stage in job_processing_duration_seconds and jobs_processed_total.
+DEAD_LETTER_STAGE = "dead_letter"
 
 
 def _plain(value: Any) -> Any:
@@ -126,7 +130,15 @@ async def insert_dead_letter(
 class DeadLetterRecorder:
     """Consumes every parking queue and writes what it finds to `dead_letters`."""
 
-    def __init__(self, bus: Bus, pool: asyncpg.Pool, specs: tuple[QueueSpec, ...]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        specs: tuple[QueueSpec, ...],
+        service: str = "gateway",
+    ) -> None:
+        self.service = service
+        declare_stage(service, DEAD_LETTER_STAGE)
         self.bus = bus
         self.pool = pool
         self.specs = specs
@@ -144,6 +156,12 @@ class DeadLetterRecorder:
         return on_message
 
     async def record(self, spec: QueueSpec, message: AbstractIncomingMessage) -> None:
+        start = time.perf_counter()
+        outcome = await self._record(spec, message)
+        JOB_DURATION.labels(self.service, DEAD_LETTER_STAGE).observe(time.perf_counter() - start)
+        JOBS_PROCESSED.labels(self.service, outcome).inc()
+
+    async def _record(self, spec: QueueSpec, message: AbstractIncomingMessage) -> str:
         headers = _plain(dict(message.headers or {}))
         error, attempts = describe_death(headers)
         # Kept in its own column (shown by the dead-letter API), not twice.
@@ -181,6 +199,7 @@ class DeadLetterRecorder:
         except (asyncpg.PostgresError, OSError) as db_error:
             log.error("could not record dead letter", error=str(db_error))
             await message.nack(requeue=True)
-            return
+            return "requeued"
         log.warning("dead letter recorded", queue=spec.name, error=error, content_id=content_id)
         await message.ack()
+        return "ok"

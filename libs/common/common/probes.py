@@ -9,11 +9,11 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.bus import Bus
 from common.health import STATUS_CODE, Status
 from common.http import AppRunner, harden
+from common.metrics import metrics_response
 from common.settings import OpenBindRefused, check_bind
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -45,10 +45,7 @@ def probe_app(ready: ReadyCheck, info: Info, bus: Bus | None = None) -> web.Appl
         return web.json_response(body, status=STATUS_CODE[status])
 
     async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest())
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        response.charset = "utf-8"
-        return response
+        return metrics_response(bus.settings.metrics_enabled if bus is not None else True)
 
     app = harden(web.Application())
     app.router.add_get("/live", live)

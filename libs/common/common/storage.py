@@ -67,6 +67,7 @@ class Storage(Protocol):
     async def delete_folder(self, folder: str) -> None: ...
     async def stat(self, key: str) -> ObjectStat | None: ...
     def free_bytes(self) -> int: ...
+    def total_bytes(self) -> int: ...
     def writable(self) -> bool: ...
 
 
@@ -270,6 +271,9 @@ class FileSystemStorage:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
+
+    def total_bytes(self) -> int:
+        return shutil.disk_usage(self.root).total
 
     def writable(self) -> bool:
         probe = self.root / "tmp" / f".probe-{uuid.uuid4().hex}"

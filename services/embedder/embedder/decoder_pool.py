@@ -35,12 +35,22 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from PIL import Image
+from prometheus_client import Counter
 
 from embedder.decode import Decoded, DecodedVideo, DecodeError, decode_image, decode_video
 from embedder.manifest import Preprocess
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# A decoder worker lost, so that the next item starts a fresh one: it crashed on an item, was
+# killed for overrunning the timeout or because its caller gave up, or died while idle.
+RESTART_REASONS = ("crash", "timeout", "cancel", "idle_death")
+RESTARTS = Counter(
+    "embedder_decoder_restarts_total", "Decoder workers lost and replaced, by reason.", ["reason"]
+)
+for _reason in RESTART_REASONS:
+    RESTARTS.labels(_reason)
 _JOIN_S = 5.0  # a worker whose pipe closed is exiting; this bounds the wait for its status
 _START_S = 60.0  # imports on a cold, busy machine can be slow; a hang here is still a bug
 
@@ -220,6 +230,7 @@ class DecoderPool:
                 try:
                     ok, value = await self._call(worker, call)
                 except _WorkerDied as died:
+                    RESTARTS.labels("crash").inc()
                     worker = None
                     if self._closed:
                         raise PoolClosed("decoder pool is closed") from None
@@ -246,6 +257,7 @@ class DecoderPool:
             if worker.process.is_alive():
                 return worker
             self._live.discard(worker)  # died while idle (the OOM killer, say)
+            RESTARTS.labels("idle_death").inc()
             worker.conn.close()
         fresh = await asyncio.get_running_loop().run_in_executor(self._threads, self._start)
         self._live.add(fresh)
@@ -262,9 +274,11 @@ class DecoderPool:
         try:
             done, _ = await asyncio.wait({job}, timeout=self.timeout_s)
         except asyncio.CancelledError:
+            RESTARTS.labels("cancel").inc()
             self._kill(worker)
             raise
         if not done:
+            RESTARTS.labels("timeout").inc()
             self._kill(worker)  # its thread then sees EOF, reaps and ends
             raise DecodeError(f"decoding took longer than {self.timeout_s:g}s")
         try:

@@ -40,6 +40,10 @@ INFERENCE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 EMBEDDED = Counter("embedder_items_total", "Items embedded (rate() gives images/s).", ["input"])
+for _input in ("image", "text"):
+    BATCH_SIZE.labels(_input)
+    INFERENCE_SECONDS.labels(_input)
+    EMBEDDED.labels(_input)
 
 
 @dataclass

@@ -20,11 +20,14 @@ from gateway.settings import GatewaySettings
 log = structlog.get_logger(__name__)
 
 STORAGE_FREE = Gauge("storage_free_bytes", "Free bytes where content is stored.")
+STORAGE_TOTAL = Gauge("storage_total_bytes", "Size of the file system content is stored on.")
 OLDEST_UNFINISHED = Gauge(
     "oldest_unfinished_seconds",
     "Age of the oldest content still waiting in a stage, by stage.",
     ["stage"],
 )
+for _stage in UNFINISHED:
+    OLDEST_UNFINISHED.labels(_stage)
 # The events an upload of each kind writes: its ingest is refused only while these lag.
 EVENTS_OF_KIND = {
     "image": (MediaIngested.routing_key, MediaUploaded.routing_key),
@@ -51,6 +54,7 @@ class Backpressure:
     async def refresh(self) -> None:
         self.free_bytes = await asyncio.to_thread(self.storage.free_bytes)
         STORAGE_FREE.set(self.free_bytes)
+        STORAGE_TOTAL.set(await asyncio.to_thread(self.storage.total_bytes))
         self.outbox, self.destinations = await measure(self.pool)
         ages = await oldest_unfinished(self.pool)
         for stage in UNFINISHED:

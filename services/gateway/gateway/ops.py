@@ -10,9 +10,10 @@ from typing import Any
 import psutil
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import Gauge
 
 from common.health import STATUS_CODE, Status
+from common.metrics import metrics_response
 from gateway.auth import KEYS, presents_admin_key
 from gateway.deps import DEPS, Deps
 from gateway.repo.ops import ping
@@ -225,12 +226,11 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
+    if not deps.settings.metrics_enabled:
+        return metrics_response(False)
     if deps.bus.connected:
         try:
             await asyncio.wait_for(_queues(deps), _PROBE_TIMEOUT)
         except TimeoutError:
             pass
-    response = web.Response(body=generate_latest())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    response.charset = "utf-8"
-    return response
+    return metrics_response(True)

@@ -36,6 +36,8 @@ SEARCH_LATENCY = Histogram(
     ["query"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+for _query in ("text", "image", "like"):
+    SEARCH_LATENCY.labels(_query)
 MAX_BODY = 64 * 1024
 
 

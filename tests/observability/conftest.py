@@ -78,20 +78,28 @@ async def ingest(session: aiohttp.ClientSession, base: str, **parts: Any) -> str
         return str(body["job_id"])
 
 
-async def finished(session: aiohttp.ClientSession, base: str, job: str) -> dict[str, Any]:
+async def finished(
+    session: aiohttp.ClientSession, base: str, job: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
-        status: dict[str, Any] = await get_json(session, f"{base}/api/v1/ingest/{job}/status")
+        status: dict[str, Any] = await get_json(
+            session, f"{base}/api/v1/ingest/{job}/status", headers=headers or {}
+        )
         return status if status["status"] in TERMINAL else None
 
     result: dict[str, Any] = await wait_until(check, timeout=90, what=f"job {job} to finish")
     return result
 
 
-async def stages_settled(session: aiohttp.ClientSession, base: str, job: str) -> None:
+async def stages_settled(
+    session: aiohttp.ClientSession, base: str, job: str, headers: dict[str, str] | None = None
+) -> None:
     """Until no stage of the job is pending, running or retrying (the analysis included)."""
 
     async def check() -> bool:
-        timeline = await get_json(session, f"{base}/api/v1/ingest/{job}/timeline")
+        timeline = await get_json(
+            session, f"{base}/api/v1/ingest/{job}/timeline", headers=headers or {}
+        )
         return all(
             s["outcome"] in ("ok", "failed", "skipped")
             for upload in timeline["uploads"]

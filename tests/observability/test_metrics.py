@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from typing import Any
 
 import aiohttp
 import pytest
@@ -64,7 +63,8 @@ BOUNDED = {
     "service": CONSUMERS,
     "query": {"text", "image", "like"},
     "input": {"image", "text"},
-    "reason": {"crash", "timeout", "cancel", "idle_death"},
+    "reason": {"crash", "timeout", "cancel", "idle_death", "buffer_full", "write_failed",
+               "full", "unroutable", "channel", "nack", "returned", "refused"},
     "operation": {"select", "insert", "update", "delete", "with", "begin", "commit",
                   "rollback", "other", "ingest_batch", "embedder_save"},
 }  # fmt: skip
@@ -80,22 +80,29 @@ async def scrape(system: System, service: str) -> str:
         return await response.text()
 
 
-def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Samples by family name: (labels, value)."""
-    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+Samples = dict[str, list[tuple[str, dict[str, str], float]]]
+
+
+def samples(text: str) -> Samples:
+    """Samples by family name: (sample name, labels, value)."""
+    found: Samples = {}
     for family in text_string_to_metric_families(text):
-        found.setdefault(family.name, []).extend((s.labels, s.value) for s in family.samples)
+        found.setdefault(family.name, []).extend(
+            (s.name, s.labels, s.value) for s in family.samples
+        )
     return found
 
 
-def value(found: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
-    """The sum of a family's samples (of one sample name, e.g. `_count`) with these labels."""
+def value(found: Samples, family: str, sample: str | None = None, **labels: str) -> float:
+    """The sum of a family's samples of one name (the family's, or e.g. its `_count`) with
+    these labels."""
     name = sample or family
-    return sum(
-        v
-        for lbl, v in found.get(family, [])
-        if all(lbl.get(k) == want for k, want in labels.items())
-        and lbl.get("__name__", name) == name
+    return float(
+        sum(
+            v
+            for sample_name, lbl, v in found.get(family, [])
+            if sample_name == name and all(lbl.get(k) == want for k, want in labels.items())
+        )
     )
 
 
@@ -143,7 +150,7 @@ async def test_the_run_shows_in_the_numbers(system: System, workload: Workload) 
     assert (
         value(gateway, "search_latency_seconds", "search_latency_seconds_count", query="image") >= 1
     )
-    queues = {lbl["queue"] for lbl, _ in gateway["queue_depth"]}
+    queues = {lbl["queue"] for _, lbl, _ in gateway["queue_depth"]}
     prefix = system.env["BUS_QUEUE_PREFIX"]
     assert queues == {spec.name for spec in queue_specs(prefix)}
     assert value(gateway, "jobs_processed", "jobs_processed_total", outcome="ok") >= 1  # the DLQ

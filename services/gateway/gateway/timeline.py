@@ -158,7 +158,9 @@ def render_text(timeline: dict[str, Any]) -> str:
     """The timeline as a plain-text table; times are offsets from the request's arrival."""
     origin_text = timeline["received_at"] or timeline["accepted_at"]
     origin = datetime.fromisoformat(origin_text) if origin_text else None
-    sampled = {True: "recorded", False: "not sampled", None: "no trace"}[timeline["trace_sampled"]]
+    sampled = {True: "recorded", False: "not sampled", None: "sampling not recorded"}[
+        timeline["trace_sampled"]
+    ]
     lines = [
         f"job {timeline['job_id']}  received {timeline['received_at'] or '-'}",
         f"trace {timeline['trace_id'] or '-'} ({sampled})"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Stop what scripts/up.sh started (services and the local PostgreSQL; RabbitMQ is left running).
+# Stop what scripts/up.sh started (the services, Prometheus and Phoenix when they ran, and the
+# local PostgreSQL; RabbitMQ is left running). Their data stays in .run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The services through supervisorctl, then supervisord by its pid (nothing to do if none runs).
+# The services, then the extra programs (Prometheus, Phoenix), through supervisorctl, then
+# supervisord by its pid (nothing to do if none runs).
 if [ -x .venv/bin/python ]; then
     .venv/bin/python scripts/supervise.py stop
 fi

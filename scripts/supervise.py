@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Run the native bring-up's services under supervisord (scripts/up.sh and scripts/down.sh).
 
-    python scripts/supervise.py start [SERVICE ...]  # write the config, start what is not running
-    python scripts/supervise.py wait                 # wait for each /ready, then report the states
-    python scripts/supervise.py status               # each service's state, as supervisorctl has it
-    python scripts/supervise.py stop                 # stop the services, then supervisord
+    python scripts/supervise.py start [PROGRAM ...]  # write the config, start what is not running
+    python scripts/supervise.py wait                 # wait until each is ready, report the states
+    python scripts/supervise.py status               # each program's state, as supervisorctl has it
+    python scripts/supervise.py stop                 # stop the programs, then supervisord
 
 Run it with .venv/bin/python: supervisord, supervisorctl and the services run on the
 interpreter that runs this script. supervisord restarts a service that exits or is killed.
@@ -14,6 +14,21 @@ its settings read, and OTEL_*, as `start` found them; started again with one of 
 supervisord restarts the services that read it. Humans can use supervisorctl itself:
 `.venv/bin/supervisorctl -c .run/supervisord.conf status` (or `tail -f gateway`, `restart
 embedder`, ...). --run-dir puts the config, socket, pid file and logs elsewhere than .run/.
+
+Beside the services run extra programs, which have no settings class, only a command, the
+variables they are given and a URL that answers once they are ready (logged to .run/<name>.log
+too; started before the services and stopped after them):
+  prometheus  when /usr/bin/prometheus (any `prometheus` on PATH) is installed, unless
+              PROMETHEUS=off: scrapes the services as PROMETHEUS_CONFIG (default
+              deploy/monitoring/prometheus.yml) says, on 127.0.0.1:PROMETHEUS_PORT (9090), its
+              data in <run dir>/prometheus, kept 7 days.
+  phoenix     with TRACE_BACKEND=phoenix: Arize Phoenix from its own virtual environment
+              (PHOENIX_VENV, default .run/phoenix-venv; scripts/trace_backend.sh installs it) on
+              127.0.0.1:PHOENIX_PORT (6006; OTLP/gRPC on PHOENIX_GRPC_PORT, 4317), its data in
+              <run dir>/phoenix. See docs/trace-backend.md.
+Called with no names, `start` runs every service and every extra program so configured; called
+with names, only those. `start` records each program's readiness URL in <run dir>/programs.json,
+which `wait` checks.
 """
 
 from __future__ import annotations
@@ -21,8 +36,10 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # What supervisorctl status says of a process that is up, or on its way up.
 UP = {"RUNNING", "STARTING", "BACKOFF"}
+# Every state supervisorctl status can show a program in.
+STATES = UP | {"STOPPED", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
 LOG_TAIL_LINES = 20
 
 
@@ -69,6 +88,12 @@ class Service:
         port = "WORKER_HTTP_PORT" if self.worker else "HTTP_PORT"
         return found | {port: str(self.port())}
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.name]
+
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.port()}/ready"
+
 
 SERVICES = {
     s.name: s
@@ -82,6 +107,120 @@ SERVICES = {
         Service("schemer", "schemer.settings:SchemerSettings", "SCHEMER_HTTP_PORT", 8084, True),
     )
 }
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A program beside the services (Prometheus, a trace backend): not ours, so no settings
+    class; it gets exactly the variables named here, and is ready once ready_url answers 200."""
+
+    name: str
+    argv: tuple[str, ...]
+    ready: str
+    variables: tuple[tuple[str, str], ...] = ()
+    url: str = ""  # where a person opens it, for the summary
+
+    def environment(self) -> dict[str, str]:
+        return dict(self.variables)
+
+    def command(self) -> list[str]:
+        return list(self.argv)
+
+    def ready_url(self) -> str:
+        return self.ready
+
+
+Program = Service | Extra
+
+
+def _port(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip() or str(default)
+    if not raw.isdigit():
+        raise SystemExit(f"{variable}={raw!r} is not a port number")
+    return int(raw)
+
+
+def prometheus(paths: Paths) -> Extra | None:
+    """Prometheus, when it is installed and PROMETHEUS is not off."""
+    if os.environ.get("PROMETHEUS", "").strip().lower() == "off":
+        return None
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None
+    config = Path(
+        os.environ.get("PROMETHEUS_CONFIG") or ROOT / "deploy" / "monitoring" / "prometheus.yml"
+    )
+    if not config.is_file():
+        raise SystemExit(f"no Prometheus config at {config} (PROMETHEUS=off runs without it)")
+    port = _port("PROMETHEUS_PORT", 9090)
+    argv = (
+        binary,
+        f"--config.file={config.resolve()}",
+        f"--storage.tsdb.path={paths.run_dir / 'prometheus'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=7d",
+    )
+    url = f"http://127.0.0.1:{port}"
+    return Extra("prometheus", argv, f"{url}/-/ready", url=url)
+
+
+PHOENIX_VENV = ROOT / ".run" / "phoenix-venv"
+
+
+def trace_backend(paths: Paths) -> Extra | None:
+    """The trace viewer TRACE_BACKEND names (phoenix), installed by scripts/trace_backend.sh."""
+    backend = os.environ.get("TRACE_BACKEND", "").strip().lower()
+    if backend in ("", "off", "none"):
+        return None
+    if backend != "phoenix":
+        raise SystemExit(f"TRACE_BACKEND={backend!r}: the one known is phoenix")
+    venv = Path(os.environ.get("PHOENIX_VENV") or PHOENIX_VENV)
+    binary = venv / "bin" / "phoenix"
+    if not os.access(binary, os.X_OK):
+        raise SystemExit(
+            f"TRACE_BACKEND=phoenix: no {binary}; scripts/trace_backend.sh installs it"
+        )
+    port = _port("PHOENIX_PORT", 6006)
+    variables = {
+        # The UI, the REST and GraphQL APIs and OTLP/HTTP (/v1/traces) on loopback only. Its
+        # OTLP/gRPC server always listens on every interface; it can only be moved.
+        "PHOENIX_HOST": "127.0.0.1",
+        "PHOENIX_PORT": str(port),
+        "PHOENIX_GRPC_PORT": str(_port("PHOENIX_GRPC_PORT", 4317)),
+        "PHOENIX_WORKING_DIR": str(paths.run_dir / "phoenix"),  # its SQLite database, ...
+        # Traces older than 7 days go, on Sundays at midnight (UTC): the policy is written when
+        # the database is made, and a later value leaves it as it was.
+        "PHOENIX_DEFAULT_RETENTION_POLICY_DAYS": "7",
+        # A trace viewer, nothing more: no analytics pixels, no requests to the internet on
+        # its own, no LLM assistant (whose tools include a shell) and no MCP server.
+        "PHOENIX_TELEMETRY_ENABLED": "false",
+        "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
+        "PHOENIX_DISABLE_AGENT_ASSISTANT": "true",
+        "PHOENIX_ENABLE_MCP_SERVER": "false",
+        "PHOENIX_LOG_MIGRATIONS": "false",
+    }
+    url = f"http://127.0.0.1:{port}"
+    return Extra(
+        "phoenix", (str(binary), "serve"), f"{url}/readyz", tuple(variables.items()), url=url
+    )
+
+
+def extras(paths: Paths) -> list[Extra]:
+    """The extra programs the environment asks for."""
+    return [e for e in (prometheus(paths), trace_backend(paths)) if e is not None]
+
+
+def programs(paths: Paths, names: list[str]) -> list[Program]:
+    """The programs called by these names; every service and extra program if none."""
+    if names and all(n in SERVICES for n in names):  # the extra programs are not looked at
+        return [SERVICES[n] for n in names]
+    found: dict[str, Program] = {**SERVICES, **{e.name: e for e in extras(paths)}}
+    if unknown := [n for n in names if n not in found]:
+        raise SystemExit(
+            f"no such program: {', '.join(unknown)} (of {', '.join(found)}; prometheus runs "
+            "when installed and PROMETHEUS is not off, phoenix with TRACE_BACKEND=phoenix)"
+        )
+    return [found[n] for n in names] if names else list(found.values())
 
 
 @dataclass(frozen=True)
@@ -104,6 +243,7 @@ class Paths:
         self.socket = self.run_dir / "supervisord.sock"
         self.pidfile = self.run_dir / "supervisord.pid"
         self.supervisord_log = self.run_dir / "supervisord.log"
+        self.programs = self.run_dir / "programs.json"  # each program's readiness URL
 
     def log(self, name: str) -> Path:
         return self.run_dir / f"{name}.log"
@@ -126,8 +266,8 @@ def _environment(variables: dict[str, str]) -> str:
     return _value(",".join(pairs))
 
 
-def render_config(paths: Paths, services: list[Service]) -> str:
-    """The supervisord configuration: supervisord itself, its socket, one program per service."""
+def render_config(paths: Paths, programs: list[Program]) -> str:
+    """The supervisord configuration: supervisord itself, its socket, one section per program."""
     lines = [
         "; Written by scripts/supervise.py; edits are overwritten by the next scripts/up.sh.",
         "[supervisord]",
@@ -148,14 +288,17 @@ def render_config(paths: Paths, services: list[Service]) -> str:
         "[supervisorctl]",
         f"serverurl=unix://{_value(str(paths.socket))}",
     ]
-    for service in services:
-        command = shlex.join([sys.executable, "-m", service.name])
+    for program in programs:
+        environment = program.environment()
         lines += [
             "",
-            f"[program:{service.name}]",
-            f"command={_value(command)}",
+            f"[program:{program.name}]",
+            f"command={_value(shlex.join(program.command()))}",
             f"directory={_value(str(ROOT))}",
-            f"environment={_environment(service.environment())}",
+            *([f"environment={_environment(environment)}"] if environment else []),
+            # Extra programs (Prometheus, the trace backend) start first and stop last, so that
+            # the services' first metrics and last spans find them.
+            f"priority={100 if isinstance(program, Extra) else 999}",
             "autostart=true",
             "autorestart=true",
             # Up this long counts as started; dying sooner is retried with a growing delay,
@@ -169,7 +312,7 @@ def render_config(paths: Paths, services: list[Service]) -> str:
             "stopasgroup=true",
             "killasgroup=true",
             # Appended to, never truncated; rotated at 10 MiB with five old logs kept.
-            f"stdout_logfile={_value(str(paths.log(service.name)))}",
+            f"stdout_logfile={_value(str(paths.log(program.name)))}",
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=5",
             "redirect_stderr=true",
@@ -197,14 +340,14 @@ def _supervisord_pid(paths: Paths) -> int | None:
 
 
 def states(paths: Paths) -> list[State] | None:
-    """`supervisorctl status`, one State per service; None when supervisord does not answer."""
+    """`supervisorctl status`, one State per program; None when supervisord does not answer."""
     if not paths.socket.exists():
         return None
     result = _supervisorctl(paths, "status")
     found = []
     for line in result.stdout.splitlines():
         words = line.split(None, 2)
-        if len(words) >= 2 and words[0] in SERVICES:
+        if len(words) >= 2 and words[1] in STATES:
             found.append(State(words[0], words[1], words[2] if len(words) == 3 else ""))
     # 0: all running, 3: some not running; anything else means supervisord did not answer.
     return found if result.returncode in (0, 3) else None
@@ -221,7 +364,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def report(paths: Paths, found: list[State], ready: dict[str, bool] | None = None) -> bool:
-    """Print each service's state (and, for one that is not up, its log's tail); all up?"""
+    """Print each program's state (and, for one that is not up, its log's tail); all up?"""
     healthy = True
     for state in found:
         is_ready = ready is None or ready.get(state.name, False)
@@ -237,17 +380,22 @@ def report(paths: Paths, found: list[State], ready: dict[str, bool] | None = Non
     return healthy
 
 
-def start(paths: Paths, names: list[str]) -> int:
-    """Write the config; start supervisord, or have the running one apply the new config."""
-    services = [SERVICES[n] for n in names or SERVICES]
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    text = render_config(paths, services)
-    draft = paths.config.with_suffix(".conf.new")
+def _write(path: Path, text: str) -> None:
+    """Replace the file at once, readable by its owner only."""
+    draft = path.with_name(path.name + ".new")
     draft.unlink(missing_ok=True)
-    # Only ours to read: it holds the services' settings (DATABASE_URL, API keys).
     with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write(text)
-    draft.replace(paths.config)
+    draft.replace(path)
+
+
+def start(paths: Paths, names: list[str]) -> int:
+    """Write the config; start supervisord, or have the running one apply the new config."""
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    chosen = programs(paths, names)
+    # Only ours to read: it holds the services' settings (DATABASE_URL, API keys).
+    _write(paths.config, render_config(paths, chosen))
+    _write(paths.programs, json.dumps({p.name: p.ready_url() for p in chosen}, indent=1) + "\n")
     if states(paths) is None:
         # supervisord forks into the background once its socket is open; it removes a stale one.
         # Without the services' variables: each gets those from its section of the config
@@ -276,37 +424,50 @@ def start(paths: Paths, names: list[str]) -> int:
     else:
         # Already running: add, change or remove programs as the config now says (a program
         # whose section is unchanged keeps running), then start those that stopped or gave up.
-        for args in (("update",), ("start", *(s.name for s in services))):
+        for args in (("update",), ("start", *(p.name for p in chosen))):
             result = _supervisorctl(paths, *args)
             for line in result.stdout.splitlines():
                 if "already started" not in line:
                     print(line)
-    for service in services:
-        print(f"{service.name} runs under supervisord (log {paths.log(service.name)})")
+    for program in chosen:
+        at = f", {program.url}" if isinstance(program, Extra) and program.url else ""
+        print(f"{program.name} runs under supervisord (log {paths.log(program.name)}{at})")
     return 0
 
 
-def _ready(port: int) -> bool:
+def _ready(url: str | None) -> bool:
+    if url is None:  # a program we know no readiness URL of: supervisord's word is enough
+        return True
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
 
 
+def ready_urls(paths: Paths) -> dict[str, str]:
+    """Each program's readiness URL, as `start` recorded it (a service's, if nothing was)."""
+    try:
+        recorded: dict[str, str] = json.loads(paths.programs.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    return {name: s.ready_url() for name, s in SERVICES.items()} | recorded
+
+
 def wait(paths: Paths, timeout: float) -> int:
-    """Wait until every service answers /ready and supervisord says RUNNING; report them."""
+    """Wait until every program is ready and supervisord says RUNNING; report them."""
     found = states(paths)
     if found is None:
         print("supervisord is not running: scripts/up.sh starts it", file=sys.stderr)
         return 1
+    urls = ready_urls(paths)
     ready: dict[str, bool] = {}
     for name in [s.name for s in found]:
         deadline = time.monotonic() + timeout
         while True:
             state = next((s for s in states(paths) or [] if s.name == name), None)
             # Once ready, only supervisord's word is awaited (RUNNING: up for startsecs).
-            ready[name] = ready.get(name, False) or _ready(SERVICES[name].port())
+            ready[name] = ready.get(name, False) or _ready(urls.get(name))
             if state is None or state.state not in UP:
                 break  # stopped, or FATAL after its retries: it will not get ready by itself
             if ready[name] and state.state == "RUNNING":
@@ -318,7 +479,7 @@ def wait(paths: Paths, timeout: float) -> int:
 
 
 def status(paths: Paths) -> int:
-    """Report the states as they are (exit 3 if a service is not RUNNING, as supervisorctl does)."""
+    """Report the states as they are (exit 3 if one is not RUNNING, as supervisorctl does)."""
     found = states(paths)
     if found is None:
         print("supervisord is not running")
@@ -327,10 +488,15 @@ def status(paths: Paths) -> int:
 
 
 def stop(paths: Paths) -> int:
-    """Stop every service through supervisorctl, then supervisord by its pid."""
+    """Stop every program through supervisorctl, then supervisord by its pid."""
     pid = _supervisord_pid(paths)
-    answering = states(paths) is not None
-    if answering:
+    found = states(paths)
+    answering = found is not None
+    if found is not None:
+        # The services first, so that their last spans and metrics still find the extra
+        # programs (`stop all` would go by priority, extra programs first).
+        if services := [s.name for s in found if s.name in SERVICES and s.state in UP]:
+            print(_supervisorctl(paths, "stop", *services).stdout, end="")
         print(_supervisorctl(paths, "stop", "all").stdout, end="")
     if pid is None:
         paths.pidfile.unlink(missing_ok=True)
@@ -356,17 +522,17 @@ def main() -> int:
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
     commands = parser.add_subparsers(dest="command", required=True)
     start_parser = commands.add_parser("start")
-    start_parser.add_argument("services", nargs="*", help=f"of {', '.join(SERVICES)}; all if none")
+    start_parser.add_argument(
+        "programs", nargs="*", help=f"of {', '.join(SERVICES)}, prometheus, phoenix; all if none"
+    )
     wait_parser = commands.add_parser("wait")
-    wait_parser.add_argument("--timeout", type=float, default=60, help="seconds per service")
+    wait_parser.add_argument("--timeout", type=float, default=60, help="seconds per program")
     commands.add_parser("status")
     commands.add_parser("stop")
     args = parser.parse_args()
     paths = Paths(args.run_dir)
     if args.command == "start":
-        if unknown := set(args.services) - SERVICES.keys():
-            parser.error(f"no such service: {', '.join(sorted(unknown))}")
-        return start(paths, args.services)
+        return start(paths, args.programs)
     if args.command == "wait":
         return wait(paths, args.timeout)
     if args.command == "status":

@@ -6,6 +6,8 @@
 #   analyzer and the schemer) under supervisord, then ingests a sample image and JSON documents
 #   and prints what became of them: the image's cluster, the documents' collection and its
 #   proposed table.
+# Beside them, when installed, Prometheus scrapes their metrics (PROMETHEUS=off goes without),
+# and with TRACE_BACKEND=phoenix a trace viewer, Arize Phoenix, receives their spans.
 # Stop everything with scripts/down.sh. Logs: .run/*.log. Each service's state:
 #   .venv/bin/python scripts/supervise.py status
 set -euo pipefail
@@ -35,14 +37,58 @@ if [ ! -f "$MODEL_DIR/$EMBEDDING_MODEL/manifest.json" ]; then
     .venv/bin/python scripts/export_image_encoder.py --out "$MODEL_DIR/$EMBEDDING_MODEL" >/dev/null
 fi
 
+# Prometheus (Debian's `prometheus` package) scrapes every service's /metrics as
+# deploy/monitoring/prometheus.yml says, on 127.0.0.1:PROMETHEUS_PORT, its data in
+# .run/prometheus (kept 7 days); PROMETHEUS=off goes without it. Debian's package also starts a
+# Prometheus of its own on port 9090: stop that one (systemctl disable --now prometheus) or set
+# PROMETHEUS_PORT.
+export PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+prometheus=${PROMETHEUS:-}
+if [ "${prometheus,,}" = off ]; then
+    prometheus=off
+elif command -v prometheus >/dev/null; then
+    prometheus=on
+else
+    echo "monitoring is off: Prometheus is not installed (apt-get install prometheus; PROMETHEUS=off silences this)"
+    prometheus=off
+    export PROMETHEUS=off
+fi
+
+# A trace viewer, opt-in: TRACE_BACKEND=phoenix installs Arize Phoenix into .run/phoenix-venv
+# once (pinned; Elastic License 2.0, see docs/trace-backend.md), runs it under supervisord and
+# has every service export its spans to it. Without it spans are made (their trace ids are in
+# the logs and in job status) but go nowhere, unless OTEL_EXPORTER_OTLP_ENDPOINT says where.
+trace_backend=${TRACE_BACKEND:-off}
+trace_backend=${trace_backend,,}
+case $trace_backend in
+    off | none) ;;
+    phoenix)
+        scripts/trace_backend.sh phoenix
+        export PHOENIX_PORT=${PHOENIX_PORT:-6006}
+        export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$PHOENIX_PORT
+        # One trace in Phoenix's UI: its /redirects/traces/<id> page looks the trace up and
+        # opens it in whichever project holds it (project ids are not known in advance).
+        trace_link="http://127.0.0.1:$PHOENIX_PORT/redirects/traces/{trace_id}"
+        export TRACE_UI_URL=${TRACE_UI_URL:-$trace_link}
+        # The services record one trace in ten unless told otherwise (parentbased_traceidratio
+        # at OTEL_TRACES_SAMPLER_ARG=0.1); with a viewer to look at, record every one, so that
+        # the demo upload's trace is there. A value of your own is kept.
+        export OTEL_TRACES_SAMPLER_ARG=${OTEL_TRACES_SAMPLER_ARG:-1.0}
+        # Prometheus' scrapes and the readiness probes would be a trace each, every few seconds.
+        export OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS=${OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS:-^/metrics$,^/ready$}
+        ;;
+    *) echo "TRACE_BACKEND=$TRACE_BACKEND: the one known is phoenix" >&2; exit 2 ;;
+esac
+
 # Every service runs under supervisord (.run/supervisord.conf), which restarts one that exits or
 # is killed; each appends to .run/<name>.log (rotated at 10 MiB). Run again, this starts only
 # what is not running. Ports: HTTP_PORT (gateway), EMBEDDER_/CLUSTERER_/ANALYZER_/SCHEMER_HTTP_PORT
 # (8081-8084, the workers' probes). Without GEMINI_API_KEY the analyzer tags with the CLIP
-# fallback (nothing leaves the machine).
+# fallback (nothing leaves the machine). Prometheus and Phoenix, when on, start first.
 .venv/bin/python scripts/supervise.py start
-# Wait for each service's /ready, then print what supervisorctl status says of it; a service
-# that is not RUNNING is shown with the end of its log, and the bring-up stops there.
+# Wait for each program to be ready (a service's /ready, Prometheus' /-/ready, Phoenix's
+# /readyz), then print what supervisorctl status says of it; one that is not RUNNING is shown
+# with the end of its log, and the bring-up stops there.
 echo; echo "== services (.venv/bin/supervisorctl -c .run/supervisord.conf status)"
 .venv/bin/python scripts/supervise.py wait --timeout 60
 
@@ -82,7 +128,15 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 echo; echo "== status of job $job (the image is done once clustered, the JSON once in its collection)"
-curl -fsS "$base/api/v1/ingest/$job/status"; echo
+job_status=$(curl -fsS "$base/api/v1/ingest/$job/status")
+echo "$job_status"
+if [ "$trace_backend" = phoenix ]; then
+    # The gateway fills TRACE_UI_URL in with the job's trace_id, when that trace was recorded.
+    trace_url=$(echo "$job_status" | .venv/bin/python -c \
+        'import json, sys; print(json.load(sys.stdin).get("trace_url") or "")')
+    # The services send their spans in batches, every 5 s.
+    echo "its trace, in Phoenix within about 5 s: ${trace_url:-(not recorded)}"
+fi
 echo; echo "== health"
 curl -fsS "$base/health"; echo
 echo
@@ -103,3 +157,9 @@ echo "   with POST $base/api/v1/schemas/<id>/approve, then GET $base/api/v1/coll
 curl -fsS "$base/api/v1/schemas"; echo
 echo
 echo "MammothBox is up at $base (API: POST /api/v1/ingest). Stop it with scripts/down.sh"
+if [ "$prometheus" = on ]; then
+    echo "Prometheus: http://127.0.0.1:$PROMETHEUS_PORT (targets: /targets, alerts: /alerts)"
+fi
+if [ "$trace_backend" = phoenix ]; then
+    echo "Phoenix (traces): http://127.0.0.1:$PHOENIX_PORT (one trace: $TRACE_UI_URL)"
+fi

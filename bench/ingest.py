@@ -7,6 +7,12 @@ uploads/s, latency percentiles and the gateway's RSS before and after.
 
     .venv/bin/python bench/ingest.py                # concurrency 1, 8, 32 for 20 s each
     .venv/bin/python bench/ingest.py --concurrency 32 --seconds 5
+    .venv/bin/python bench/ingest.py --tracing      # the cost of tracing, see below
+
+--tracing starts three gateways side by side on one database — traces sampled at 1.0 and
+exported, the default sampling (parentbased_traceidratio 0.1) exported, and tracing off
+(OTEL_SDK_DISABLED=true) — with an OTLP/HTTP sink of its own, and loads them in turn, round
+after round (so the machine's drift hits each alike), at the first --concurrency given.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import aio_pika
@@ -96,12 +104,102 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 10) - 1] * 1000 if len(values) > 1 else 0
 
 
+class _Sink(BaseHTTPRequestHandler):
+    """Takes OTLP/HTTP exports and drops them (an empty message is a valid answer)."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Sink.received += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+TRACING_MODES = {
+    "sampled 1.0, exported": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                              "OTEL_TRACES_SAMPLER_ARG": "1.0"},
+    "default 0.1, exported": {},
+    "disabled": {"OTEL_SDK_DISABLED": "true"},
+}  # fmt: skip
+
+
+async def wait_ready(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(150):
+            try:
+                async with session.get(f"{url}/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"no gateway ready at {url}")
+
+
+async def tracing_cost(env: dict[str, str], concurrency: int, seconds: float, rounds: int) -> None:
+    """Ingest rate with tracing at 1.0, at the default, and off (see the module docstring)."""
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{sink.server_address[1]}"
+    base = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+    gateways = {}
+    try:
+        for n, (mode, extra) in enumerate(TRACING_MODES.items()):
+            port = 18001 + n
+            mode_env = {**base, "HTTP_PORT": str(port), "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                        "OTEL_SERVICE_NAME": f"gateway-{n}", **extra}  # fmt: skip
+            gateways[mode] = (
+                subprocess.Popen(
+                    [sys.executable, "-m", "gateway"], env=mode_env, stdout=subprocess.DEVNULL
+                ),
+                f"http://127.0.0.1:{port}",
+            )
+        for _, url in gateways.values():
+            await wait_ready(url)
+        bases = base_jpegs(8)
+        counter = [0]
+        for _, url in gateways.values():
+            await run_level(url, 4, 2.0, bases, counter)  # warm up
+        done = {mode: 0 for mode in gateways}
+        spent = {mode: 0.0 for mode in gateways}
+        print(f"cores: {os.cpu_count()}, concurrency {concurrency}, {rounds} rounds of "
+              f"{seconds:g} s per mode")  # fmt: skip
+        for _ in range(rounds):
+            for mode, (_, url) in gateways.items():
+                started = time.perf_counter()
+                count, _, errors = await run_level(url, concurrency, seconds, bases, counter)
+                spent[mode] += time.perf_counter() - started
+                done[mode] += count
+                assert errors == 0, f"{errors} errors with tracing {mode}"
+        off = done["disabled"] / spent["disabled"]
+        print(f"{'tracing':<24} {'uploads/s':>10} {'of disabled':>12}")
+        for mode in gateways:
+            rate = done[mode] / spent[mode]
+            print(f"{mode:<24} {rate:>10.1f} {rate / off:>11.1%}")
+        print(f"OTLP exports received: {_Sink.received}")
+    finally:
+        for process, _ in gateways.values():
+            process.terminate()
+            process.wait()
+        sink.shutdown()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", help="a running gateway; default: start one")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--tracing", action="store_true", help="the cost of tracing")
+    parser.add_argument("--rounds", type=int, default=3, help="with --tracing")
     args = parser.parse_args()
+    if args.tracing and args.url:
+        parser.error("--tracing starts its own gateways")
 
     database_url = server_url()
     rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -133,6 +231,12 @@ async def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        if args.tracing:
+            try:
+                await tracing_cost(env, args.concurrency[0], args.seconds, args.rounds)
+            finally:
+                await cleanup(rabbitmq_url, tag, admin_url, bench_db, storage)
+            return
         gateway = subprocess.Popen(
             [sys.executable, "-m", "gateway"], env=env, stdout=subprocess.DEVNULL
         )
@@ -186,19 +290,23 @@ async def main() -> None:
         if gateway is not None:
             gateway.terminate()
             gateway.wait()
-            connection = await aio_pika.connect(rabbitmq_url)
-            channel = await connection.channel()
-            # Every queue the gateway declared (all the topology, not only what it feeds):
-            # quorum queues left behind pile up on the broker and slow its restarts.
-            for spec in queue_specs(f"bench-{tag}."):
-                for name in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
-                    await channel.queue_delete(name)
-            await channel.exchange_delete(f"bench-{tag}")
-            await connection.close()
-            admin = await asyncpg.connect(admin_url)
-            await admin.execute(f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
-            await admin.close()
-            subprocess.run(["rm", "-rf", storage], check=False)
+            await cleanup(rabbitmq_url, tag, admin_url, bench_db, storage)
+
+
+async def cleanup(rabbitmq_url: str, tag: str, admin_url: str, bench_db: str, storage: str) -> None:
+    connection = await aio_pika.connect(rabbitmq_url)
+    channel = await connection.channel()
+    # Every queue the gateway declared (all the topology, not only what it feeds):
+    # quorum queues left behind pile up on the broker and slow its restarts.
+    for spec in queue_specs(f"bench-{tag}."):
+        for name in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
+            await channel.queue_delete(name)
+    await channel.exchange_delete(f"bench-{tag}")
+    await connection.close()
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
+    await admin.close()
+    subprocess.run(["rm", "-rf", storage], check=False)
 
 
 if __name__ == "__main__":

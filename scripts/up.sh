@@ -74,8 +74,6 @@ case $trace_backend in
         # at OTEL_TRACES_SAMPLER_ARG=0.1); with a viewer to look at, record every one, so that
         # the demo upload's trace is there. A value of your own is kept.
         export OTEL_TRACES_SAMPLER_ARG=${OTEL_TRACES_SAMPLER_ARG:-1.0}
-        # Prometheus' scrapes and the readiness probes would be a trace each, every few seconds.
-        export OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS=${OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS:-^/metrics$,^/ready$}
         ;;
     *) echo "TRACE_BACKEND=$TRACE_BACKEND: the one known is phoenix" >&2; exit 2 ;;
 esac

@@ -9,7 +9,7 @@ later upload of stored content), an image that cannot be decoded, and searches.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from tests.clusterer.conftest import colour_models, colour_png  # noqa: F401
 from tests.conftest import DATABASE_URL, RABBITMQ_URL, TEMPLATE_DB
+from tests.monitoring.prom import free_port, render_config, start_prometheus
 from tests.observability.harness import (
     DEFAULT_PORTS,
     ROOT,
@@ -52,6 +53,18 @@ async def system(
         run_dir=None if beside else ROOT / ".run",
     ) as running:
         yield running
+
+
+@pytest.fixture(scope="package")
+def prometheus(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping every service each second, with the project's rules; its
+    base URL. Started before the run (the workload asks for it), so the run is in its data."""
+    tmp = tmp_path_factory.mktemp("prometheus")
+    targets = {s: f"127.0.0.1:{port}" for s, port in system.ports.items()}
+    config = tmp / "prometheus.yml"
+    config.write_text(render_config(targets, "1s"))
+    with start_prometheus(config, tmp, free_port()) as url:
+        yield url
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,7 @@ async def stages_settled(
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def workload(system: System) -> Workload:
+async def workload(system: System, prometheus: str) -> Workload:
     base = system.base
     image = colour_png((200, 30, 30), seed=1)
     async with aiohttp.ClientSession() as session:

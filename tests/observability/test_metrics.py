@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.metrics import OUTCOMES
 from common.topology import queue_specs
+from tests.monitoring.prom import dashboard_queries, query
 from tests.observability.conftest import Workload
-from tests.observability.harness import SERVICES, System
+from tests.observability.harness import SERVICES, System, wait_until
 
 STAGES = {spec.stage for spec in queue_specs()} | {"dead_letter"}
 CONSUMERS = {"gateway", "embedder", "clusterer", "analyzer", "schemer"}
@@ -188,3 +189,24 @@ async def test_promtool_accepts_every_services_metrics(
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_prometheus_scrapes_every_service_and_answers_every_dashboard_panel(
+    system: System, workload: Workload, prometheus: str
+) -> None:
+    def scraped() -> bool:
+        up = query(prometheus, "up")
+        return len(up) == len(SERVICES) and all(r["value"][1] == "1" for r in up)
+
+    await wait_until(lambda: asyncio.to_thread(scraped), timeout=30, what="every target up")
+    # Two scrapes after the run at least, so rates over the run have their points.
+    await asyncio.sleep(2.5)
+    empty = []
+    for title, expr in dashboard_queries():
+        result = await asyncio.to_thread(query, prometheus, expr)  # raises if it does not parse
+        if not result:
+            empty.append((title, expr))
+    assert not empty, f"panels without data after the run: {empty}"
+    # A few numbers the run must have put there.
+    ingests = await asyncio.to_thread(query, prometheus, "sum(ingest_latency_seconds_count)")
+    assert float(ingests[0]["value"][1]) >= 4

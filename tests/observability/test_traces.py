@@ -226,3 +226,15 @@ async def test_the_timeline_matches_the_spans(
     if job_name == "again_job":  # the content's stages, from the first upload's processing
         shared = {s["stage"] for s in timeline["uploads"][0]["stages"] if s.get("shared")}
         assert shared >= {"embed", "cluster"}
+
+
+async def test_no_trace_starts_at_background_polling_or_a_probe(
+    system: System, workload: Workload
+) -> None:
+    # The run, the probes supervise.py waited on and Prometheus' scrapes are all behind us.
+    roots = [s for s in system.receiver.all() if s.parent_id is None]
+    assert roots
+    for root in roots:
+        assert not root.attributes.get("db.system"), f"a trace starts at {root.name}"
+        assert root.name.split()[-1] not in ("/live", "/ready", "/health", "/metrics"), root.name
+

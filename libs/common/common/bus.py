@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import aio_pika
 import aiormq
@@ -16,6 +16,7 @@ from pamqp.commands import Basic
 from prometheus_client import Counter
 
 from common.aio import wait_event
+from common.messages import EVENTS
 from common.settings import CommonSettings
 from common.topology import (
     ENQUEUED_AT_HEADER,
@@ -82,6 +83,10 @@ class Bus:
 
     def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
+        # Every event's refusal series at zero from the start (queues fill in as they refuse).
+        for key in EVENTS:
+            for reason in get_args(RefusalReason):
+                PUBLISH_REFUSED.labels(key, reason)
         self.specs: tuple[QueueSpec, ...] = queue_specs(settings.bus_queue_prefix)
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None

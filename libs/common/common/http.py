@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -25,6 +26,8 @@ from aiohttp.http_exceptions import (
     PayloadEncodingError,
 )
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+from common.telemetry import PROBE_PATHS, untraced
 
 log = structlog.get_logger("http")
 
@@ -43,9 +46,21 @@ async def _on_prepare(_: web.Request, response: web.StreamResponse) -> None:
 
 
 def harden(app: web.Application) -> web.Application:
-    """Every answer of `app` gets the plain headers (errors included)."""
+    """Every answer of `app` gets the plain headers (errors included), and probes leave no
+    trace (their database checks included)."""
     app.on_response_prepare.append(_on_prepare)
+    app.middlewares.insert(0, _untraced_probes)
     return app
+
+
+@web.middleware
+async def _untraced_probes(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in PROBE_PATHS:
+        with untraced():
+            return await handler(request)
+    return await handler(request)
 
 
 def _reason(error: BaseException | None) -> str:

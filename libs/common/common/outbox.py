@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
@@ -325,7 +326,7 @@ class OutboxRelay:
         # The event waited from its row's commit: the timeline counts that wait too.
         headers.setdefault(ENQUEUED_AT_HEADER, int(float(row["enqueued_at"]) * 1000))
         # Publish inside the upload's trace, so the consumer's span joins the same trace.
-        parent = propagate.extract(headers)
+        parent = propagate.extract(headers, context=otel_context.Context())
         with tracer.start_as_current_span(f"publish {row['routing_key']}", context=parent):
             propagate.inject(headers)
             await self.bus.publish(

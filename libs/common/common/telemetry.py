@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
@@ -25,6 +25,9 @@ from opentelemetry.trace import Link, SpanContext
 from opentelemetry.util.types import AttributeValue
 
 DEFAULT_SAMPLE_RATIO = 0.1
+# Probes and scrapes: answered on every service every few seconds, never worth a trace.
+PROBE_PATHS = ("/live", "/ready", "/health", "/metrics")
+PROBE_URLS = ",".join(f"^{path}$" for path in PROBE_PATHS)
 _configured = False
 
 
@@ -55,6 +58,8 @@ def configure_telemetry(service: str) -> None:
     if _configured or tracing_disabled():
         return
     _configured = True
+    # Probes and scrapes are not worth a trace each (every few seconds, on every service).
+    os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", PROBE_URLS)
     provider = TracerProvider(
         resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)}),
         sampler=_sampler(),
@@ -78,6 +83,16 @@ def configure_telemetry(service: str) -> None:
         AioHttpServerInstrumentor().instrument()
     AioPikaInstrumentor().instrument()
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+
+
+def untraced() -> AbstractContextManager[None]:
+    """No instrumentation spans within (database statements, AMQP sends): for a background
+    loop, so that polling does not start a trace of its own every second. Tasks created
+    within keep it; a span started with an explicit parent (the outbox relay's publish of an
+    upload's event) is outside it again."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
 
 
 @dataclass(frozen=True)

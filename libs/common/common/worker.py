@@ -38,7 +38,7 @@ from common.rpc import RpcServer
 from common.settings import WorkerSettings, load_settings
 from common.stage_log import StageLog
 from common.storage import FileSystemStorage, open_storage
-from common.telemetry import configure_telemetry
+from common.telemetry import configure_telemetry, untraced
 from common.topology import spec_of
 
 log = structlog.get_logger(__name__)
@@ -155,13 +155,16 @@ class Worker(Generic[S, D]):
             bus = Bus(settings)
             stack.push_async_callback(bus.close)
             await bus.start(wait=10)
-            deps = await self.setup(settings, Resources(pool, bus, storage, stack))
-            tasks = [asyncio.create_task(run(deps), name=name) for name, run in self._tasks]
+            with untraced():  # start-up work (registrations, checks) is no one's trace
+                deps = await self.setup(settings, Resources(pool, bus, storage, stack))
+            with untraced():  # background loops: no trace per poll (common.telemetry)
+                tasks = [asyncio.create_task(run(deps), name=name) for name, run in self._tasks]
             stack.push_async_callback(_cancel_all, tasks)
             # Closed after the consumers stop (the stack unwinds in reverse): their last
             # reports are written.
             stages = StageLog(pool)
-            stages.start()
+            with untraced():
+                stages.start()
             stack.push_async_callback(stages.close)
             consumers: list[Consumer] = []
             stack.push_async_callback(_stop_all, consumers)

@@ -17,6 +17,7 @@ from common.http import harden
 from common.outbox import OutboxRelay
 from common.rpc import RpcClient
 from common.storage import open_storage
+from common.telemetry import untraced
 from common.topology import cluster_command_queue
 from gateway.auth import KEYS, KeyRing, authenticate, cors, parse_keys
 from gateway.backpressure import Backpressure
@@ -141,15 +142,17 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
         bus = Bus(settings)
         await bus.start(wait=5.0)
         backpressure = Backpressure(settings, pool, storage)
-        await backpressure.refresh()
+        with untraced():
+            await backpressure.refresh()
         relay = OutboxRelay(pool, bus) if settings.outbox_relay_enabled else None
-        tasks = [asyncio.create_task(backpressure.run(), name="backpressure")]
-        if relay is not None:
-            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
-        if settings.sweep_interval_seconds > 0:
-            sweeper = Sweeper(pool, storage, settings.sweep_min_age_seconds)
-            sweeps = sweeper.run(settings.sweep_interval_seconds)
-            tasks.append(asyncio.create_task(sweeps, name="storage-sweeper"))
+        with untraced():  # background loops: no trace per poll (common.telemetry)
+            tasks = [asyncio.create_task(backpressure.run(), name="backpressure")]
+            if relay is not None:
+                tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+            if settings.sweep_interval_seconds > 0:
+                sweeper = Sweeper(pool, storage, settings.sweep_min_age_seconds)
+                sweeps = sweeper.run(settings.sweep_interval_seconds)
+                tasks.append(asyncio.create_task(sweeps, name="storage-sweeper"))
         if settings.dlq_recorder_enabled:
             recorder = DeadLetterRecorder(bus, pool, bus.specs)
             tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))

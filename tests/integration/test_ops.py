@@ -45,6 +45,7 @@ async def test_health_shows_every_section_when_healthy(gateway: Gateway) -> None
         "num_workers": 0,
         "queues": [gateway.media_queue],
     }
+    assert body["workers"]["num_workers"] == 0  # all services together: none runs here
     assert body["system"]["memory_rss_mb"] > 0
     assert {"cpu_percent", "uptime_seconds"} <= set(body["system"])
     # Where files live and which process serves are for admin keys only.
@@ -194,3 +195,34 @@ def test_gateway_stops_with_one_line_naming_the_setting_when_invalid() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "DB_POOL_SIZE" in lines[0] and "RABBITMQ_URL" in lines[0]
+
+
+async def test_metrics_enabled_false_turns_off_the_metrics_of_the_gateway_and_of_a_worker(
+    start_gateway: Callable[..., Any], common_settings: dict[str, Any]
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from common.bus import Bus
+    from common.probes import probe_app
+    from common.settings import WorkerSettings
+
+    async with start_gateway(metrics_enabled=False) as gateway:
+        response = await gateway.client.get("/metrics")
+        assert response.status == 404
+        assert (await response.json())["error"].startswith("metrics are disabled")
+        assert (await gateway.client.get("/health")).status == 200  # the rest answers
+
+    async def ready() -> dict[str, bool]:
+        return {"database": True}
+
+    for enabled, status in ((False, 404), (True, 200)):
+        bus = Bus(WorkerSettings(**common_settings, metrics_enabled=enabled))
+        client = TestClient(TestServer(probe_app(ready, dict, bus)))
+        await client.start_server()
+        try:
+            response = await client.get("/metrics")
+            assert response.status == status
+            if enabled:
+                assert "jobs_processed_total" in await response.text()
+        finally:
+            await client.close()

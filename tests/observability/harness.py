@@ -50,7 +50,9 @@ DEFAULT_PORTS = {"gateway": 8000, "embedder": 8081, "clusterer": 8082, "analyzer
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on it (TIME_WAIT sockets of a run just stopped do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

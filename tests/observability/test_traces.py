@@ -237,4 +237,3 @@ async def test_no_trace_starts_at_background_polling_or_a_probe(
     for root in roots:
         assert not root.attributes.get("db.system"), f"a trace starts at {root.name}"
         assert root.name.split()[-1] not in ("/live", "/ready", "/health", "/metrics"), root.name
-

@@ -133,14 +133,8 @@ async def test_runnable_block(system: System, workload: Workload, block: Block) 
 
 def _num_workers(stdout: str) -> None:
     value: Any = json.loads(stdout)
-    if value is None:
-        # /health keeps num_workers per service (workers.<service>.num_workers); there is no
-        # total for this command to print yet. The guide says so.
-        pytest.xfail("/health has no workers.num_workers (only per service): prints null")
-    if isinstance(value, dict):
-        assert value and all(isinstance(v, int) for v in value.values()), value
-    else:
-        assert isinstance(value, int) and not isinstance(value, bool) and value >= 1, value
+    # Every worker process of the four consuming services, one each natively.
+    assert isinstance(value, int) and not isinstance(value, bool) and value == 4, value
 
 
 def _queue_depth(stdout: str) -> None:

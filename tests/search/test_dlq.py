@@ -192,3 +192,24 @@ async def test_failure_records_name_the_content_not_the_storage_path_when_media_
     # The video's decoder names its file: by the content's sha256.
     video = next(u for u in status["uploads"] if u["kind"] == "video")
     assert video["sha256"] in video["error"]
+
+
+async def test_dlq_depth_counts_the_dead_letters_waiting_for_an_admin(
+    gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    """The recorder empties the broker's parking queues at once: what waits is in the table."""
+    queue = gateway.media_queue
+
+    async def depths() -> tuple[int, str]:
+        health = await (await gateway.client.get("/health")).json()
+        metrics = await (await gateway.client.get("/metrics")).text()
+        line = next(m for m in metrics.splitlines() if m.startswith(f'dlq_depth{{queue="{queue}"'))
+        return health["queues"][queue]["dlq_depth"], line.split()[-1]
+
+    assert await depths() == (0, "0.0")
+    [job, _, _] = await park(db, queue, 3)
+    assert await depths() == (3, "3.0")
+    assert (await gateway.client.post(f"/api/v1/admin/dlq/{job}/requeue")).status == 200
+    assert await depths() == (2, "2.0")
+    assert (await gateway.client.delete("/api/v1/admin/dlq")).status == 200
+    assert await depths() == (0, "0.0")

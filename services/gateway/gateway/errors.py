@@ -16,12 +16,14 @@ from pydantic import ValidationError
 
 from common.bus import BusUnavailable
 from common.rpc import RpcTimeout
+from common.telemetry import current_trace_id
 
 log = structlog.get_logger("gateway")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+TRACE_ID: web.RequestKey[str | None] = web.RequestKey("trace_id")
 # The Retry-After of a 503 while a dependency is down (RETRY_AFTER_SECONDS).
 RETRY_AFTER: web.AppKey[int] = web.AppKey("retry_after", int)
 
@@ -116,6 +118,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     given = request.headers.get(REQUEST_ID_HEADER, "")
     rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     request[REQUEST_ID] = rid
+    # The access line is written after the request's span ended: it takes the trace id here.
+    request[TRACE_ID] = current_trace_id()
     with structlog.contextvars.bound_contextvars(request_id=rid):
         try:
             _refuse_nul_in_query(request)
@@ -162,6 +166,7 @@ class AccessLogger(AbstractAccessLogger):
             status=response.status,
             duration_ms=round(time_ * 1000, 2),
             request_id=response.headers.get(REQUEST_ID_HEADER),
+            trace_id=request.get(TRACE_ID) if isinstance(request, web.Request) else None,
             remote=request.remote,
         )
 

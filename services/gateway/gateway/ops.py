@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+import asyncpg
 import psutil
 import structlog
 from aiohttp import web
@@ -73,10 +74,25 @@ def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
     return section
 
 
+async def _parked(deps: Deps) -> dict[str, int]:
+    """Dead letters recorded and neither requeued nor purged, by origin queue. The recorder
+    takes parked messages off their broker queue at once, so these are what an admin has to
+    look at; a count of the broker's parking queue alone would read 0."""
+    rows = await deps.pool.fetch(
+        "SELECT queue, count(*) AS n FROM dead_letters WHERE requeued_at IS NULL GROUP BY queue"
+    )
+    return {row["queue"]: row["n"] for row in rows}
+
+
 async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Depth per queue and its dead-letter queue; consumers per service."""
+    """Depth per queue and its dead letters (in the parking queue and recorded, not yet
+    requeued or purged); consumers per service, and `num_workers` in all."""
     queues: dict[str, Any] = {}
     workers: dict[str, Any] = {}
+    try:
+        recorded = await _parked(deps)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        recorded = {}
     for spec in deps.bus.specs:
         main, parked = await asyncio.gather(
             deps.bus.queue_stats(spec.name), deps.bus.queue_stats(spec.parking)
@@ -87,7 +103,7 @@ async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
             queues[spec.name] = {"status": "unknown"}
             continue
         depth, consumers = main
-        dlq_depth = parked[0] if parked else None
+        dlq_depth = parked[0] + recorded.get(spec.name, 0) if parked else None
         limit = deps.settings.bus_queue_max_length
         queues[spec.name] = {
             "depth": depth,
@@ -103,7 +119,9 @@ async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
         entry["consumers"] += consumers
         # Every worker process holds one consumer on each queue of its service.
         entry["num_workers"] = max(entry["num_workers"], consumers)
-    return queues, workers
+    # The worker processes of every service together (each service's own is in its entry).
+    total = sum(e["num_workers"] for e in workers.values())
+    return queues, {"num_workers": total, **workers}
 
 
 def _system(deps: Deps, admin: bool) -> dict[str, Any]:

@@ -269,4 +269,4 @@ async def test_every_protected_operation_answers_401_without_a_key_and_403_below
                 assert (response.status == 403) == (
                     admin_only or (method == "post" and path == "/api/v1/ingest")
                 ), (method, path, response.status)
-        assert checked == 27
+        assert checked == 28

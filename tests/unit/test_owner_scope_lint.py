@@ -39,6 +39,7 @@ UNSCOPED = {
     "repo/objects.py:referenced_keys": "the storage sweeper's question, about every owner",
     "repo/objects.py:_upload_stage": "a fragment joined to a scoped upload `u` by its caller",
     "repo/ops.py:oldest_unfinished": "a gauge over all content, never shown to a request",
+    "repo/ops.py:waiting_dead_letters": "a gauge over all dead letters, never shown to a request",
     "repo/deadletters.py:_requeue_one": "acts on rows `requeue` selected under the scope",
 }
 

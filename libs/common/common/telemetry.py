@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -29,6 +30,33 @@ DEFAULT_SAMPLE_RATIO = 0.1
 PROBE_PATHS = ("/live", "/ready", "/health", "/metrics")
 PROBE_URLS = ",".join(f"^{path}$" for path in PROBE_PATHS)
 _configured = False
+
+
+def _recorded_statements(base: type[Any]) -> type[Any]:
+    """The asyncpg instrumentation, spanning a statement only inside a recorded span.
+
+    A statement is a leaf: outside a recorded trace its span would be thrown away (or, with
+    no parent at all, start a trace of its own), yet the stock instrumentation builds its
+    attributes and a span for every statement — the most frequent span there is. Traces that
+    are recorded keep every statement.
+    """
+
+    def recorded_only(method: Any) -> Any:
+        async def call(self: Any, func: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            if not trace.get_current_span().is_recording():
+                return await func(*args, **kwargs)
+            return await method(self, func, instance, args, kwargs)
+
+        return call
+
+    return type(
+        "RecordedStatements",
+        (base,),
+        {
+            name: recorded_only(getattr(base, name))
+            for name in ("_do_execute", "_do_cursor_execute", "_do_prepared_execute")
+        },
+    )
 
 
 def tracing_disabled() -> bool:
@@ -82,7 +110,7 @@ def configure_telemetry(service: str) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         AioHttpServerInstrumentor().instrument()
     AioPikaInstrumentor().instrument()
-    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    _recorded_statements(AsyncPGInstrumentor)().instrument()
 
 
 def untraced() -> AbstractContextManager[None]:
@@ -160,15 +188,16 @@ def batch_span(
 
     It links every span it serves and is the child of the first recorded one, so it is
     recorded whenever any caller's trace is, and its own children (the database statements)
-    land in that trace; a batch that serves no recorded span starts its own trace.
+    land in that trace. A batch that serves no recorded span is not recorded either (it would
+    be a trace of its own, sampled apart from everything it did the work for).
     """
     valid = [c for c in served if c.is_valid]
     parent = next((c for c in valid if c.trace_flags.sampled), None)
-    context = (
-        trace.set_span_in_context(trace.NonRecordingSpan(parent), otel_context.Context())
-        if parent is not None
-        else otel_context.Context()
-    )
+    if parent is None:
+        with trace.use_span(trace.INVALID_SPAN, end_on_exit=False) as span:
+            yield span
+        return
+    context = trace.set_span_in_context(trace.NonRecordingSpan(parent), otel_context.Context())
     with tracer.start_as_current_span(
         name,
         context=context,

@@ -86,8 +86,52 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["queued", "processing", "done", "failed", "partial"]},
             "owner": {"type": "string"},
             "trace_id": NULLABLE_STRING,
+            "trace_sampled": {
+                "type": ["boolean", "null"],
+                "description": "false: sampling left the trace out, no backend has it",
+            },
+            "trace_url": {
+                "type": ["string", "null"],
+                "description": "TRACE_UI_URL for this trace, when it was recorded",
+            },
+            "timeline": {"type": "string", "description": "the path of the job's timeline"},
             "progress": {"type": "object"},
             "uploads": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Timeline": {
+        "type": "object",
+        "required": ["job_id", "trace_id", "trace_sampled", "uploads"],
+        "properties": {
+            "job_id": UUID,
+            "received_at": {"type": ["string", "null"], "format": "date-time"},
+            "accepted_at": {"type": "string", "format": "date-time"},
+            "trace_id": NULLABLE_STRING,
+            "trace_sampled": {"type": ["boolean", "null"]},
+            "trace_url": NULLABLE_STRING,
+            "uploads": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["system_id", "status", "stages"],
+                    "properties": {
+                        "system_id": UUID,
+                        "status": {"type": "string"},
+                        "elapsed_seconds": {"type": ["number", "null"]},
+                        "stages": {
+                            "type": "array",
+                            "description": (
+                                "ingest, then each consumer's stage as its stage log recorded"
+                                " it (service, queued/published/started/finished, attempts,"
+                                " wait_seconds vs work_seconds, error, shared: processed for"
+                                " the job that first stored the content), then what is still"
+                                " pending or skipped"
+                            ),
+                            "items": {"type": "object", "required": ["stage", "outcome"]},
+                        },
+                    },
+                },
+            },
         },
     },
     "Object": {
@@ -323,6 +367,16 @@ def document() -> dict[str, Any]:
             "tags": ["ingest"], "summary": "A job's status, derived from its content's stages",
             "parameters": [_id("job_id", "the job")],
             "responses": {"200": _json(_ref("JobStatus")), **_errors(400, 401, 404)}}},
+        "/api/v1/ingest/{job_id}/timeline": {"get": {
+            "tags": ["ingest"],
+            "summary": "Where each upload of a job is and where its time went (format=text: a table)",
+            "parameters": [_id("job_id", "the job"),
+                           {"name": "format", "in": "query", "required": False,
+                            "schema": {"enum": ["json", "text"]}}],
+            "responses": {"200": {"description": "The timeline", "content": {
+                "application/json": {"schema": _ref("Timeline")},
+                "text/plain": {"schema": {"type": "string"}}}},
+                **_errors(400, 401, 404)}}},
         "/api/v1/objects/{object_id}": {"get": {
             "tags": ["objects"], "summary": "An upload and what is known of its content",
             "parameters": [_id("object_id", "the upload (system id)")],

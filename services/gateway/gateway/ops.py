@@ -17,7 +17,7 @@ from common.health import STATUS_CODE, Status
 from common.metrics import metrics_response
 from gateway.auth import KEYS, presents_admin_key
 from gateway.deps import DEPS, Deps
-from gateway.repo.ops import ping
+from gateway.repo.ops import ping, waiting_dead_letters
 
 log = structlog.get_logger(__name__)
 QUEUE_DEPTH = Gauge("queue_depth", "Messages waiting, by queue.", ["queue"])
@@ -74,23 +74,15 @@ def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
     return section
 
 
-async def _parked(deps: Deps) -> dict[str, int]:
-    """Dead letters recorded and neither requeued nor purged, by origin queue. The recorder
-    takes parked messages off their broker queue at once, so these are what an admin has to
-    look at; a count of the broker's parking queue alone would read 0."""
-    rows = await deps.pool.fetch(
-        "SELECT queue, count(*) AS n FROM dead_letters WHERE requeued_at IS NULL GROUP BY queue"
-    )
-    return {row["queue"]: row["n"] for row in rows}
-
-
 async def _queues(deps: Deps) -> tuple[dict[str, Any], dict[str, Any]]:
     """Depth per queue and its dead letters (in the parking queue and recorded, not yet
     requeued or purged); consumers per service, and `num_workers` in all."""
     queues: dict[str, Any] = {}
     workers: dict[str, Any] = {}
     try:
-        recorded = await _parked(deps)
+        # The recorder takes parked messages off their broker queue at once: what an admin
+        # has to look at is in the table (a parking queue's depth alone would read 0).
+        recorded = await waiting_dead_letters(deps.pool)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         recorded = {}
     for spec in deps.bus.specs:

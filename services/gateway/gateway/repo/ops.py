@@ -26,3 +26,13 @@ async def oldest_unfinished(pool: asyncpg.Pool) -> dict[str, float]:
     row = await pool.fetchrow(_OLDEST_UNFINISHED)
     assert row is not None
     return {stage: float(row[stage] or 0.0) for stage in UNFINISHED}
+
+
+async def waiting_dead_letters(pool: asyncpg.Pool) -> dict[str, int]:
+    """Dead letters recorded and neither requeued nor purged, by origin queue.
+
+    A gauge over every owner's dead letters, never shown to a request: no owner scope applies."""
+    rows = await pool.fetch(
+        "SELECT queue, count(*) AS n FROM dead_letters WHERE requeued_at IS NULL GROUP BY queue"
+    )
+    return {row["queue"]: row["n"] for row in rows}

@@ -242,15 +242,7 @@ async def main() -> None:
         )
         url = "http://127.0.0.1:18000"
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"{url}/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        await wait_ready(url)
         process = psutil.Process(gateway.pid) if gateway else None
 
         def rss() -> float:

@@ -175,3 +175,25 @@ async def test_a_timeline_of_an_old_job_without_the_new_columns_still_answers(
         )
     ).text()
     assert "(sampling not recorded)" in text
+
+
+async def test_the_stage_log_forgets_messages_older_than_its_retention(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        log = StageLog(pool, retention_days=1)
+        now = datetime.now(UTC).timestamp()
+        for age_days in (3, 2, 0.5, 0):
+            delivery = Delivery(
+                stage="embed", message_id=uuid.uuid4(), service="embedder", queue="q", attempt=1
+            )
+            log.started(delivery, now - age_days * 86400)
+            log.finished(delivery, now - age_days * 86400, now - age_days * 86400 + 0.1, "ok", None)
+        await log.flush()
+        assert await db.fetchval("SELECT count(*) FROM stage_runs") == 4
+        assert await log.prune(batch=1) == 2  # in batches, until none is left
+        assert await db.fetchval("SELECT count(*) FROM stage_runs") == 2
+        assert await StageLog(pool, retention_days=1).prune() == 0
+    finally:
+        await pool.close()

@@ -27,6 +27,8 @@ class CommonSettings(BaseSettings):
     storage_path: Path = Path("data/storage")
     worker_threads: int = Field(4, ge=1, le=256)
     metrics_enabled: bool = True
+    # How long the stage log (the timeline's rows, table stage_runs) keeps a message; 0 keeps all.
+    stage_log_retention_days: float = Field(30.0, ge=0)
     debug: bool = False
     log_level: LogLevel = "INFO"
 

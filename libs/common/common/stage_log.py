@@ -11,6 +11,7 @@ full, the process killed) is counted and dropped, never retried at the expense o
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,11 @@ class _Row:
     outcome: str = "running"
     error: str | None = None
 
+    @property
+    def upload_list(self) -> str:
+        """The upload ids as the statement takes them (a uuid[] per row cannot be unnested)."""
+        return ",".join(str(u) for u in self.upload_ids)
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -82,6 +88,11 @@ class Delivery:
 def _when(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
 
+
+# The statement's parameters, in order: one array each, a row's values at one index.
+_COLUMNS = ("stage", "message_id", "service", "queue", "job_id", "content_id", "upload_list",
+            "queued_at", "published_at", "started_at", "last_started_at", "finished_at",
+            "attempts", "work_seconds", "outcome", "error", "trace_id")  # fmt: skip
 
 _UPSERT = """
 INSERT INTO stage_runs AS s (stage, message_id, service, queue, job_id, content_id, upload_ids,
@@ -116,10 +127,21 @@ ON CONFLICT (stage, message_id) DO UPDATE SET
 class StageLog:
     """Buffer of stage reports, flushed by a background task (see the module docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, interval: float = 0.25, max_rows: int = 20_000):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        interval: float = 0.25,
+        max_rows: int = 20_000,
+        retention_days: float = 30.0,
+        prune_every_s: float = 600.0,
+    ):
         self.pool = pool
         self.interval = interval
         self.max_rows = max_rows
+        self.retention_days = retention_days
+        self.prune_every_s = prune_every_s
+        self._pruned_at = time.monotonic()
         self._rows: dict[tuple[str, uuid.UUID], _Row] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -184,6 +206,30 @@ class StageLog:
         while True:
             await asyncio.sleep(self.interval)
             await self.flush()
+            if self.retention_days and time.monotonic() - self._pruned_at >= self.prune_every_s:
+                self._pruned_at = time.monotonic()
+                await self.prune()
+
+    async def prune(self, batch: int = 10_000) -> int:
+        """Remove rows older than the retention, a batch at a time (every replica may)."""
+        removed = 0
+        while True:
+            try:
+                done = await self.pool.execute(
+                    """DELETE FROM stage_runs WHERE ctid IN (
+                         SELECT ctid FROM stage_runs
+                         WHERE started_at < now() - make_interval(secs => $1)
+                         LIMIT $2)""",
+                    self.retention_days * 86400,
+                    batch,
+                )
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
+                log.warning("stage log not pruned", error=str(error))
+                return removed
+            count = int(done.split()[-1])
+            removed += count
+            if count < batch:
+                return removed
 
     async def flush(self) -> None:
         if not self._rows:
@@ -191,24 +237,7 @@ class StageLog:
         rows, self._rows = list(self._rows.values()), {}
         try:
             await self.pool.execute(
-                _UPSERT,
-                [r.stage for r in rows],
-                [r.message_id for r in rows],
-                [r.service for r in rows],
-                [r.queue for r in rows],
-                [r.job_id for r in rows],
-                [r.content_id for r in rows],
-                [",".join(str(u) for u in r.upload_ids) for r in rows],
-                [r.queued_at for r in rows],
-                [r.published_at for r in rows],
-                [r.started_at for r in rows],
-                [r.last_started_at for r in rows],
-                [r.finished_at for r in rows],
-                [r.attempts for r in rows],
-                [r.work_seconds for r in rows],
-                [r.outcome for r in rows],
-                [r.error for r in rows],
-                [r.trace_id for r in rows],
+                _UPSERT, *([getattr(r, name) for r in rows] for name in _COLUMNS)
             )
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
             DROPPED.labels("write_failed").inc(len(rows))

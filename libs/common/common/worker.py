@@ -162,7 +162,7 @@ class Worker(Generic[S, D]):
             stack.push_async_callback(_cancel_all, tasks)
             # Closed after the consumers stop (the stack unwinds in reverse): their last
             # reports are written.
-            stages = StageLog(pool)
+            stages = StageLog(pool, retention_days=settings.stage_log_retention_days)
             with untraced():
                 stages.start()
             stack.push_async_callback(stages.close)

@@ -89,7 +89,7 @@ def test_the_stage_outcome_of_each_delivery_outcome() -> None:
 
 
 def test_the_stage_log_merges_a_messages_reports_until_it_flushes() -> None:
-    log = StageLog(pool=None)  # type: ignore[arg-type]  # flush is not called
+    log = StageLog(pool=None)  # flush is never called
     delivery = Delivery(stage="embed", message_id=uuid.uuid4(), service="embedder",
                         queue="q", attempt=1, upload_ids=[uuid.uuid4()])  # fmt: skip
     log.started(delivery, 100.0)
@@ -105,7 +105,7 @@ def test_the_stage_log_merges_a_messages_reports_until_it_flushes() -> None:
     assert row.error == "Retryable: later"
     assert row.upload_list == str(delivery.upload_ids[0])
     # A full buffer drops new messages rather than growing without bound.
-    tiny = StageLog(pool=None, max_rows=1)  # type: ignore[arg-type]
+    tiny = StageLog(pool=None, max_rows=1)
     tiny.started(delivery, 1.0)
     tiny.started(Delivery(**{**delivery.__dict__, "message_id": uuid.uuid4()}), 1.0)
     assert len(tiny._rows) == 1

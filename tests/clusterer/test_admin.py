@@ -151,10 +151,10 @@ async def test_admin_actions_work_end_to_end_when_sent_through_the_gateway(
     status, body = await patch(gateway, red, {"action": "rename", "name": "Crimson"})
     assert status == 200 and body["cluster"]["name"] == "Crimson"
     assert body["cluster"]["name_source"] == "admin"
-    # Counted on the analyzed queue alone (its name is this test's), so nothing else in
-    # flight can be mistaken for these two.
-    analyzed_queue = spec_of(clusterer.bus.specs, "clusterer", MediaAnalyzed.routing_key).name
-    labels = {"service": "clusterer", "stage": analyzed_queue}
+    # Counted on the naming stage alone (the analyzed queue: this test's clusterer is the one
+    # consuming it now), so nothing else in flight can be mistaken for these two.
+    stage = spec_of(clusterer.bus.specs, "clusterer", MediaAnalyzed.routing_key).stage
+    labels = {"service": "clusterer", "stage": stage}
 
     def handled() -> float:
         return REGISTRY.get_sample_value("job_processing_duration_seconds_count", labels) or 0

@@ -237,3 +237,24 @@ async def test_no_trace_starts_at_background_polling_or_a_probe(
     for root in roots:
         assert not root.attributes.get("db.system"), f"a trace starts at {root.name}"
         assert root.name.split()[-1] not in ("/live", "/ready", "/health", "/metrics"), root.name
+
+
+@pytest.mark.parametrize(("root_name", "batch"), [("GET /api/v1/search", "embed text batch"),
+                                                  ("POST /api/v1/search", "embed image batch")])  # fmt: skip
+async def test_a_search_is_one_trace_through_the_embedders_rpc(
+    system: System, workload: Workload, root_name: str, batch: str
+) -> None:
+    roots = [s for s in system.receiver.all() if s.parent_id is None and s.name == root_name]
+    assert roots, f"no {root_name} trace"
+
+    def with_embedder(root: Span) -> list[Span] | None:
+        spans = system.receiver.trace(root.trace_id)
+        return spans if any(s.service == "embedder" and s.name == batch for s in spans) else None
+
+    found = [spans for root in roots if (spans := with_embedder(root))]
+    assert found, f"no {root_name} trace reached the embedder's {batch}"
+    spans = found[0]
+    by_id = {s.span_id: s for s in spans}
+    root = next(s for s in spans if s.parent_id is None)
+    embedded = next(s for s in spans if s.name == batch)
+    assert ancestors(embedded, by_id)[-1] is root  # the RPC's handling is inside the search

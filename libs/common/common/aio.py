@@ -20,3 +20,25 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class InFlight:
+    """Counts work in progress (deliveries being handled), so a stop can wait for it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight, at most `timeout` seconds; True if so."""
+        return await wait_event(self._idle, timeout)

@@ -34,6 +34,7 @@ from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from common import stage_log
+from common.aio import InFlight
 from common.bus import Bus, BusUnavailable, PublishRefused
 from common.messages import EVENTS, Event
 from common.metrics import JOB_DURATION, JOBS_PROCESSED, declare_stage
@@ -52,6 +53,9 @@ from common.topology import (
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("mammothbox.consumer")
 
+IN_FLIGHT = Gauge(
+    "consumer_in_flight", "Deliveries being handled, by service and queue.", ["service", "queue"]
+)
 CONSUMER_PAUSED = Gauge(
     "consumer_paused",
     "1 while a consumer waits for a destination that refused its outgoing event.",
@@ -176,6 +180,7 @@ class Consumer:
         self.prefetch = prefetch
         declare_stage(service, spec.stage)
         CONSUMER_PAUSED.labels(service, spec.name).set(0)
+        IN_FLIGHT.labels(service, spec.name).set(0)
         settings = bus.settings
         self.timeout_s = timeout_s if timeout_s is not None else settings.timeout_for(spec.name)
         self.max_attempts = len(settings.bus_retry_delays) + 1
@@ -185,6 +190,7 @@ class Consumer:
         self._tag: str | None = None
         self._holds = 0  # refused publishes since the last message handled in full
         self._resume: asyncio.Task[None] | None = None
+        self.in_flight = InFlight()  # deliveries being handled (a stop waits for them)
         self._storage_root = str(settings.storage_path.resolve())
 
     async def start(self) -> None:
@@ -203,6 +209,10 @@ class Consumer:
         return self._resume is not None and not self._resume.done()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        with self.in_flight, IN_FLIGHT.labels(self.service, self.spec.name).track_inprogress():
+            await self._deliver(message)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
         raw_attempt = headers.get(ATTEMPT_HEADER, 1)
         attempt = int(raw_attempt) if isinstance(raw_attempt, int | str) else 1

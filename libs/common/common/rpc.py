@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from common.aio import InFlight
 from common.bus import Bus, BusUnavailable
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,8 @@ class RpcServer:
         self.queue = queue
         self.answer = answer
         self.prefetch = prefetch
+        self.in_flight = InFlight()
+        self._consumer: tuple[AbstractQueue, str] | None = None
 
     async def start(self) -> None:
         channel = await self.bus.channel(prefetch=self.prefetch)
@@ -101,9 +104,23 @@ class RpcServer:
             durable=False,
             arguments={"x-max-length": 10_000, "x-overflow": "reject-publish"},
         )
-        await queue.consume(self._on_request)
+        self._consumer = (queue, await queue.consume(self._on_request))
+
+    async def stop(self) -> None:
+        """Take no more requests (those in flight are still answered)."""
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            self._consumer = None
+            try:
+                await queue.cancel(tag)
+            except Exception as error:  # the channel is gone: nothing is delivered anyway
+                log.info("rpc consumer cancel failed", queue=self.queue, error=str(error))
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
+        with self.in_flight:
+            await self._answer(message)
+
+    async def _answer(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False, ignore_processed=True):
             if not message.reply_to:
                 return

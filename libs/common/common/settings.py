@@ -27,6 +27,9 @@ class CommonSettings(BaseSettings):
     storage_path: Path = Path("data/storage")
     worker_threads: int = Field(4, ge=1, le=256)
     metrics_enabled: bool = True
+    # On SIGTERM, how long a service lets the work in flight finish before it stops anyway
+    # (below Kubernetes' terminationGracePeriodSeconds and supervisord's stopwaitsecs, 30).
+    shutdown_grace_seconds: float = Field(25.0, gt=0, le=3600)
     # How long the stage log (the timeline's rows, table stage_runs) keeps a message; 0 keeps all.
     stage_log_retention_days: float = Field(30.0, ge=0)
     debug: bool = False

@@ -9,9 +9,13 @@ owns the rest, written once:
 - start: storage, the asyncpg pool, the bus (which declares the topology), `setup`, the
   background loops, then the consumers (when the broker is up; the probes say not ready
   until they run) and the probe server (/live, /ready, /health, /metrics);
-- stop (the block ends, or SIGTERM/SIGINT in `serve`): the consumers are cancelled first
-  (no new deliveries), then the loops, then what `setup` opened (in reverse), the bus and
-  the pool.
+- stop (SIGTERM/SIGINT in `serve`): draining first — /ready turns false, the consumers and
+  RPC servers are cancelled (no new deliveries), the deliveries in flight finish (their
+  micro-batches and group commits with them) within SHUTDOWN_GRACE_SECONDS, and what
+  `on_drain` registered runs (the clusterer publishes what its outbox holds); a delivery
+  still running after the grace is left unacknowledged, so the broker hands it to another
+  consumer when the channel closes. Then the loops are cancelled, the stage log flushed, what
+  `setup` opened closed (in reverse), the bus and the pool; the process exits 0.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -101,7 +106,12 @@ class Worker(Generic[S, D]):
     _starters: list[Callable[[D], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[tuple[str, Callable[[D], Coroutine[Any, Any, None]]]] = field(default_factory=list)
     _checks: list[tuple[str, Callable[[D], bool]]] = field(default_factory=list)
+    _drains: list[tuple[str, Callable[[D], Awaitable[Any]]]] = field(default_factory=list)
     _info: Callable[[D], dict[str, Any]] = lambda _: {}
+    # While running: what a stop drains, and whether it has begun.
+    _consumers: list[Consumer] = field(default_factory=list)
+    _rpc_servers: list[RpcServer] = field(default_factory=list)
+    _draining: bool = False
 
     def consume(
         self,
@@ -138,6 +148,10 @@ class Worker(Generic[S, D]):
         """A background loop that runs while the worker does (cancelled at stop)."""
         self._tasks.append((name, run))
 
+    def on_drain(self, name: str, flush: Callable[[D], Awaitable[Any]]) -> None:
+        """Something to finish once the deliveries in flight have (within the grace)."""
+        self._drains.append((name, flush))
+
     def check(self, name: str, ready: Callable[[D], bool]) -> None:
         """An extra readiness check shown in /ready and /health."""
         self._checks.append((name, ready))
@@ -167,13 +181,16 @@ class Worker(Generic[S, D]):
                 stages.start()
             stack.push_async_callback(stages.close)
             consumers: list[Consumer] = []
+            self._consumers, self._rpc_servers, self._draining = consumers, [], False
             stack.push_async_callback(_stop_all, consumers)
 
             def info() -> dict[str, Any]:
                 return {"service": self.service, **self._info(deps)}
 
             def checks() -> dict[str, bool]:
-                return {name: ready(deps) for name, ready in self._checks}
+                # Not ready once draining: a load balancer or Kubernetes stops sending work.
+                own = {name: ready(deps) for name, ready in self._checks}
+                return {**own, "accepting": not self._draining}
 
             async with serve_worker(
                 self.service,
@@ -183,7 +200,7 @@ class Worker(Generic[S, D]):
                 info,
                 settings.worker_http_host,
                 settings.worker_http_port,
-                extra_checks=checks if self._checks else None,
+                extra_checks=checks,
             ) as port:
                 yield dataclasses.replace(deps, probe_port=port)
 
@@ -194,7 +211,9 @@ class Worker(Generic[S, D]):
         for start in self._starters:
             await start(deps)
         for queue, answer, prefetch in self._rpc:
-            await RpcServer(bus, queue(deps), _bind(answer, deps), prefetch=prefetch).start()
+            server = RpcServer(bus, queue(deps), _bind(answer, deps), prefetch=prefetch)
+            await server.start()
+            self._rpc_servers.append(server)
         for sub in self._subscriptions:
             spec = spec_of(bus.specs, self.service, sub.routing_key)
             routes = {model: _bind_event(handle, deps) for model, handle in sub.routes.items()}
@@ -224,9 +243,41 @@ class Worker(Generic[S, D]):
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        async with self.running(settings):
+        async with self.running(settings) as deps:
             await stop.wait()
-            log.info(f"{self.service} stopping")
+            await self.drain(deps, settings.shutdown_grace_seconds)
+        log.info(f"{self.service} stopped")
+
+    async def drain(self, deps: D, grace: float) -> bool:
+        """Stop taking work and let what is in flight finish, within `grace` seconds; whether
+        everything did (see the module docstring)."""
+        started = time.monotonic()
+        self._draining = True
+        held = [c.in_flight for c in self._consumers] + [r.in_flight for r in self._rpc_servers]
+        log.info(f"{self.service} draining", in_flight=sum(h.count for h in held), grace_s=grace)
+        await asyncio.gather(
+            *(c.stop() for c in self._consumers),
+            *(r.stop() for r in self._rpc_servers),
+            return_exceptions=True,
+        )
+        left = max(0.0, grace - (time.monotonic() - started))
+        finished = all(await asyncio.gather(*(h.idle(left) for h in held)))
+        for name, flush in self._drains:
+            left = max(0.1, grace - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(flush(deps), left)
+            except Exception as error:  # the durable state stays for the next start
+                log.warning(f"{self.service} could not {name} before stopping", error=str(error))
+        elapsed = round(time.monotonic() - started, 3)
+        if finished:
+            log.info(f"{self.service} drained", seconds=elapsed)
+        else:
+            log.warning(
+                f"{self.service} grace period over; unfinished deliveries go back to the broker",
+                in_flight=sum(h.count for h in held),
+                seconds=elapsed,
+            )
+        return finished
 
     def main(self, settings_cls: type[S]) -> None:
         """The `python -m <service>` entry point: settings, logging, telemetry, run."""

@@ -54,6 +54,12 @@ async def _relay(deps: ClustererDeps) -> None:
     await deps.relay.run()
 
 
+async def _publish_outbox(deps: ClustererDeps) -> None:
+    """Before stopping: publish what the outbox holds (the loop may be between polls)."""
+    while await deps.relay.relay_once():
+        pass
+
+
 async def _sweep(deps: ClustererDeps) -> None:
     """Sync folders a crash left waiting, and refresh the cluster gauge."""
     while True:
@@ -99,6 +105,7 @@ worker.serve_rpc(
     lambda deps: cluster_command_queue(deps.settings.bus_queue_prefix), commands.answer, prefetch=4
 )
 worker.task("outbox-relay", _relay)
+worker.on_drain("publish the outbox", _publish_outbox)
 worker.task("folder-sweep", _sweep)
 worker.task("recluster-schedule", reclustering.schedule)
 worker.check("storage", lambda deps: deps.storage.writable())

@@ -179,6 +179,7 @@ async def test_clusterer_files_interleaved_kinds_into_their_own_clusters_when_up
                 "bus": True,
                 "consuming": True,
                 "storage": True,
+                "accepting": True,  # false once it drains on SIGTERM
             }
 
         async def counted() -> bool:

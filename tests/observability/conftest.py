@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,27 @@ from tests.observability.harness import (
 TERMINAL = {"done", "failed", "partial"}
 
 
+def own_system(tmp: Path, models: Path, **options: Any) -> AbstractAsyncContextManager[System]:
+    """A running system of the test's own on this run's database server and broker."""
+    return running_system(
+        tmp,
+        models,
+        database_url=DATABASE_URL,
+        template=TEMPLATE_DB,
+        rabbitmq_url=RABBITMQ_URL,
+        **options,
+    )
+
+
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def system(
     tmp_path_factory: pytest.TempPathFactory,
     colour_models: Path,  # noqa: F811
 ) -> AsyncIterator[System]:
     beside = bool(os.environ.get("OBS_FREE_PORTS"))
-    async with running_system(
+    async with own_system(
         tmp_path_factory.mktemp("system"),
         colour_models,
-        database_url=DATABASE_URL,
-        template=TEMPLATE_DB,
-        rabbitmq_url=RABBITMQ_URL,
         # As scripts/up.sh runs it: its ports and its run dir (.run: supervisord's config and
         # the logs the guide tails), so nothing else may be running there. OBS_FREE_PORTS=1
         # runs beside such a system instead (the guide's commands then miss it: that test fails).

@@ -12,9 +12,8 @@ import orjson
 
 from tests.analyzer.fake_gemini import error
 from tests.clusterer.conftest import colour_png
-from tests.conftest import DATABASE_URL, RABBITMQ_URL, TEMPLATE_DB
-from tests.observability.conftest import finished, stages_settled
-from tests.observability.harness import SERVICES, running_system
+from tests.observability.conftest import finished, own_system, stages_settled
+from tests.observability.harness import SERVICES
 
 
 async def test_no_configured_secret_appears_in_any_log_line_or_response(
@@ -24,12 +23,9 @@ async def test_no_configured_secret_appears_in_any_log_line_or_response(
     reader = f"read-{uuid.uuid4().hex}"
     admin = f"admin-{uuid.uuid4().hex}"
     keys = {"write key": writer, "read key": reader, "admin key": admin}
-    async with running_system(
+    async with own_system(
         tmp_path,
         colour_models,
-        database_url=DATABASE_URL,
-        template=TEMPLATE_DB,
-        rabbitmq_url=RABBITMQ_URL,
         extra_env={
             "API_KEYS": f"{writer}:write:alice,{reader}:read:alice",
             "ADMIN_API_KEY": admin,

@@ -19,9 +19,8 @@ import pytest
 
 from tests.analyzer.fake_gemini import Reply, answer
 from tests.clusterer.conftest import colour_png
-from tests.conftest import DATABASE_URL, RABBITMQ_URL, TEMPLATE_DB
-from tests.observability.conftest import finished, ingest, stages_settled
-from tests.observability.harness import System, running_system, wait_until
+from tests.observability.conftest import finished, ingest, own_system, stages_settled
+from tests.observability.harness import System, wait_until
 
 GRACE = 10.0
 WORKERS = ("embedder", "clusterer", "analyzer", "schemer")
@@ -119,12 +118,9 @@ async def sigterm(system: System, service: str, pid: int) -> tuple[float, bool]:
 async def test_each_worker_stops_gracefully_under_load_and_every_upload_ends_once(
     tmp_path: Path, colour_models: Path
 ) -> None:
-    async with running_system(
+    async with own_system(
         tmp_path,
         colour_models,
-        database_url=DATABASE_URL,
-        template=TEMPLATE_DB,
-        rabbitmq_url=RABBITMQ_URL,
         # No VLM rate limit: a call waiting for its slot could outlast the grace (it would
         # then go back to the broker, which this test does not look at).
         extra_env={

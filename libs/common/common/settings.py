@@ -18,26 +18,33 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
 
-    # Secrets are SecretStr: no repr, log line or validation error shows them.
+    # The database, a postgresql:// URL. Secrets are SecretStr: no repr, log line or
+    # validation error shows them.
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/file_allocator")
+    # PostgreSQL, and each process's connection pool: min DB_POOL_SIZE, max plus overflow.
     db_pool_size: int = Field(10, ge=1, le=500)
     db_max_overflow: int = Field(10, ge=0, le=500)
+    # RabbitMQ; the store (a folder shared by the gateway, embedder, clusterer, analyzer).
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     storage_backend: Literal["filesystem"] = "filesystem"
     storage_path: Path = Path("data/storage")
+    # Messages the clusterer handles at once (see docs/troubleshooting.md, Performance).
     worker_threads: int = Field(4, ge=1, le=256)
+    # /metrics (false: it answers 404).
     metrics_enabled: bool = True
     # On SIGTERM, how long a service lets the work in flight finish before it stops anyway
     # (below Kubernetes' terminationGracePeriodSeconds and supervisord's stopwaitsecs, 30).
     shutdown_grace_seconds: float = Field(25.0, gt=0, le=3600)
     # How long the stage log (the timeline's rows, table stage_runs) keeps a message; 0 keeps all.
     stage_log_retention_days: float = Field(30.0, ge=0)
+    # DEBUG adds detail to errors; LOG_LEVEL filters the (JSON) log lines.
     debug: bool = False
     log_level: LogLevel = "INFO"
 
     # API keys: comma-separated key:role[:owner] (the gateway checks them); none = open. Every
     # service reads them (one secret for the deployment) to know whether it runs open.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # One admin key on its own, beside or instead of API_KEYS.
     admin_api_key: SecretStr | None = None
     # Open (no keys) and listening beyond loopback is refused unless this says it is meant.
     allow_open: bool = False
@@ -158,6 +165,8 @@ class CommonSettings(BaseSettings):
 class WorkerSettings(CommonSettings):
     """Settings of every worker (not the gateway): the probe server's address."""
 
+    # Where a worker's probes listen (/live, /ready, /health, /metrics); each worker has its
+    # own default port.
     worker_http_host: str = "0.0.0.0"
     worker_http_port: int = Field(8080, ge=0, le=65535)
 

@@ -14,16 +14,21 @@ from common.settings import WorkerSettings, comma_separated
 class EmbedderSettings(WorkerSettings):
     """Environment variables read by the embedder."""
 
+    # The model: MODEL_DIR/EMBEDDING_MODEL (a folder with manifest.json), and which graph.
     model_dir: Path = Path("models")
     embedding_model: str = "clip-vit-base-patch32"  # a folder under MODEL_DIR
     model_variant: Literal["fp32", "fp16", "int8"] = "fp32"
     # Tried in order, kept where onnxruntime has them: CUDA when usable, else the CPU.
     onnx_providers: Annotated[tuple[str, ...], NoDecode] = ("cuda", "cpu")
+    # onnxruntime's threads per inference.
     intra_op_threads: int = Field(2, ge=1, le=256)
 
+    # Micro-batching: at most this many images a batch, waiting at most this long.
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000)
 
+    # Decoder processes, and each one's memory, time and pixel limits; thumbnail and video
+    # frame limits.
     decode_workers: int = Field(2, ge=1, le=256)
     decode_memory_mb: int = Field(1024, ge=64)
     decode_timeout_s: float = Field(30.0, gt=0)
@@ -31,6 +36,7 @@ class EmbedderSettings(WorkerSettings):
     thumbnail_size: int = Field(256, ge=16, le=4096)
     video_max_frames: int = Field(8, ge=1, le=256)
 
+    # pHash Hamming distance at or below which two images are near-duplicates.
     near_duplicate_distance: int = Field(8, ge=0, le=64)
     worker_http_port: int = Field(8081, ge=0, le=65535)
 

@@ -15,12 +15,15 @@ MB = 1024 * 1024
 class GatewaySettings(CommonSettings):
     """Environment variables read by the gateway."""
 
+    # Where the API listens (and its /ready, /health, /metrics).
     http_host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=0, le=65535)
     # Processes serving the port together (SO_REUSEPORT); on Kubernetes scale pods instead.
     http_workers: int = Field(1, ge=1, le=64)
+    # fsync each stored file and its folder before an upload is acknowledged.
     storage_fsync: bool = True
 
+    # Upload limits: bytes per file by kind, JSON items and depth, files and form fields.
     max_image_bytes: int = Field(50 * MB, ge=1)
     max_video_bytes: int = Field(1024 * MB, ge=1)
     max_json_bytes: int = Field(16 * MB, ge=1)
@@ -68,6 +71,7 @@ class GatewaySettings(CommonSettings):
 
     # The relay may run in every gateway pod (rows are claimed with SKIP LOCKED) or apart.
     outbox_relay_enabled: bool = True
+    # The dead-letter recorder too (it keeps parked messages for the dead-letter API).
     dlq_recorder_enabled: bool = True
 
     @field_validator("cors_allow_origins", mode="before")

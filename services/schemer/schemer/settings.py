@@ -18,6 +18,7 @@ class SchemerSettings(WorkerSettings):
     schema_sample_size: int = Field(1000, ge=1, le=100_000)
     # A table needs keys present, on average, in this share of the documents.
     schema_stability_threshold: float = Field(0.8, gt=0, le=1)
+    # A table has at most this many top-level keys (more: a JSONB collection).
     schema_max_top_level_keys: int = Field(50, ge=1, le=400)
     # Objects nested deeper than this make a JSONB collection (and are where flattening stops).
     schema_max_depth: int = Field(3, ge=1, le=16)
@@ -29,5 +30,6 @@ class SchemerSettings(WorkerSettings):
     schemer_approval_batch: int = Field(1000, ge=1, le=50_000)
     # An approval of many documents takes longer than an ordinary message.
     schemer_command_timeout_s: float = Field(3600.0, gt=0)
+    # JSON messages the schemer holds at once.
     schemer_prefetch: int = Field(8, ge=1, le=1000)
     worker_http_port: int = Field(8084, ge=0, le=65535)

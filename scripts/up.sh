@@ -29,13 +29,7 @@ export HTTP_HOST=${HTTP_HOST:-127.0.0.1} WORKER_HTTP_HOST=${WORKER_HTTP_HOST:-12
 # export (scripts/export_clip.py, where a hub is reachable) set EMBEDDING_MODEL to its folder.
 export MODEL_DIR=${MODEL_DIR:-$PWD/.run/models}
 export EMBEDDING_MODEL=${EMBEDDING_MODEL:-efficientnet-lite2}
-if [ ! -f "$MODEL_DIR/$EMBEDDING_MODEL/manifest.json" ]; then
-    if [ "$EMBEDDING_MODEL" != efficientnet-lite2 ]; then
-        echo "no model at $MODEL_DIR/$EMBEDDING_MODEL; export it first" >&2; exit 1
-    fi
-    echo "exporting EfficientNet-Lite2 to $MODEL_DIR/$EMBEDDING_MODEL"
-    .venv/bin/python scripts/export_image_encoder.py --out "$MODEL_DIR/$EMBEDDING_MODEL" >/dev/null
-fi
+PYTHON=.venv/bin/python scripts/ensure_model.sh
 
 # Prometheus (Debian's `prometheus` package) scrapes every service's /metrics as
 # deploy/monitoring/prometheus.yml says, on 127.0.0.1:PROMETHEUS_PORT, its data in

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.tools import ROOT, binary, compose, run
+from tests.deploy.tools import COMPOSE_SECRETS, ROOT, binary, compose, run
 
 PROFILES = ((), ("gpu",), ("observability",), ("gpu", "observability"))
 APP = ("gateway", "embedder", "clusterer", "analyzer", "schemer")
@@ -40,10 +40,11 @@ def test_every_profile_renders(profiles: tuple[str, ...]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_passwords_are_required() -> None:
-    done = compose("config", "--quiet", secrets=False)
+@pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
+def test_passwords_are_required(missing: str) -> None:
+    done = compose("config", "--quiet", without=missing)
     assert done.returncode != 0
-    assert "set POSTGRES_PASSWORD in .env" in done.stderr
+    assert f"set {missing} in .env" in done.stderr
 
 
 def test_names_users_know() -> None:

@@ -49,11 +49,11 @@ def run(argv: list[str], *, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def compose(*args: str, secrets: bool = True) -> subprocess.CompletedProcess[str]:
-    """`docker compose` on docker-compose.yml with .env.example (passwords set or not)."""
+def compose(*args: str, without: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker compose` on docker-compose.yml with .env.example and the passwords set (all,
+    or all but `without`)."""
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
-    if secrets:
-        env |= COMPOSE_SECRETS
+    env |= {k: v for k, v in COMPOSE_SECRETS.items() if k != without}
     argv = [compose_binary(), "--project-directory", str(ROOT), "--env-file", ".env.example"]
     return run([*argv, *args], env=env)
 

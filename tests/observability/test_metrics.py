@@ -199,13 +199,24 @@ async def test_prometheus_scrapes_every_service_and_answers_every_dashboard_pane
         return len(up) == len(SERVICES) and all(r["value"][1] == "1" for r in up)
 
     await wait_until(lambda: asyncio.to_thread(scraped), timeout=30, what="every target up")
-    # Two scrapes after the run at least, so rates over the run have their points.
+    # Two scrapes after the run at least, so rates over the run have their points; and the
+    # clusterer's gauge of clusters is refreshed every FOLDER_SWEEP_INTERVAL_S (10 s), so a
+    # panel may fill only after its next round: look again until every panel has data.
     await asyncio.sleep(2.5)
-    empty = []
-    for title, expr in dashboard_queries():
-        result = await asyncio.to_thread(query, prometheus, expr)  # raises if it does not parse
-        if not result:
-            empty.append((title, expr))
+    empty: list[tuple[str, str]] = []
+
+    async def every_panel_answers() -> bool:
+        empty.clear()
+        for title, expr in dashboard_queries():
+            # raises if the expression does not parse
+            if not await asyncio.to_thread(query, prometheus, expr):
+                empty.append((title, expr))
+        return not empty
+
+    try:
+        await wait_until(every_panel_answers, timeout=25, interval=1, what="every panel")
+    except AssertionError:
+        pass  # reported below, with the panels that stayed empty
     assert not empty, f"panels without data after the run: {empty}"
     # A few numbers the run must have put there.
     ingests = await asyncio.to_thread(query, prometheus, "sum(ingest_latency_seconds_count)")

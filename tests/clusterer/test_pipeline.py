@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import FormData
+from PIL import Image
 
 from clusterer.handlers import ClustererDeps
 from common.messages import MediaAnalyzed
@@ -201,3 +203,44 @@ async def test_clusterer_files_interleaved_kinds_into_their_own_clusters_when_up
     job_id = (await (await gateway.client.get(f"/api/v1/objects/{again}")).json())["job_id"]
     status = await (await gateway.client.get(f"/api/v1/ingest/{job_id}/status")).json()
     assert status["status"] == "done"
+
+
+def reencoded(png: bytes, fmt: str) -> bytes:
+    """The same picture in another format (animated ones: it, then two other frames)."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    if fmt in ("WEBP", "PNG"):
+        others = [Image.new("RGB", image.size, c) for c in ("white", "black")]
+        image.save(out, format=fmt, save_all=True, append_images=others, duration=80, lossless=True)
+    else:
+        image.save(out, format=fmt, quality=90)
+    return out.getvalue()
+
+
+async def test_phone_formats_end_clustered_with_the_pngs_of_their_kind(
+    gateway: Gateway,
+    colour_embedder: EmbedderDeps,
+    clusterer: ClustererDeps,
+    db: asyncpg.Connection,
+    storage_path: Path,
+) -> None:
+    # HEIC (iPhones), AVIF, animated WebP and APNG: sniffed, decoded in the decoder pool and
+    # filed like any PNG of the same colour.
+    pngs = [(f"red-{i}.png", colour_png(COLOURS["red"], seed=200 + i)) for i in range(3)]
+    others = [
+        (f"red.{fmt.lower()}", reencoded(colour_png(COLOURS["red"], seed=300 + n), fmt))
+        for n, fmt in enumerate(("HEIF", "AVIF", "WEBP", "PNG"))
+    ]
+    ids = await upload(gateway, *pngs, *others)
+    await wait_done(ids, db, storage_path)
+    clusters = {(await cluster_of(db, upload_id))["id"] for upload_id in ids}
+    assert len(clusters) == 1, "every red picture is in one cluster, whatever its format"
+    facts = await db.fetch(
+        """SELECT c.mime_type, c.format, c.width, c.height FROM uploads u
+           JOIN content c ON c.id = u.content_id WHERE u.id = ANY($1::uuid[])""",
+        [uuid.UUID(u) for u in ids[3:]],
+    )
+    assert sorted((r["mime_type"], r["format"]) for r in facts) == [
+        ("image/apng", "PNG"), ("image/avif", "AVIF"), ("image/heic", "HEIF"), ("image/webp", "WEBP")
+    ]  # fmt: skip
+    assert {(r["width"], r["height"]) for r in facts} == {(48, 40)}

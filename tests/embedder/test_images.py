@@ -303,6 +303,64 @@ def test_decode_image_takes_first_frame_when_gif_is_animated(tmp_path: Path) -> 
     np.testing.assert_array_equal(decoded.pixels, to_model_input(frames[0], CLIP))
 
 
+def halves(size: tuple[int, int] = (64, 32)) -> Image.Image:
+    """Left half red, right half blue: which way it was turned shows."""
+    image = Image.new("RGB", size, "blue")
+    image.paste((220, 0, 0), (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+def saved(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def test_decode_image_turns_heic_upright_as_it_does_the_same_jpeg(tmp_path: Path) -> None:
+    # A phone photo taken sideways: EXIF orientation 6 (turn 90 degrees clockwise to view).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = decode_image(write(tmp_path, "side.jpg", jpeg_bytes(halves(), exif=exif)), CLIP)
+    # pillow-heif writes it as phones do: the turn in the file's own rotation box (irot),
+    # which readers apply, and EXIF orientation beside it, which they must then ignore.
+    heic_bytes = saved(halves(), "HEIF", exif=exif.tobytes())
+    heic = decode_image(write(tmp_path, "side.heic", heic_bytes), CLIP)
+    assert (heic.width, heic.height, heic.format) == (jpeg.width, jpeg.height, "HEIF")
+    assert (heic.width, heic.height) == (32, 64)
+    # The same picture, the right way up: red on top after the turn, in both.
+    for decoded in (jpeg, heic):
+        thumb = np.asarray(Image.open(io.BytesIO(decoded.thumbnail)).convert("RGB"), np.int32)
+        top, bottom = (
+            thumb[: thumb.shape[0] // 4].mean((0, 1)),
+            thumb[-thumb.shape[0] // 4 :].mean((0, 1)),
+        )
+        assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0], (decoded.format, top, bottom)
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_decode_image_reads_avif_and_heif(tmp_path: Path, fmt: str) -> None:
+    source = photo("coffee")
+    decoded = decode_image(
+        write(tmp_path, f"coffee.{fmt.lower()}", saved(source, fmt, quality=90)), CLIP
+    )
+    assert (decoded.width, decoded.height, decoded.format) == (*source.size, fmt)
+    assert hamming(decoded.phash, phash_bits(source.convert("RGB"))) <= 6  # the same photo
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
+def test_decode_image_takes_first_frame_when_webp_or_png_is_animated(
+    tmp_path: Path, fmt: str
+) -> None:
+    frames = [Image.new("RGB", (64, 32), colour) for colour in ("blue", "yellow", "green")]
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    content = saved(
+        frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **options
+    )
+    decoded = decode_image(write(tmp_path, f"anim.{fmt.lower()}", content), CLIP)
+    assert (decoded.width, decoded.height, decoded.format) == (64, 32, fmt)
+    np.testing.assert_allclose(decoded.pixels, to_model_input(frames[0], CLIP), atol=1e-5)
+
+
 def corrupt_png() -> bytes:
     """A real PNG with 64 bytes of its compressed pixels zeroed."""
     out = io.BytesIO()

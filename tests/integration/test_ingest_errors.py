@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import aio_pika
 import asyncpg
 import pytest
 from aiohttp import FormData
+from PIL import Image, TiffImagePlugin
 
 from tests.conftest import make_jpeg, read_queue
 from tests.integration.conftest import Gateway
@@ -41,6 +43,15 @@ def raw(body: bytes, boundary: str = "XyZ") -> tuple[bytes, dict[str, str]]:
 
 def json_body(data: bytes) -> dict[str, Any]:
     return {"data": data, "headers": {"Content-Type": "application/json"}}
+
+
+def dng_bytes() -> bytes:
+    """A TIFF whose first directory carries DNGVersion, as every DNG's does."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    ifd[50706], ifd.tagtype[50706] = b"\x01\x04\x00\x00", 1
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), "green").save(out, format="TIFF", tiffinfo=ifd)
+    return out.getvalue()
 
 
 CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
@@ -107,6 +118,18 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         lambda: {"data": form(("cat.jpg", b"\x7fELF\x02\x01\x01" + b"\x00" * 100))},
         415,
         "unsupported",
+    ),
+    (
+        "camera RAW (CR2)",
+        lambda: {"data": form(("IMG_0001.CR2", b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(600)))},
+        415,
+        "is a camera RAW file (Canon CR2), which is not accepted",
+    ),
+    (
+        "camera RAW (DNG) after a good image",
+        lambda: {"data": form(("a.jpg", make_jpeg(49)), ("IMG_0002.dng", dng_bytes()))},
+        415,
+        "file 'IMG_0002.dng' is a camera RAW file (Adobe DNG)",
     ),
     ("empty file", lambda: {"data": form(("empty.jpg", b""))}, 400, "is empty"),
     ("image too large", lambda: {"data": form(("big.jpg", BIG_JPEG))}, 413, "larger than"),

@@ -108,6 +108,17 @@ def test_image_for_vlm_is_oriented_and_at_most_the_limit_when_large() -> None:
         for_vlm(b"\x89PNG\r\n\x1a\n truncated", 1024)
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_image_for_vlm_reads_heic_and_avif_upright(fmt: str) -> None:
+    # A phone's sideways photo: HEIC keeps the turn in its rotation box, which is applied.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 100), (10, 10, 200)).save(buffer, fmt, exif=exif.tobytes())
+    out = Image.open(io.BytesIO(for_vlm(buffer.getvalue(), 1024)))
+    assert out.format == "JPEG" and out.size == (100, 300)
+
+
 def test_settings_say_when_gemini_may_be_called(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     assert not AnalyzerSettings().vlm_usable

@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 
 from PIL import Image, ImageOps
+from pillow_heif import register_heif_opener
 
 # The embedder decoded this content already, within its limits; this is a second guard.
 MAX_PIXELS = 100_000_000
+# HEIC photos, as the embedder reads them (embedder/decode.py).
+register_heif_opener()
 
 
 def for_vlm(data: bytes, max_px: int) -> bytes:

@@ -19,6 +19,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from embedder.manifest import Preprocess
 from embedder.phash import phash_bits
@@ -26,7 +27,10 @@ from embedder.preprocess import to_model_input, to_rgb
 
 # Formats we accept; the rest of Pillow's plugins (EPS runs Ghostscript, for one) are a
 # larger attack surface than they are worth for photos.
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+# HEIF (HEIC, what iPhones take) through pillow-heif, whose decoder applies the file's own
+# rotation and clears the EXIF orientation it has applied, so nothing turns twice.
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
+register_heif_opener()
 THUMBNAIL_QUALITY = 85
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _EXIF_TAGS = {0x010F: "make", 0x0110: "model", 0x0132: "datetime", 0x0112: "orientation"}

@@ -35,6 +35,7 @@ from gateway.upload_rules import (
     IMAGE_TYPES,
     SNIFF_BYTES,
     VIDEO_TYPES,
+    camera_raw,
     check_collection,
     check_comments,
     check_idempotency_key,
@@ -51,6 +52,7 @@ from gateway.upload_rules import (
 from gateway.uploads import UPLOAD_SLOTS, client_aborted, read_deadline
 
 log = structlog.get_logger(__name__)
+SUPPORTED = sorted(IMAGE_TYPES | VIDEO_TYPES | {"application/json"})
 
 INGEST_LATENCY = Histogram(
     "ingest_latency_seconds",
@@ -105,13 +107,17 @@ class Intake:
             head += chunk
         if not head:
             raise ApiError(400, f"{label} is empty")
-        sniffed = sniff(bytes(head))
-        if sniffed is None:
+        raw = camera_raw(bytes(head))
+        if raw is not None:
             raise ApiError(
                 415,
-                f"{label} is of an unsupported type",
-                {"supported": sorted(IMAGE_TYPES | VIDEO_TYPES | {"application/json"})},
+                f"{label} is a camera RAW file ({raw}), which is not accepted: convert it to"
+                " JPEG, HEIC, AVIF, PNG or TIFF first",
+                {"type": raw, "supported": SUPPORTED},
             )
+        sniffed = sniff(bytes(head))
+        if sniffed is None:
+            raise ApiError(415, f"{label} is of an unsupported type", {"supported": SUPPORTED})
         limit = limit_for(sniffed.kind, self.settings)
         if sniffed.kind == "json":
             data = bytes(head) + await _read_bounded(part, limit - len(head), label, limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -17,13 +18,28 @@ from gateway.settings import GatewaySettings
 
 Kind = Literal["image", "video", "json"]
 
+# What phones and cameras produce: JPEG, HEIC/HEIF (iPhones), AVIF, PNG (APNG: its first
+# frame), GIF and WebP (animated: the first frame), BMP and TIFF.
 IMAGE_TYPES = frozenset(
-    {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+    {
+        "image/jpeg",
+        "image/png",
+        "image/apng",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "image/heic",
+        "image/heif",
+        "image/avif",
+    }
 )
 VIDEO_TYPES = frozenset(
     {"video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo"}
 )
-SNIFF_BYTES = 512
+# Enough for a TIFF's first directory (camera RAW files are told apart there) and for the
+# brands of an ISO media file.
+SNIFF_BYTES = 4096
 _OWNER = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # A collection name: a lower-case identifier (it becomes part of a table name).
@@ -53,6 +69,69 @@ def sniff(head: bytes) -> Sniffed | None:
     if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in _JSON_START:
         return Sniffed("json", "application/json")
     return None
+
+
+_TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
+_DNG_VERSION, _SUB_IFDS, _NEW_SUBFILE_TYPE = 50706, 330, 254
+# Camera RAW formats with a signature of their own, at the start of the file.
+_RAW_SIGNATURES = (
+    (b"FUJIFILMCCD-RAW", "Fujifilm RAF"),
+    (b"IIRO", "Olympus ORF"),
+    (b"IIRS", "Olympus ORF"),
+    (b"MMOR", "Olympus ORF"),
+    (b"IIU\x00", "Panasonic RW2"),
+    (b"FOVb", "Sigma X3F"),
+    (b"\x00MRM", "Minolta MRW"),
+)
+
+
+def camera_raw(head: bytes) -> str | None:
+    """The camera RAW format `head` begins, or None. RAW files are refused by name: what an
+    image decoder would show of one is its small embedded preview, not the photograph."""
+    for signature, name in _RAW_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head[4:8] == b"ftyp" and head[8:12] == b"crx ":
+        return "Canon CR3"
+    if head[:4] not in _TIFF_HEADERS:
+        return None
+    if head[8:10] == b"CR":
+        return "Canon CR2"
+    tags = _tiff_first_directory(head)
+    if _DNG_VERSION in tags:
+        return "Adobe DNG"
+    # NEF, ARW, PEF, SRW, ...: the first directory is a reduced-resolution preview
+    # (NewSubfileType 1) and the sensor data hangs below it (SubIFDs).
+    if _SUB_IFDS in tags and tags.get(_NEW_SUBFILE_TYPE) == 1:
+        return "a TIFF-based camera RAW (NEF, ARW, PEF, ...)"
+    return None
+
+
+def _tiff_first_directory(head: bytes) -> dict[int, int]:
+    """Tag -> its first inline value (SHORT or LONG), for the entries of a TIFF's first
+    directory that lie within `head`."""
+    order = "<" if head[:2] == b"II" else ">"
+    if len(head) < 8:
+        return {}
+    offset = int.from_bytes(head[4:8], "little" if order == "<" else "big")
+    if offset + 2 > len(head):
+        return {}
+    count = int.from_bytes(head[offset : offset + 2], "little" if order == "<" else "big")
+    tags: dict[int, int] = {}
+    for index in range(min(count, 512)):
+        at = offset + 2 + 12 * index
+        entry = head[at : at + 12]
+        if len(entry) < 12:
+            break
+        tag, kind = struct.unpack(f"{order}HH", entry[:4])
+        if kind == 3:  # SHORT
+            (value,) = struct.unpack(f"{order}H", entry[8:10])
+        elif kind == 4:  # LONG
+            (value,) = struct.unpack(f"{order}I", entry[8:12])
+        else:
+            value = -1
+        tags[tag] = value
+    return tags
 
 
 def parse_disposition(header: str) -> tuple[str | None, str | None]:

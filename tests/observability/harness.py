@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -212,6 +213,8 @@ class System:
     secrets: dict[str, str] = field(default_factory=dict)
     # Where each log stood before the start: a run dir's logs are appended to across runs.
     log_offsets: dict[str, int] = field(default_factory=dict)
+    # What scripts/restore.py printed, when the system was restored from a backup.
+    restored: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -236,11 +239,15 @@ class System:
         )
 
 
-async def _create_database(admin_url: str, template: str) -> str:
+async def _create_database(admin_url: str, template: str | None) -> str:
+    """A database from the migrated template, or (template None) an empty one."""
     name = f"mb_obs_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(admin_url, timeout=5)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY")
+        if template is None:
+            await conn.execute(f"CREATE DATABASE {name}")
+        else:
+            await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY")
     finally:
         await conn.close()
     return name
@@ -274,18 +281,21 @@ async def running_system(
     ports: dict[str, int] | None = None,
     run_dir: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    restore: Path | None = None,
 ) -> AsyncIterator[System]:
     """Start the five services; stop them (and drop the database) when the block ends.
 
     `run_dir` (supervisord's config, socket and the services' logs) defaults to one under
-    `tmp`; a supervisord already running there is refused rather than reconfigured.
+    `tmp`; a supervisord already running there is refused rather than reconfigured. With
+    `restore`, the database starts empty and that backup is restored into it (and into the
+    empty store) with scripts/restore.py before the services start.
     """
     ports = ports or {s: free_port() for s in SERVICES}
     run_dir = run_dir or tmp / "run"
     taken = [s for s, p in ports.items() if not _port_free(p)]
     assert not taken, f"ports of {taken} are taken: is scripts/up.sh running? (scripts/down.sh)"
     admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
-    db_name = await _create_database(admin_url, template)
+    db_name = await _create_database(admin_url, None if restore else template)
     # A password in the URL (the local server trusts loopback and ignores it): the secrets
     # test looks for it in every log line and response.
     db_password = f"db-pw-{uuid.uuid4().hex[:12]}"
@@ -328,6 +338,16 @@ async def running_system(
             gemini,
             {"database password": db_password, "Gemini key": gemini_key},
         )
+        if restore is not None:
+            restored = subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "restore.py"), str(restore)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert restored.returncode == 0, restored.stdout + restored.stderr
+            system.restored = orjson.loads(restored.stdout.splitlines()[-1])
         migrated = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "migrate.py")],
             env=env,

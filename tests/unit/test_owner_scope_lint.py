@@ -41,6 +41,13 @@ UNSCOPED = {
     "repo/ops.py:oldest_unfinished": "a gauge over all content, never shown to a request",
     "repo/ops.py:waiting_dead_letters": "a gauge over all dead letters, never shown to a request",
     "repo/deadletters.py:_requeue_one": "acts on rows `requeue` selected under the scope",
+    # Backup, restore and the store check: the operator's tools, over the whole deployment.
+    "repo/backup.py:stored_keys": "a backup copies every owner's objects",
+    "repo/backup.py:summary": "a backup's counts of every owner's rows",
+    "repo/backup.py:unfinished_media": "a restore drives every owner's unfinished work again",
+    "repo/backup.py:unplaced_documents": "a restore drives every owner's unfinished work again",
+    "repo/backup.py:collections_deciding": "a restore drives every owner's unfinished work again",
+    "repo/backup.py:request_every_folder_sync": "a restore syncs every owner's folders",
 }
 
 

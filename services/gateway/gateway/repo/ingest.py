@@ -143,14 +143,16 @@ def _ingest_statement(requests: list[IngestRequest]) -> tuple[str, list[Any]]:
     content_ids = q.param([cid for cid, _, _ in new], "uuid[]")
     sql = f"""
 WITH job AS (
-    INSERT INTO jobs (id, owner, request_id, trace_id, span_id, trace_sampled, received_at)
+    INSERT INTO jobs (id, owner, request_id, trace_id, span_id, trace_sampled, received_at,
+                      collection)
     SELECT * FROM unnest({q.param([r.job_id for r in requests], "uuid[]")},
                          {q.param([r.owner for r in requests], "text[]")},
                          {q.param([r.request_id for r in requests], "text[]")},
                          {q.param([r.trace_id for r in requests], "text[]")},
                          {q.param([r.span_id for r in requests], "text[]")},
                          {q.param([r.trace_sampled for r in requests], "boolean[]")},
-                         {q.param([r.received_at for r in requests], "timestamptz[]")})
+                         {q.param([r.received_at for r in requests], "timestamptz[]")},
+                         {q.param([r.collection for r in requests], "text[]")})
     RETURNING id, created_at
 ), c AS (
     INSERT INTO content (id, sha256, kind, mime_type, size_bytes, storage_key, document,

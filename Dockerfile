@@ -5,6 +5,7 @@
 #   docker build --build-arg SERVICE=embedder -t mammothbox/embedder .  # the embedder on CPUs
 #   docker build --target embedder-gpu -t mammothbox/embedder-gpu .    # the embedder on CUDA
 #   docker build --target export -t mammothbox/export .                # the one-off model export
+#   docker build --target backup -t mammothbox/backup .                # backup, restore, verify
 #
 # SERVICE is gateway, embedder, clusterer, analyzer or schemer: the image holds that service
 # and its extra from pyproject.toml, nothing else. No image holds a model: the embedder reads
@@ -16,6 +17,8 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9.7
 # onnxruntime-gpu 1.31 from PyPI is built for CUDA 13 and cuDNN 9.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# Backups need pg_dump and pg_restore of the server's major version (18).
+ARG POSTGRES_IMAGE=postgres:18.1-bookworm
 
 FROM ${UV_IMAGE} AS uv
 
@@ -89,6 +92,36 @@ USER 10001:10001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-m", "common.healthcheck"]
 CMD ["python", "-m", "embedder"]
+
+# ---- backups (scripts/backup.py, restore.py, verify_store.py): the gateway's package beside
+# PostgreSQL's own client tools of the server's major version, on PostgreSQL's image; Python
+# 3.11 is uv's standalone build, as in the GPU image.
+FROM ${POSTGRES_IMAGE} AS backup-build
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_NO_CACHE=1 \
+    UV_PYTHON_INSTALL_DIR=/opt/python UV_PYTHON_PREFERENCE=only-managed
+WORKDIR /src
+COPY --from=source /src /src
+RUN uv python install 3.11 && uv venv --python 3.11 /opt/venv \
+    && uv pip install --python /opt/venv/bin/python ".[gateway]"
+
+FROM ${POSTGRES_IMAGE} AS backup
+RUN groupadd --system --gid 10001 mammoth \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin mammoth \
+    && mkdir -p /data/storage /backups \
+    && chown 10001:10001 /data/storage /backups
+COPY --from=backup-build /opt/python /opt/python
+COPY --from=backup-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PG_BIN=/usr/lib/postgresql/18/bin \
+    STORAGE_PATH=/data/storage
+WORKDIR /app
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "gateway.backup"]
+CMD ["create", "/backups"]
 
 # ---- the model export, run once to fill MODEL_DIR (torch from PyTorch's CPU index: the
 # PyPI build carries CUDA, gigabytes this job never uses)

@@ -39,15 +39,17 @@ def on_server(url: str, database: str) -> str:
 
 
 @asynccontextmanager
-async def scratch_database(prefix: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for one run (its URL); dropped when the block ends."""
+async def scratch_database(prefix: str, *, migrated: bool = True) -> AsyncIterator[str]:
+    """A fresh database for one run (its URL), migrated unless told not to; dropped when the
+    block ends."""
     server = server_url()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(on_server(server, "postgres"))
     await admin.execute(f"CREATE DATABASE {name}")
     try:
         url = on_server(server, name)
-        await migrate(url)
+        if migrated:
+            await migrate(url)
         yield url
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.deploy.tools import COMPOSE_SECRETS, ROOT, binary, compose, run
 
-PROFILES = ((), ("gpu",), ("observability",), ("gpu", "observability"))
+PROFILES = ((), ("gpu",), ("observability",), ("backup",), ("gpu", "observability", "backup"))
 APP = ("gateway", "embedder", "clusterer", "analyzer", "schemer")
 # One-off steps: no health check, they run to the end.
 ONE_OFF = {"migrate", "models"}
@@ -187,3 +187,14 @@ def test_troubleshooting_compose_commands_name_real_services() -> None:
     assert {"gateway", "postgres", "rabbitmq"} <= named
     guide = (ROOT / "docs/troubleshooting.md").read_text()
     assert "docker network inspect mammothbox_app_network" in guide
+
+
+def test_backup_service_waits_for_the_database_only() -> None:
+    backup = config("backup")["services"]["backup"]
+    assert backup["build"]["target"] == "backup"
+    # A restore needs the database empty: not after `migrate`, which would fill it.
+    assert set(backup["depends_on"]) == {"postgres"}
+    targets = {v["target"]: v for v in backup["volumes"]}
+    assert targets["/data/storage"]["source"] == "storage"
+    assert targets["/backups"]["type"] == "bind"
+    assert backup["environment"]["DATABASE_URL"].endswith("@postgres:5432/file_allocator")

@@ -122,7 +122,7 @@ def test_build_context_holds_nothing_else() -> None:
     assert not any(p.startswith(("tests", ".venv", ".run", "models")) for p in context())
 
 
-@pytest.mark.parametrize("target", ["service", "embedder-gpu", "export"])
+@pytest.mark.parametrize("target", ["service", "embedder-gpu", "export", "backup"])
 def test_images_run_as_non_root(target: str) -> None:
     stage = stages()[target]
     (user,) = stage.all("USER")
@@ -165,7 +165,7 @@ def install_lines() -> list[tuple[str, list[str]]]:
 
 def test_install_lines_cover_every_image() -> None:
     names = {name for name, _ in install_lines()}
-    assert names == {*(f"build:{s}" for s in SERVICES), "gpu-build", "export"}
+    assert names == {*(f"build:{s}" for s in SERVICES), "gpu-build", "export", "backup-build"}
 
 
 @pytest.mark.parametrize("name,args", install_lines(), ids=[n for n, _ in install_lines()])
@@ -187,3 +187,11 @@ def test_install_line_resolves(name: str, args: list[str], tmp_path: Path) -> No
     assert "Would install" in done.stderr, done.stderr[-3000:]
     if "embedder-gpu" in " ".join(args):
         assert "+ onnxruntime-gpu==" in done.stderr and "+ onnxruntime==" not in done.stderr
+
+
+def test_backup_image_has_the_servers_client_tools() -> None:
+    stage = stages()["backup"]
+    assert build_args()["POSTGRES_IMAGE"].startswith("postgres:18")  # the server's major
+    env = " ".join(stage.all("ENV"))
+    assert "PG_BIN=/usr/lib/postgresql/18/bin" in env
+    assert stage.all("ENTRYPOINT") == ['["python", "-m", "gateway.backup"]']

@@ -359,6 +359,10 @@ def test_network_policies(overlay: str) -> None:
         assert allowed(policies, prometheus, pod_of(overlay, name), port), name
         if name != "gateway":
             assert not allowed(policies, stranger, pod_of(overlay, name), port), name
+    # The nightly backup reaches the database (and mounts the store read-only).
+    backup = objects(overlay, "CronJob")["mammothbox-backup"]["spec"]["jobTemplate"]["spec"]
+    labels = backup["template"]["metadata"]["labels"]
+    assert allowed(policies, Pod(NAMESPACE, labels), DB, 5432)
     # The API is open to whoever reaches the cluster network.
     assert allowed(policies, elsewhere, pod_of(overlay, "gateway"), 8000)
 
@@ -374,3 +378,17 @@ def test_docs_name_the_overlays() -> None:
     readme = (ROOT / "deploy/k8s/README.md").read_text()
     for overlay in OVERLAYS:
         assert f"overlays/{overlay}" in readme
+
+
+def test_nightly_backup_reads_the_database_and_the_store() -> None:
+    for overlay in OVERLAYS:
+        job = objects(overlay, "CronJob")["mammothbox-backup"]
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"].startswith("mammothbox/backup:")
+        env = container_env(overlay, container)
+        assert env["DATABASE_URL"][:2] == ("secret", "mammothbox-db-app")
+        assert mounted_at(pod, container, env["STORAGE_PATH"][-1]) == "mammothbox-storage"
+        assert mounted_at(pod, container, container["args"][-1]) == "mammothbox-backups"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True

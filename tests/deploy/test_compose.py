@@ -164,7 +164,7 @@ def compose_commands() -> list[list[str]]:
 def test_troubleshooting_compose_commands_name_real_services() -> None:
     commands = compose_commands()
     assert len(commands) >= 10, "the guide has compose variants for each section"
-    services = set(config("gpu", "observability")["services"])
+    services = set(config("gpu", "observability", "backup")["services"])
     named = set()
     for words in commands:
         words = words[2:]

@@ -49,6 +49,18 @@ async def image_uploads(system: System) -> list[str]:
     return [row["id"] for row in rows]
 
 
+async def all_analyzed(system: System) -> bool:
+    """Whether every image of the system has its analysis."""
+    conn = await asyncpg.connect(system.database_url)
+    try:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM content WHERE kind = 'image' AND analyzed_at IS NULL"
+        )
+    finally:
+        await conn.close()
+    return bool(left == 0)
+
+
 async def uploads_of(system: System) -> dict[str, str]:
     """Every upload (id -> its job) in the system's database."""
     conn = await asyncpg.connect(system.database_url)
@@ -67,10 +79,16 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_upload(
     async with own_system(tmp_path / "a", colour_models) as source:
         load = Load(source)
         running = asyncio.create_task(load.run())
-        await wait_until(lambda: len(load.jobs) >= 8, timeout=60, what="uploads before")
-        # Work on its way at the snapshot, for certain: with the embedder and the schemer
-        # stopped, the next uploads are acknowledged and their events wait in the broker,
-        # which a backup does not hold.
+        await wait_until(lambda: len(load.jobs) >= 4, timeout=60, what="uploads before")
+        # Work on its way at the snapshot, for certain: with the analyzer stopped, the next
+        # images are clustered without their analysis; with the embedder and the schemer
+        # stopped too, the next uploads are acknowledged and their events wait in the
+        # broker, which a backup does not hold.
+        supervisorctl(source, "stop", "analyzer")
+        unanalyzed_from = len(load.jobs)
+        await wait_until(
+            lambda: len(load.jobs) >= unanalyzed_from + 4, timeout=60, what="unanalyzed"
+        )
         supervisorctl(source, "stop", "embedder", "schemer")
         stuck_from = len(load.jobs)
         await wait_until(lambda: len(load.jobs) >= stuck_from + 6, timeout=60, what="stuck")
@@ -84,12 +102,21 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_upload(
         later = load.jobs[len(acknowledged) :]
         assert manifest.rows["uploads"] >= len(acknowledged)
         assert manifest.objects > 0 and (backup / "database.dump").stat().st_size > 0
+        # A restore refuses a database that is not empty (this one), and a folder that is
+        # not a complete backup.
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/restore.py"), str(backup)],
+            env=source.env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2 and "the database is not empty" in done.stderr
+        with pytest.raises(BackupError, match="not a complete backup"):
+            read_manifest(tmp_path)
     assert [p.name for p in backups.iterdir()] == [backup.name]  # no partial folder left
 
     async with own_system(tmp_path / "b", colour_models, restore=backup) as restored:
         assert restored.restored["restored"]["rows"] == manifest.rows
         resumed = restored.restored["resumed"]
-        assert resumed["media"] >= 4 and resumed["json_jobs"] >= 1, resumed
+        assert resumed["media"] >= 7 and resumed["json_jobs"] >= 1, resumed
         assert resumed["folders"] >= 1, resumed
         async with aiohttp.ClientSession() as session:
             for job in acknowledged:
@@ -103,6 +130,10 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_upload(
             assert not set(later[1:]) & set(in_b.values())
             for job in set(in_b.values()):
                 assert (await finished(session, restored.base, job))["status"] == "done", job
+            # ... and analyzed: none was left without its tags.
+            await wait_until(
+                lambda: all_analyzed(restored), timeout=60, what="every image analyzed"
+            )
             # Searchable: a restored image finds the restored images alike, with a cluster.
             images = await image_uploads(restored)
             some_image = next(u for u in images if in_b[u] in acknowledged)
@@ -121,60 +152,36 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_upload(
             env=restored.env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0 and json.loads(done.stdout)["consistent"], done.stderr
+        await verify_finds_what_is_wrong(restored, tmp_path / "more-backups")
 
 
-async def test_restore_refuses_a_database_that_is_not_empty(
-    tmp_path: Path, colour_models: Path
-) -> None:
-    async with own_system(tmp_path / "a", colour_models) as system:
-        backup, _ = await create(settings_of(system), tmp_path / "backups")
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "scripts/restore.py"), str(backup)],
-            env=system.env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert done.returncode == 2
-        assert "the database is not empty" in done.stderr
-    with pytest.raises(BackupError, match="not a complete backup"):
-        read_manifest(tmp_path)
-
-
-async def test_verify_names_a_row_without_bytes_and_an_object_without_a_row(
-    tmp_path: Path, colour_models: Path
-) -> None:
-    async with own_system(tmp_path / "a", colour_models) as system:
-        load = Load(system)
-        running = asyncio.create_task(load.run())
-        await wait_until(lambda: len(load.jobs) >= 3, timeout=60, what="uploads")
-        load.stop()
-        await running
-        async with aiohttp.ClientSession() as session:
-            for job in load.jobs:
-                await finished(session, system.base, job)
-        settings = settings_of(system)
-        clean = await verify(settings)
-        assert clean.consistent and clean.objects_without_rows == []
-        # One object lost from the disk, one left by a failed upload.
-        conn = await asyncpg.connect(system.database_url)
-        try:
-            lost = await conn.fetchval(
-                "SELECT storage_key FROM content WHERE kind = 'image' ORDER BY id LIMIT 1"
-            )
-        finally:
-            await conn.close()
-        (settings.storage_path / lost).unlink()
-        orphan_sha = "ab" * 32
-        orphan = settings.storage_path / "objects/ab/ab" / orphan_sha
-        orphan.parent.mkdir(parents=True, exist_ok=True)
-        orphan.write_bytes(b"left behind")
-        report = await verify(settings)
-        assert report.rows_without_bytes == [lost]
-        assert report.objects_without_rows == [f"objects/ab/ab/{orphan_sha}"]
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "scripts/verify_store.py")],
-            env=system.env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert done.returncode == 1 and json.loads(done.stdout)["rows_without_bytes"] == [lost]
-        # A backup refuses to go on without the bytes a row needs, and leaves nothing.
-        with pytest.raises(BackupError, match="missing from the store"):
-            await create(settings, tmp_path / "backups")
-        assert list((tmp_path / "backups").iterdir()) == []
+async def verify_finds_what_is_wrong(system: System, backups: Path) -> None:
+    """verify names a row without bytes and an object without a row; backup refuses."""
+    settings = settings_of(system)
+    clean = await verify(settings)
+    assert clean.consistent and clean.objects_without_rows == []
+    # One object lost from the disk, one left by a failed upload.
+    conn = await asyncpg.connect(system.database_url)
+    try:
+        lost = await conn.fetchval(
+            "SELECT storage_key FROM content WHERE kind = 'image' ORDER BY id LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    (settings.storage_path / lost).unlink()
+    orphan_sha = "ab" * 32
+    orphan = settings.storage_path / "objects/ab/ab" / orphan_sha
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"left behind")
+    report = await verify(settings)
+    assert report.rows_without_bytes == [lost]
+    assert report.objects_without_rows == [f"objects/ab/ab/{orphan_sha}"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/verify_store.py")],
+        env=system.env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and json.loads(done.stdout)["rows_without_bytes"] == [lost]
+    # A backup refuses to go on without the bytes a row needs, and leaves nothing.
+    with pytest.raises(BackupError, match="missing from the store"):
+        await create(settings, backups)
+    assert list(backups.iterdir()) == []

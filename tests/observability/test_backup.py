@@ -37,37 +37,33 @@ def settings_of(system: System) -> GatewaySettings:
     )
 
 
-async def image_uploads(system: System) -> list[str]:
+async def fetch(system: System, sql: str) -> list[asyncpg.Record]:
+    """Rows of one query on the system's database."""
     conn = await asyncpg.connect(system.database_url)
     try:
-        rows = await conn.fetch(
-            """SELECT u.id::text FROM uploads u JOIN content c ON c.id = u.content_id
-               WHERE c.kind = 'image' ORDER BY u.created_at"""
-        )
+        return list(await conn.fetch(sql))
     finally:
         await conn.close()
+
+
+async def image_uploads(system: System) -> list[str]:
+    rows = await fetch(
+        system,
+        """SELECT u.id::text FROM uploads u JOIN content c ON c.id = u.content_id
+           WHERE c.kind = 'image' ORDER BY u.created_at""",
+    )
     return [row["id"] for row in rows]
 
 
 async def all_analyzed(system: System) -> bool:
     """Whether every image of the system has its analysis."""
-    conn = await asyncpg.connect(system.database_url)
-    try:
-        left = await conn.fetchval(
-            "SELECT count(*) FROM content WHERE kind = 'image' AND analyzed_at IS NULL"
-        )
-    finally:
-        await conn.close()
-    return bool(left == 0)
+    sql = "SELECT count(*) AS n FROM content WHERE kind = 'image' AND analyzed_at IS NULL"
+    return bool((await fetch(system, sql))[0]["n"] == 0)
 
 
 async def uploads_of(system: System) -> dict[str, str]:
     """Every upload (id -> its job) in the system's database."""
-    conn = await asyncpg.connect(system.database_url)
-    try:
-        rows = await conn.fetch("SELECT id::text, job_id::text FROM uploads")
-    finally:
-        await conn.close()
+    rows = await fetch(system, "SELECT id::text, job_id::text FROM uploads")
     return {row["id"]: row["job_id"] for row in rows}
 
 
@@ -161,13 +157,10 @@ async def verify_finds_what_is_wrong(system: System, backups: Path) -> None:
     clean = await verify(settings)
     assert clean.consistent and clean.objects_without_rows == []
     # One object lost from the disk, one left by a failed upload.
-    conn = await asyncpg.connect(system.database_url)
-    try:
-        lost = await conn.fetchval(
-            "SELECT storage_key FROM content WHERE kind = 'image' ORDER BY id LIMIT 1"
-        )
-    finally:
-        await conn.close()
+    (row,) = await fetch(
+        system, "SELECT storage_key FROM content WHERE kind = 'image' ORDER BY id LIMIT 1"
+    )
+    lost = row["storage_key"]
     (settings.storage_path / lost).unlink()
     orphan_sha = "ab" * 32
     orphan = settings.storage_path / "objects/ab/ab" / orphan_sha

@@ -14,19 +14,24 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import Any
 
 SERVICES = ("gateway", "embedder", "clusterer", "analyzer", "schemer")
 TIMEOUT_S = 4.0
 
 
-def probe_port(service: str) -> int:
-    """The port `service` listens on in this environment."""
-    settings = getattr(
-        importlib.import_module(f"{service}.settings"), f"{service.capitalize()}Settings"
-    )
+def settings_class(service: str) -> Any:
+    """The service's settings class (gateway: gateway.settings.GatewaySettings, ...)."""
+    module = importlib.import_module(f"{service}.settings")
+    return getattr(module, f"{service.capitalize()}Settings")
+
+
+def probe_port(service: str, env: Mapping[str, str] = os.environ) -> int:
+    """The port `service` listens on with these variables (default: this environment)."""
     field = "http_port" if service == "gateway" else "worker_http_port"
-    raw = os.environ.get(field.upper()) or os.environ.get(field)
-    return int(raw) if raw else int(settings.model_fields[field].default)
+    raw = env.get(field.upper()) or env.get(field)
+    return int(raw) if raw else int(settings_class(service).model_fields[field].default)
 
 
 def main(argv: list[str]) -> int:

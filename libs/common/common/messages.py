@@ -111,6 +111,36 @@ class MediaClustered(Event):
     new_cluster: bool = False
 
 
+# Uploads an uploads.deleted event names at most; a larger deletion is several events.
+DELETED_UPLOADS_PER_EVENT = 1000
+
+
+class DeletedDocument(BaseModel):
+    """A deleted JSON upload and the collection that held its document."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    upload_id: uuid.UUID
+    collection_id: uuid.UUID
+
+
+class UploadsDeleted(Event):
+    """Uploads are gone (their rows deleted by the gateway); what they referred to follows:
+    the clusterer purges media content no upload refers to any more and brings folders in
+    line, the schemer removes the documents from their collections and purges JSON content.
+    `owner_deleted` names an owner all of whose data goes, collections included."""
+
+    routing_key: ClassVar[str] = "uploads.deleted.v1"
+    upload_ids: list[uuid.UUID] = Field(max_length=DELETED_UPLOADS_PER_EVENT)
+    content_ids: list[uuid.UUID] = Field(max_length=DELETED_UPLOADS_PER_EVENT)
+    documents: list[DeletedDocument] = Field(
+        default_factory=list, max_length=DELETED_UPLOADS_PER_EVENT
+    )
+    owner_deleted: str | None = Field(None, max_length=200)
+    actor: str = Field("gateway", max_length=200)
+    reason: Literal["request", "owner", "retention"] = "request"
+
+
 # `vlm_model` of an analysis made by the analyzer's CLIP zero-shot fallback, not a VLM.
 CLIP_FALLBACK_MODEL = "clip-fallback"
 
@@ -158,6 +188,7 @@ EVENTS: dict[str, type[Event]] = {
         JsonIngestedV1,
         SchemaCommand,
         MediaEmbedded,
+        UploadsDeleted,
         MediaRecluster,
         MediaUploaded,
         MediaClustered,

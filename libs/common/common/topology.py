@@ -20,6 +20,7 @@ from common.messages import (
     MediaRecluster,
     MediaUploaded,
     SchemaCommand,
+    UploadsDeleted,
 )
 from common.settings import CommonSettings
 
@@ -102,6 +103,23 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
             (MediaEmbedded.routing_key,),
             "analyze",
             fails_content=False,  # the analysis enriches; its failure does not fail the media
+        ),
+        # Deleted uploads: media content no upload refers to any more is purged, folders
+        # brought in line (clusterer); documents leave their collections (schemer). Each queue
+        # is its own stage: one event is handled by both.
+        QueueSpec(
+            "clusterer",
+            f"{prefix}clusterer.uploads-deleted",
+            (UploadsDeleted.routing_key,),
+            "purge_media",
+            fails_content=False,
+        ),
+        QueueSpec(
+            "schemer",
+            f"{prefix}schemer.uploads-deleted",
+            (UploadsDeleted.routing_key,),
+            "purge_documents",
+            fails_content=False,
         ),
         # Approvals and rejections of collections (the gateway writes them to its outbox).
         QueueSpec(

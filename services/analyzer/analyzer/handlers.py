@@ -13,6 +13,7 @@ from analyzer.fallback import FALLBACK_MODEL, clip_analysis
 from analyzer.images import for_vlm
 from analyzer.settings import AnalyzerSettings
 from analyzer.vlm import VLM_REQUESTS, GeminiVlm, VlmInvalid, VlmUnauthorized, VlmUnavailable
+from common import tombstones
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler, LabelsUnavailable
 from common.messages import MediaAnalyzed, MediaEmbedded
@@ -33,7 +34,8 @@ async def handle_embedded(deps: AnalyzerDeps, event: MediaEmbedded, delivery: De
     """Analyse one content once; a redelivery re-publishes what is stored."""
     row = await repo.content(deps.pool, event.content_id, event.model_id)
     if row is None:
-        raise Permanent(f"content {event.content_id} does not exist")
+        await tombstones.missing(deps.pool, event.content_id)
+        return
     if row.analyzed_at is None:
         if row.stage == Stage.FAILED:
             return  # nothing to analyse
@@ -41,7 +43,9 @@ async def handle_embedded(deps: AnalyzerDeps, event: MediaEmbedded, delivery: De
         if not await repo.save(deps.pool, row.id, analysis, model):
             log.info("analysis stored meanwhile by another delivery", content_id=str(row.id))
         row = await repo.content(deps.pool, event.content_id, event.model_id)
-        assert row is not None
+        if row is None:  # deleted while it was being analysed
+            await tombstones.missing(deps.pool, event.content_id)
+            return
     await _publish(deps, event, row.analysis or {}, row.analysis_model or "")
 
 

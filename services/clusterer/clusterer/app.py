@@ -16,10 +16,17 @@ from clusterer.handlers import (
     handle_embedded,
     handle_uploaded,
 )
+from clusterer.purge import handle_deleted
 from clusterer.settings import ClustererSettings
 from common.embed_client import TextEmbedClient
 from common.labels import Labeler
-from common.messages import MediaAnalyzed, MediaEmbedded, MediaRecluster, MediaUploaded
+from common.messages import (
+    MediaAnalyzed,
+    MediaEmbedded,
+    MediaRecluster,
+    MediaUploaded,
+    UploadsDeleted,
+)
 from common.outbox import OutboxRelay
 from common.topology import cluster_command_queue
 from common.worker import Resources, Worker
@@ -101,6 +108,7 @@ worker.consume(
 )
 worker.consume({MediaUploaded: handle_uploaded}, prefetch=_prefetch)
 worker.consume({MediaAnalyzed: handle_analyzed}, prefetch=_prefetch)
+worker.consume({UploadsDeleted: handle_deleted}, prefetch=_prefetch)
 worker.serve_rpc(
     lambda deps: cluster_command_queue(deps.settings.bus_queue_prefix), commands.answer, prefetch=4
 )

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Histogram
 from clusterer import folders, repo
 from clusterer.logic import choose, clean_name, unique_name, untitled_name
 from clusterer.settings import ClustererSettings
+from common import tombstones
 from common.calibration import Calibration, calibrate, due
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler
@@ -156,7 +157,8 @@ async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: D
     model = await deps.models.get(deps.pool, event.model_id)
     row = await repo.content_to_file(deps.pool, event.content_id, event.model_id)
     if row is None:
-        raise Permanent(f"content {event.content_id} does not exist")
+        await tombstones.missing(deps.pool, event.content_id)
+        return
     new_cluster = False
     if row.stage == Stage.EMBEDDED:
         if row.embedding is None:
@@ -171,6 +173,8 @@ async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: D
     # Filed now or before (a redelivery after a crash between commit and links): link, tell.
     cluster_id = await folders.ensure_links(deps.pool, deps.storage, event.content_id)
     if cluster_id is None:
+        if await tombstones.was_deleted(deps.pool, event.content_id):
+            return  # deleted while it was being filed
         raise Retryable(f"content {event.content_id} was taken out of its cluster meanwhile")
     out = MediaClustered(
         content_id=event.content_id,
@@ -264,7 +268,8 @@ async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: D
         return
     stage = await repo.content_stage(deps.pool, event.content_id)
     if stage is None:
-        raise Permanent(f"content {event.content_id} does not exist")
+        await tombstones.missing(deps.pool, event.content_id)
+        return
     if stage in UNFINISHED:
         # The analysis overtook the filing; try again once the content has its cluster.
         raise Retryable(f"content {event.content_id} is not filed yet")

@@ -44,7 +44,9 @@ async def setup(settings: EmbedderSettings, base: Resources) -> EmbedderDeps:
         settings,
         decoders=decoders,
         batcher=batcher,
-        saver=saver(base.pool, settings.near_duplicate_distance, settings.max_batch_size),
+        saver=saver(
+            base.pool, base.storage, settings.near_duplicate_distance, settings.max_batch_size
+        ),
         model_id=model.model_id,
         dim=model.dim,
     )

@@ -11,11 +11,14 @@ import asyncpg
 import numpy as np
 import structlog
 
+from common import tombstones
 from common.consumer import Delivery, Permanent
 from common.db import timed
 from common.group_commit import GroupCommit
 from common.messages import MediaEmbedded, MediaIngested
 from common.stages import Stage
+from common.objects import remove_unreferenced
+from common.storage import FileSystemStorage
 from common.worker import WorkerDeps
 from embedder import repo
 from embedder.decode import Decoded, DecodedVideo, DecodeError
@@ -39,15 +42,22 @@ class EmbedderDeps(WorkerDeps):
 Saver = GroupCommit[repo.Embedded, repo.Saved]
 
 
-def saver(pool: asyncpg.Pool, max_distance: int, max_batch: int) -> Saver:
+def saver(
+    pool: asyncpg.Pool, storage: FileSystemStorage, max_distance: int, max_batch: int
+) -> Saver:
     """Saves of images embedded together share one transaction under the pHash lock.
 
     One group at a time per process: the lock serialises them across replicas anyway.
     """
 
+    async def keep_thumbnails(saved: list[repo.Embedded]) -> None:
+        for result in saved:
+            if await storage.stat(result.thumbnail_key) is None:
+                await storage.put(_chunks(result.thumbnail))
+
     async def write(batch: Sequence[repo.Embedded]) -> list[repo.Saved]:
         async with timed("embedder_save"), pool.acquire() as conn:
-            return await repo.save_many(conn, batch, max_distance)
+            return await repo.save_many(conn, batch, max_distance, keep_thumbnails)
 
     return GroupCommit(write, name="save", max_batch=max_batch, max_in_flight=1)
 
@@ -74,7 +84,8 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
     """Embed one piece of content; redelivery and duplicates are harmless."""
     row = await repo.content(deps.pool, event.content_id)
     if row is None:
-        raise Permanent(f"content {event.content_id} does not exist")
+        await tombstones.missing(deps.pool, event.content_id)
+        return
     if row.stage in (Stage.EMBEDDED, Stage.CLUSTERED):
         # Done before (a crash between commit and publish, or a redelivery): publish again.
         await _publish(deps, event, row.near_duplicate_of)
@@ -85,15 +96,25 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
     try:
         decoded = await deps.decoders.decode(path, event.kind)
     except DecodeError as error:
+        if await repo.content(deps.pool, event.content_id) is None:
+            # Deleted meanwhile: its file went with it.
+            await tombstones.missing(deps.pool, event.content_id)
+            return
         await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {error}")
         raise Permanent(f"cannot decode {event.kind}: {error}") from None
     result = await _embed(deps, event.content_id, decoded)
     saved = await deps.saver.submit(result)
     near = saved.near_duplicate_of
     if not saved.advanced:
-        # A concurrent delivery finished first; publish what it recorded.
+        # A concurrent delivery finished first (publish what it recorded), or the content
+        # was deleted meanwhile (nothing to tell).
         current = await repo.content(deps.pool, event.content_id)
-        near = current.near_duplicate_of if current else None
+        if current is None:
+            async with deps.pool.acquire() as conn:  # the thumbnail stored for it goes too
+                await remove_unreferenced(conn, deps.storage, [result.thumbnail_key])
+            await tombstones.missing(deps.pool, event.content_id)
+            return
+        near = current.near_duplicate_of
     await _publish(deps, event, near)
 
 
@@ -127,6 +148,7 @@ async def _embed(
         exif=exif,
         phash=decoded.phash,
         thumbnail_key=thumbnail.key,
+        thumbnail=decoded.thumbnail,
         duration_s=duration,
         frames=frames,
     )

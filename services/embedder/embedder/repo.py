@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import numpy as np
 import orjson
 from numpy.typing import NDArray
+
+from common.objects import lock_objects, sha_of
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Embedded:
     exif: dict[str, Any]
     phash: str  # 64 characters of 0/1
     thumbnail_key: str
+    thumbnail: bytes = field(repr=False)
     duration_s: float | None = None
     frames: tuple[tuple[float, NDArray[np.float32]], ...] = ()
 
@@ -119,15 +122,27 @@ def _save_args(result: Embedded, max_distance: int) -> tuple[Any, ...]:
 
 
 async def save_many(
-    conn: asyncpg.Connection, results: Sequence[Embedded], max_distance: int
+    conn: asyncpg.Connection,
+    results: Sequence[Embedded],
+    max_distance: int,
+    keep_thumbnails: Callable[[list[Embedded]], Awaitable[None]],
 ) -> list[Saved]:
     """For each result in order, in one transaction under the pHash lock: label it a
     near-duplicate (pHash within `max_distance` of content saved before, including earlier
-    ones in this group), write its embedding and facts, advance ingested -> embedded."""
+    ones in this group), write its embedding and facts, advance ingested -> embedded.
+
+    The thumbnails' object locks are held too, and `keep_thumbnails` is called with the
+    results that advanced before the commit: a purge of other content that shared a
+    thumbnail may have removed it since it was stored (common/objects.py); it is put back
+    under the lock, so the committed row never names a missing thumbnail."""
     async with conn.transaction():
         await conn.execute(NEAR_DUPLICATE_LOCK)
+        await lock_objects(conn, [sha_of(result.thumbnail_key) for result in results])
         rows = await conn.fetchmany(
             SAVE_STATEMENT, [_save_args(result, max_distance) for result in results]
+        )
+        await keep_thumbnails(
+            [result for result, row in zip(results, rows, strict=True) if row["advanced"]]
         )
     return [Saved(row["advanced"], row["near_duplicate_of"]) for row in rows]
 

@@ -30,6 +30,7 @@ from gateway.deadletters import (
     handle_dlq_requeue_all,
     handle_dlq_requeue_job,
 )
+from gateway.deletion import handle_delete_job, handle_delete_object, handle_delete_owner
 from gateway.deps import DEPS, Deps
 from gateway.errors import RETRY_AFTER, request_context
 from gateway.ingest import handle_ingest
@@ -95,6 +96,9 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/ingest/{job_id}/status", handle_job_status)
     app.router.add_get("/api/v1/ingest/{job_id}/timeline", handle_timeline)
     app.router.add_get("/api/v1/objects/{object_id}", handle_object)
+    app.router.add_delete("/api/v1/objects/{object_id}", handle_delete_object)
+    app.router.add_delete("/api/v1/ingest/{job_id}", handle_delete_job)
+    app.router.add_delete("/api/v1/admin/owners/{owner}", handle_delete_owner)
     app.router.add_get("/api/v1/objects/{object_id}/content", handle_object_content)
     app.router.add_get("/api/v1/objects/{object_id}/thumbnail", handle_object_thumbnail)
     app.router.add_get("/api/v1/clusters", handle_clusters)

@@ -97,6 +97,8 @@ def required_role(request: web.Request) -> Role | None:
         return "admin"
     if path == "/api/v1/ingest" and request.method == "POST":
         return "write"
+    if request.method == "DELETE":  # an owner's key deletes its own uploads (the scope's)
+        return "write"
     return "read"
 
 

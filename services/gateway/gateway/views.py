@@ -40,6 +40,11 @@ INLINE_TYPES = frozenset(
 )
 
 
+# Stored bytes may be kept by a browser or a proxy only if it asks again before each use (the
+# ETag makes that a 304): an upload deleted since is a 404, never a copy from a cache.
+REVALIDATE = {"Cache-Control": "private, no-cache"}
+
+
 def parse_id(request: web.Request, name: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info[name])
@@ -161,13 +166,13 @@ async def handle_object_content(request: web.Request) -> web.StreamResponse:
     row = visible(await upload_with_content(deps.pool, scope(request), upload_id, json_queue(deps)))
     if row["kind"] == "json":
         document = await document_of(deps.pool, scope(request), upload_id)
-        return web.Response(text=document, content_type="application/json")
+        return web.Response(text=document, content_type="application/json", headers=REVALIDATE)
     path = deps.storage.path(row["storage_key"])
     if not path.is_file():
         raise ApiError(410, "the stored file is missing")
     inline = row["mime_type"] in INLINE_TYPES
     content_type = row["mime_type"] if inline else "application/octet-stream"
-    response = web.FileResponse(path, headers={"Content-Type": content_type})
+    response = web.FileResponse(path, headers={"Content-Type": content_type, **REVALIDATE})
     if row["filename"] or not inline:
         response.headers["Content-Disposition"] = _disposition(row["filename"], inline)
     return response
@@ -183,7 +188,7 @@ async def handle_object_thumbnail(request: web.Request) -> web.StreamResponse:
     path = deps.storage.path(row["thumbnail_key"])
     if not path.is_file():
         raise ApiError(410, "the stored thumbnail is missing")
-    return web.FileResponse(path, headers={"Content-Type": "image/jpeg"})
+    return web.FileResponse(path, headers={"Content-Type": "image/jpeg", **REVALIDATE})
 
 
 def _disposition(filename: str | None, inline: bool) -> str:

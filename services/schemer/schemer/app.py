@@ -5,9 +5,10 @@ from __future__ import annotations
 import structlog
 
 from common.group_commit import GroupCommit
-from common.messages import JsonIngested, JsonIngestedV1, SchemaCommand
+from common.messages import JsonIngested, JsonIngestedV1, SchemaCommand, UploadsDeleted
 from common.worker import Resources, Worker
 from schemer.approval import handle_command
+from schemer.deletion import handle_deleted
 from schemer.deps import SchemerDeps
 from schemer.handlers import Pending, handle_ingested, handle_ingested_v1, place_groups
 from schemer.repo import documents
@@ -54,5 +55,6 @@ worker.consume(
     prefetch=lambda deps: 2,
     timeout_s=lambda deps: deps.settings.schemer_command_timeout_s,
 )
+worker.consume({UploadsDeleted: handle_deleted}, prefetch=lambda deps: 4)
 worker.info(_info)
 running = worker.running

@@ -1,13 +1,15 @@
-"""Jobs and stored objects as a request sees them; the references the storage sweeper checks."""
+"""Jobs and stored objects as a request sees them; the sweeper's lock (objects' locks and
+references live in common/objects.py, shared with the embedder and the purge)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from typing import TypeAlias
 
 import asyncpg
 
+from common.objects import lock_objects as lock_objects
+from common.objects import referenced_keys as referenced_keys
 from gateway.repo.clusters import cluster_name
 from gateway.repo.scope import OwnerScope, Statement
 
@@ -109,42 +111,6 @@ async def thumbnail_of(
             WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}""",
         *q.args,
     )
-
-
-async def referenced_keys(conn: Conn, keys: list[str]) -> set[str]:
-    """The storage keys among `keys` that a row refers to: content (its storage key is
-    `key_for(sha256)`, found through the sha256 key), a thumbnail, a video frame.
-
-    The sweeper's question, about every owner's rows: no request scope applies."""
-    rows = await conn.fetch(
-        """SELECT k FROM unnest($1::text[]) AS k
-           WHERE EXISTS (SELECT FROM content c
-                         WHERE c.sha256 = right(k, 64) AND c.storage_key = k)
-              OR EXISTS (SELECT FROM content c WHERE c.thumbnail_key = k)
-              OR EXISTS (SELECT FROM video_frames f WHERE f.storage_key = k)""",
-        keys,
-    )
-    return {row["k"] for row in rows}
-
-
-# The lock of one stored object, keyed on its sha256; the storage sweeper takes it too
-# (gateway/sweep.py). Taken in sha256 order (the array comes sorted, unnest keeps its order)
-# so that concurrent ingests never deadlock on each other.
-_LOCK_OBJECTS = """
-SELECT count(pg_advisory_xact_lock(hashtextextended('mammothbox.object:' || s, 0)))
-FROM unnest($1::text[]) AS s
-"""
-
-
-async def lock_objects(conn: asyncpg.Connection, sha256s: Iterable[str]) -> None:
-    """Take the locks of these stored objects until the transaction ends.
-
-    Rows read after this (in a later statement: READ COMMITTED takes each statement's
-    snapshot at its start) see whatever a holder of the lock committed before.
-    """
-    ordered = sorted(set(sha256s))
-    if ordered:
-        await conn.fetchval(_LOCK_OBJECTS, ordered)
 
 
 _SWEEPER_LOCK_KEY = "hashtextextended('mammothbox.sweeper', 0)"

@@ -153,7 +153,12 @@ async def documents(
 ) -> list[asyncpg.Record]:
     """Rows of the collection's table (it exists), filtered, after row `after`, by row id."""
     q = Statement()
-    conditions = [f"t._id > {q.param(after)}"]
+    # A deleted upload's row leaves the table soon after (schemer/deletion.py); until then
+    # its upload is already gone, and so is the row from what anyone is shown.
+    conditions = [
+        f"t._id > {q.param(after)}",
+        "EXISTS (SELECT FROM json_documents d WHERE d.upload_id = t._upload_id)",
+    ]
     if upload_id is not None:
         conditions.append(f"t._upload_id = {q.param(upload_id)}")
     if collection["storage"] == "table":

@@ -53,6 +53,8 @@ def _filters(
         conditions.append(f"c.tags {op} {q.param(search.tags, 'text[]')}")
     if scope.bound:
         conditions.append(scope.holds_content(q, "c.id"))
+    else:  # content whose last upload was deleted is gone from search before it is purged
+        conditions.append("EXISTS (SELECT FROM uploads su WHERE su.content_id = c.id)")
     if exclude:
         conditions.append(f"c.id <> {q.param(exclude)}")
     return " AND ".join(conditions), q

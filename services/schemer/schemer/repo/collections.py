@@ -244,3 +244,25 @@ async def audit(
         str(collection_id),
         details,
     )
+
+
+async def recount(conn: asyncpg.Connection, collection_id: uuid.UUID) -> None:
+    """The collection's document count, from its documents (after some were deleted: exact
+    however often a deletion is handled)."""
+    await conn.execute(
+        """UPDATE json_collections SET updated_at = now(),
+               document_count = (SELECT count(*) FROM json_documents WHERE collection_id = $1)
+           WHERE id = $1""",
+        collection_id,
+    )
+
+
+async def of_owner(conn: Conn, owner: str) -> list[uuid.UUID]:
+    """Every collection of one owner."""
+    rows = await conn.fetch("SELECT id FROM json_collections WHERE owner = $1 ORDER BY id", owner)
+    return [row["id"] for row in rows]
+
+
+async def delete(conn: asyncpg.Connection, collection_id: uuid.UUID) -> None:
+    """The collection's row (its documents' and migrations' rows by cascade)."""
+    await conn.execute("DELETE FROM json_collections WHERE id = $1", collection_id)

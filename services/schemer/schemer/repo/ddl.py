@@ -122,3 +122,8 @@ def update_rows(qtable: str, columns: Sequence[tuple[str, str]]) -> str:
         f"UPDATE {qualified(qtable)} AS t SET {sets}\n"
         f"FROM unnest({params}) AS v({names}) WHERE t._id = v.c0"
     )
+
+
+def drop_table(qtable: str) -> str:
+    """A deleted owner's collection table goes with it."""
+    return f"DROP TABLE IF EXISTS {qualified(qtable)}"

@@ -210,3 +210,40 @@ async def clear_overflow_flags(conn: asyncpg.Connection, upload_ids: list[uuid.U
     await conn.execute(
         "UPDATE json_documents SET overflow = false WHERE upload_id = ANY($1::uuid[])", upload_ids
     )
+
+
+async def delete_rows(conn: asyncpg.Connection, qtable: str, upload_ids: list[uuid.UUID]) -> int:
+    """Delete deleted uploads' rows from a collection's table; how many there were."""
+    removed: int = await conn.fetchval(
+        f"""WITH d AS (DELETE FROM {ddl.qualified(qtable)} WHERE _upload_id = ANY($1::uuid[])
+                       RETURNING 1)
+            SELECT count(*) FROM d""",
+        upload_ids,
+    )
+    return removed
+
+
+async def purge_json_content(conn: asyncpg.Connection, content_ids: list[uuid.UUID]) -> int:
+    """Delete the JSON content among these that no upload refers to any more, leaving
+    tombstones; how many went. The rows are locked first, so an ingest of the same document
+    either committed its upload before (and is seen) or waits and then stores it anew."""
+    async with conn.transaction():
+        await conn.execute(
+            """SELECT FROM content WHERE id = ANY($1::uuid[]) AND kind = 'json'
+               ORDER BY id FOR UPDATE""",
+            content_ids,
+        )
+        purged: int = await conn.fetchval(
+            """WITH d AS (
+                   DELETE FROM content c
+                   WHERE c.id = ANY($1::uuid[]) AND c.kind = 'json'
+                     AND NOT EXISTS (SELECT FROM uploads u WHERE u.content_id = c.id)
+                   RETURNING c.id, c.sha256, c.kind
+               ), t AS (
+                   INSERT INTO content_tombstones (content_id, sha256, kind)
+                   SELECT id, sha256, kind FROM d ON CONFLICT DO NOTHING
+               )
+               SELECT count(*) FROM d""",
+            content_ids,
+        )
+    return purged

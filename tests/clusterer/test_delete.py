@@ -170,7 +170,7 @@ async def test_deleting_the_last_upload_leaves_no_row_vector_link_or_object(
     assert (await gateway.client.get(f"/api/v1/ingest/{job_id}/status")).status == 404
 
     async def all_gone() -> bool:
-        return await db.fetchval("SELECT count(*) FROM content") == 0
+        return bool(await db.fetchval("SELECT count(*) FROM content") == 0)
 
     await wait_for(all_gone, what="every content purged")
     assert await db.fetchval("SELECT count(*) FROM clusters") == 0
@@ -207,7 +207,7 @@ async def test_a_delete_during_processing_is_not_undone_when_the_pipeline_finish
     await wait_done(keep, db, storage_path)
 
     async def settled() -> bool:
-        return await db.fetchval("SELECT count(*) FROM content") == 1
+        return bool(await db.fetchval("SELECT count(*) FROM content") == 1)
 
     await wait_for(settled, what="only the kept upload's content left", timeout=30)
     await asyncio.sleep(1.0)  # anything still in flight would land now
@@ -257,7 +257,7 @@ async def test_an_owners_full_delete_leaves_other_owners_untouched(
         await wait_done(a_media + b_media, db, storage_path)
 
         async def stored() -> bool:
-            return await db.fetchval("SELECT count(*) FROM json_documents") == 10
+            return bool(await db.fetchval("SELECT count(*) FROM json_documents") == 10)
 
         await wait_for(stored, what="both owners' documents stored")
         # Bob's key may not delete Alice's upload (it is not his to see).
@@ -280,7 +280,7 @@ async def test_an_owners_full_delete_leaves_other_owners_untouched(
                         + (SELECT count(*) FROM jobs WHERE owner = 'alice')
                         + (SELECT count(*) FROM json_collections WHERE owner = 'alice')"""
             )
-            return left == 0 and await db.fetchval("SELECT count(*) FROM content") == 6
+            return bool(left == 0 and await db.fetchval("SELECT count(*) FROM content") == 6)
 
         await wait_for(alice_gone, what="alice's data gone, bob's content left")
         # Bob's shared picture is whole; his collection holds his five documents.
@@ -315,13 +315,10 @@ async def test_deleted_json_uploads_leave_their_collection_table_and_count(
     assert first not in names and second in names and len(names) == 6
 
     async def row_gone() -> bool:
-        return (
-            await db.fetchval(
-                f'SELECT count(*) FROM collections."{table}" WHERE _upload_id = $1',
-                uuid.UUID(first),
-            )
-            == 0
+        left = await db.fetchval(
+            f'SELECT count(*) FROM collections."{table}" WHERE _upload_id = $1', uuid.UUID(first)
         )
+        return bool(left == 0)
 
     await wait_for(row_gone, what="the table row deleted")
     assert (
@@ -345,3 +342,48 @@ async def test_deleted_json_uploads_leave_their_collection_table_and_count(
         == 5
     )
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_hostile_deletes_get_a_clear_error_and_delete_nothing(
+    start_gateway: Callable[..., AbstractAsyncContextManager[Gateway]], db: asyncpg.Connection
+) -> None:
+    keys = "reader-key-0123456789:read,writer-key-0123456789:write:w,root-key-0123456789:admin"
+    async with start_gateway(api_keys=keys.split(",")) as gw:
+        writer = {"Authorization": "Bearer writer-key-0123456789"}
+        response = await gw.client.post(
+            "/api/v1/ingest",
+            data=form(("a.png", colour_png(COLOURS["red"], seed=1))),
+            headers=writer,
+        )
+        [upload_id] = (await response.json())["system_ids"]
+        cases = [
+            ("/api/v1/objects/not-a-uuid", writer, 400),
+            ("/api/v1/objects/%00", writer, 400),
+            (f"/api/v1/ingest/{'9' * 5000}", writer, 400),
+            (f"/api/v1/objects/{uuid.uuid4()}", writer, 404),
+            (f"/api/v1/ingest/{uuid.uuid4()}", writer, 404),
+            (f"/api/v1/objects/{upload_id}", {}, 401),
+            (
+                f"/api/v1/objects/{upload_id}",
+                {"Authorization": "Bearer reader-key-0123456789"},
+                403,
+            ),
+            ("/api/v1/admin/owners/w", writer, 403),
+            (
+                f"/api/v1/admin/owners/{'x' * 201}",
+                {"Authorization": "Bearer root-key-0123456789"},
+                400,
+            ),
+            ("/api/v1/admin/owners/a%01b", {"Authorization": "Bearer root-key-0123456789"}, 400),
+        ]
+        for path, headers, status in cases:
+            response = await gw.client.delete(path, headers=headers)
+            assert response.status == status, (path, await response.text())
+            assert "error" in await response.json()
+        assert await db.fetchval("SELECT count(*) FROM uploads") == 1
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM outbox WHERE routing_key = 'uploads.deleted.v1'"
+            )
+            == 0
+        )

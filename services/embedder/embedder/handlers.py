@@ -16,8 +16,8 @@ from common.consumer import Delivery, Permanent
 from common.db import timed
 from common.group_commit import GroupCommit
 from common.messages import MediaEmbedded, MediaIngested
-from common.stages import Stage
 from common.objects import remove_unreferenced
+from common.stages import Stage
 from common.storage import FileSystemStorage
 from common.worker import WorkerDeps
 from embedder import repo

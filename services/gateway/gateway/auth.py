@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.errors import ApiError
 
@@ -97,7 +97,7 @@ def required_role(request: web.Request) -> Role | None:
         return "admin"
     if path == "/api/v1/ingest" and request.method == "POST":
         return "write"
-    if request.method == "DELETE":  # an owner's key deletes its own uploads (the scope's)
+    if request.method == hdrs.METH_DELETE:  # an owner-bound key deletes only its own uploads
         return "write"
     return "read"
 

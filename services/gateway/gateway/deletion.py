@@ -8,6 +8,10 @@ upload refers to any more, with its embedding, thumbnail, bytes and cluster memb
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -45,30 +49,31 @@ def _answer(deleted: Deleted) -> web.Response:
     )
 
 
-async def handle_delete_object(request: web.Request) -> web.Response:
-    """One upload; its content follows once no upload refers to it."""
+async def _delete(
+    request: web.Request,
+    delete: Callable[[asyncpg.Connection, OwnerScope, uuid.UUID, str], Awaitable[Deleted]],
+    name: str,
+    what: str,
+) -> web.Response:
     deps = request.app[DEPS]
-    upload_id = parse_id(request, "object_id", "object id")
+    target = parse_id(request, name, f"{what} id")
     async with deps.pool.acquire() as conn:
-        deleted = await delete_object(conn, scope(request), upload_id, actor_of(request))
+        deleted = await delete(conn, scope(request), target, actor_of(request))
     if not deleted.upload_ids:
-        raise ApiError(404, "no such object")
+        raise ApiError(404, f"no such {what}")
     UPLOADS_DELETED.labels("request").inc(len(deleted.upload_ids))
     deps.wake_relay()
     return _answer(deleted)
+
+
+async def handle_delete_object(request: web.Request) -> web.Response:
+    """One upload; its content follows once no upload refers to it."""
+    return await _delete(request, delete_object, "object_id", "object")
 
 
 async def handle_delete_job(request: web.Request) -> web.Response:
     """Every upload of one ingest request, and the job."""
-    deps = request.app[DEPS]
-    job_id = parse_id(request, "job_id", "job id")
-    async with deps.pool.acquire() as conn:
-        deleted = await delete_job(conn, scope(request), job_id, actor_of(request))
-    if not deleted.upload_ids:
-        raise ApiError(404, "no such job")
-    UPLOADS_DELETED.labels("request").inc(len(deleted.upload_ids))
-    deps.wake_relay()
-    return _answer(deleted)
+    return await _delete(request, delete_job, "job_id", "job")
 
 
 async def handle_delete_owner(request: web.Request) -> web.Response:

@@ -329,6 +329,15 @@ def _pydantic(adapter: TypeAdapter[Any], name: str) -> dict[str, Any]:
 PROBE = {"security": [], "tags": ["operations"]}
 
 
+_DELETED: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "deleted_uploads": {"type": "array", "items": UUID},
+        "deleted_jobs": {"type": "array", "items": UUID},
+    },
+}
+
+
 @cache
 def document() -> dict[str, Any]:
     """The whole document (built once)."""
@@ -363,6 +372,10 @@ def document() -> dict[str, Any]:
                            _query("collection", {"type": "string"}, "the collection for the JSON documents")],
             "responses": {"202": _json(_ref("IngestAccepted"), "Accepted"),
                           **_errors(400, 401, 403, 409, 413, 415, 503)}}},
+        "/api/v1/ingest/{job_id}": {"delete": {
+            "tags": ["ingest"], "summary": "Delete every upload of a job, and the job",
+            "parameters": [_id("job_id", "the job")],
+            "responses": {"200": _json(_DELETED), **_errors(400, 401, 403, 404)}}},
         "/api/v1/ingest/{job_id}/status": {"get": {
             "tags": ["ingest"], "summary": "A job's status, derived from its content's stages",
             "parameters": [_id("job_id", "the job")],
@@ -377,10 +390,16 @@ def document() -> dict[str, Any]:
                 "application/json": {"schema": _ref("Timeline")},
                 "text/plain": {"schema": {"type": "string"}}}},
                 **_errors(400, 401, 404)}}},
-        "/api/v1/objects/{object_id}": {"get": {
-            "tags": ["objects"], "summary": "An upload and what is known of its content",
-            "parameters": [_id("object_id", "the upload (system id)")],
-            "responses": {"200": _json(_ref("Object")), **_errors(400, 401, 404)}}},
+        "/api/v1/objects/{object_id}": {
+            "get": {
+                "tags": ["objects"], "summary": "An upload and what is known of its content",
+                "parameters": [_id("object_id", "the upload (system id)")],
+                "responses": {"200": _json(_ref("Object")), **_errors(400, 401, 404)}},
+            "delete": {
+                "tags": ["objects"],
+                "summary": "Delete an upload (its content goes once no upload refers to it)",
+                "parameters": [_id("object_id", "the upload (system id)")],
+                "responses": {"200": _json(_DELETED), **_errors(400, 401, 403, 404)}}},
         "/api/v1/objects/{object_id}/content": {"get": {
             "tags": ["objects"], "summary": "The stored bytes, or the JSON document",
             "parameters": [_id("object_id", "the upload")],
@@ -505,6 +524,13 @@ def document() -> dict[str, Any]:
             "summary": 'Requeue every parked dead letter (of one queue): {"all": true, "queue"?}',
             "requestBody": {"required": True, "content": {"application/json": {"schema": requeue_body}}},
             "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 413)}}},
+        "/api/v1/admin/owners/{owner}": {"delete": {
+            "tags": ["admin"], "summary": "Delete everything of one owner: uploads, jobs, collections",
+            "parameters": [{"name": "owner", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "owner": {"type": "string"}, "deleted_uploads": {"type": "integer"},
+                "deleted_jobs": {"type": "integer"}}}), **_errors(400, 401, 403)}}},
         "/api/v1/admin/dlq/{job_id}": {
             "get": {"tags": ["dead letters"], "summary": "A job's dead letters with their bodies",
                     "parameters": [_id("job_id", "the job")],

@@ -84,20 +84,6 @@ async def announce_owner_deleted(conn: asyncpg.Connection, owner: OwnerScope, ac
         )
 
 
-async def delete_selected(
-    conn: asyncpg.Connection,
-    q: Statement,
-    where: str,
-    *,
-    actor: str,
-    reason: Reason,
-    limit: int,
-) -> Deleted:
-    """Delete up to `limit` uploads `u` matching `where` (built with `q` by the caller, its
-    owner predicates through an OwnerScope: retention's rules)."""
-    return await _delete(conn, q, where, actor=actor, reason=reason, limit=limit)
-
-
 async def _delete(
     conn: asyncpg.Connection,
     q: Statement,

@@ -8,7 +8,6 @@ runs on the CPU with the same vectors. Where a GPU is usable the same test expec
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.embedder.test_embedder_service import (
     wait_stage,
 )
 from tests.integration.conftest import Gateway
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_PYTHON = ROOT / ".venv-gpu" / "bin" / "python"
@@ -56,13 +56,6 @@ def test_gpu_build_has_onnxruntime_gpu_alone_with_the_cuda_provider() -> None:
     assert "onnxruntime" not in found["names"]  # the two must never share an environment
     assert "torch" not in found["names"]  # export-time only, never in a service image
     assert "CUDAExecutionProvider" in found["providers"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

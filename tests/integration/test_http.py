@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from tests.clusterer.conftest import clusterer_settings  # noqa: F401
 from tests.conftest import BusNames, make_jpeg, service_env
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
+from tests.ports import free_port
 
 MALFORMED: dict[str, bytes] = {
     "bad request line": b"GARBAGE\r\n\r\n",
@@ -177,13 +177,6 @@ def test_services_stop_with_one_line_when_open_and_listening_beyond_loopback() -
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, (service, lines)
         assert f"{variable}=0.0.0.0" in lines[0] and "ALLOW_OPEN=true" in lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_gateway_process_serves_json_errors_and_stops_cleanly_when_terminated(

@@ -15,7 +15,6 @@ import copy
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -59,14 +58,6 @@ def binary(name: str) -> str | None:
     if default.is_file():
         return str(default)
     return shutil.which(name)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

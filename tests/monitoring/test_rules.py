@@ -30,11 +30,11 @@ from tests.monitoring.prom import (
     binary,
     dashboard_panels,
     dashboard_queries,
-    free_port,
     query,
     render_config,
     start_prometheus,
 )
+from tests.ports import free_port
 
 PROVISIONING = MONITORING / "grafana" / "provisioning"
 

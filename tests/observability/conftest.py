@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from tests.clusterer.conftest import colour_models, colour_png  # noqa: F401
 from tests.conftest import DATABASE_URL, RABBITMQ_URL, TEMPLATE_DB
-from tests.monitoring.prom import free_port, render_config, start_prometheus
+from tests.monitoring.prom import render_config, start_prometheus
 from tests.observability.harness import (
     DEFAULT_PORTS,
     ROOT,
@@ -31,6 +31,7 @@ from tests.observability.harness import (
     running_system,
     wait_until,
 )
+from tests.ports import free_port
 
 TERMINAL = {"done", "failed", "partial"}
 

@@ -34,6 +34,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.analyzer.fake_gemini import FakeGemini, fake_gemini
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISE = [sys.executable, str(ROOT / "scripts" / "supervise.py")]
@@ -66,12 +67,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _value(value: AnyValue) -> Any:

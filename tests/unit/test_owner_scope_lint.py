@@ -37,7 +37,7 @@ UNSCOPED = {
     "repo/ingest.py:_claim_idempotency_key": "keyed by the API key's own idempotency scope",
     "repo/ingest.py:write_ingest_with_key": "stores the answer under the key it just claimed",
     "repo/schemas.py:documents": "rows of a collection its caller found under the scope",
-    "repo/deletion.py:_delete": "deletes what its callers selected under an OwnerScope",
+    "repo/deletion.py:delete_where": "deletes what its callers selected under an OwnerScope",
     "repo/objects.py:_upload_stage": "a fragment joined to a scoped upload `u` by its caller",
     "repo/ops.py:oldest_unfinished": "a gauge over all content, never shown to a request",
     "repo/ops.py:waiting_dead_letters": "a gauge over all dead letters, never shown to a request",

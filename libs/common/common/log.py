@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import orjson
 import structlog
@@ -28,8 +29,9 @@ def _dumps(value: object, **_: object) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def configure_logging(settings: CommonSettings, service: str) -> None:
-    """Route structlog and the standard library's loggers to one stream."""
+def configure_logging(settings: CommonSettings, service: str, stream: TextIO = sys.stdout) -> None:
+    """Route structlog and the standard library's loggers to one stream (a command whose
+    output is data logs to stderr)."""
     level = logging.DEBUG if settings.debug else getattr(logging, settings.log_level)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -45,10 +47,10 @@ def configure_logging(settings: CommonSettings, service: str) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -38,6 +38,7 @@ from gateway.ingest_commit import ingest_commit
 from gateway.openapi import handle_openapi
 from gateway.ops import handle_health, handle_live, handle_metrics, handle_ready
 from gateway.proposals import handle_accept, handle_dismiss, handle_proposals, handle_recluster
+from gateway.retention import Retention, handle_retention, handle_retention_run
 from gateway.schemas import (
     handle_approve,
     handle_approve_migration,
@@ -120,6 +121,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/api/v1/collections/{name}/documents/{object_id}", handle_document)
     app.router.add_get("/api/v1/search", handle_search_get)
     app.router.add_post("/api/v1/search", handle_search_post)
+    app.router.add_get("/api/v1/admin/retention", handle_retention)
+    app.router.add_post("/api/v1/admin/retention/run", handle_retention_run)
     app.router.add_get("/api/v1/admin/dlq", handle_dlq_list)
     app.router.add_delete("/api/v1/admin/dlq", handle_dlq_purge)
     app.router.add_post("/api/v1/admin/dlq/requeue", handle_dlq_requeue_all)
@@ -157,6 +160,13 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
                 sweeper = Sweeper(pool, storage, settings.sweep_min_age_seconds)
                 sweeps = sweeper.run(settings.sweep_interval_seconds)
                 tasks.append(asyncio.create_task(sweeps, name="storage-sweeper"))
+            if settings.retention_interval_seconds > 0:
+                runs = Retention(pool, settings.retention_policy).every(
+                    settings.retention_interval_seconds,
+                    apply=settings.retention_mode == "delete",
+                    wake=relay.wake if relay is not None else lambda: None,
+                )
+                tasks.append(asyncio.create_task(runs, name="retention"))
         if settings.dlq_recorder_enabled:
             recorder = DeadLetterRecorder(bus, pool, bus.specs)
             tasks.append(asyncio.create_task(_start_when_connected(bus, recorder)))

@@ -10,7 +10,6 @@ configured the gateway is open — it says so at start and in /health.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -18,10 +17,10 @@ from typing import Literal
 from aiohttp import hdrs, web
 
 from gateway.errors import ApiError
+from gateway.names import OWNER
 
 Role = Literal["read", "write", "admin"]
 RANK: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
-_OWNER = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 MIN_KEY_LENGTH = 16
 
 
@@ -58,7 +57,7 @@ def parse_keys(entries: tuple[str, ...], admin_key: str | None) -> dict[str, Pri
             raise ValueError(f"entry {n}: a key needs at least {MIN_KEY_LENGTH} characters")
         if role not in RANK:
             raise ValueError(f"entry {n}: role must be read, write or admin")
-        if owner is not None and not _OWNER.match(owner):
+        if owner is not None and not OWNER.match(owner):
             raise ValueError(f"entry {n}: invalid owner")
         digest = _digest(key)
         if digest in keys:

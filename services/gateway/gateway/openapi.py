@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from common.cluster_commands import Change
 from gateway.deadletters import RequeueAll
+from gateway.retention import RunRequest
 from gateway.search_query import SearchRequest
 
 REF = "#/components/schemas/{model}"
@@ -257,6 +258,33 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Count": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "RetentionListing": {
+        "type": "object",
+        "required": ["as_of", "mode", "policy", "due", "by_rule", "uploads", "next"],
+        "properties": {
+            "as_of": {"type": "string", "format": "date-time"},
+            "mode": {"enum": ["dry-run", "delete"], "description": "RETENTION_MODE of the job"},
+            "policy": {"type": "object"},
+            "due": {"type": "integer"},
+            "by_rule": {"$ref": "#/components/schemas/Count"},
+            "uploads": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "system_id": {"type": "string", "format": "uuid"},
+                        "owner": {"type": "string"},
+                        "kind": {"enum": ["image", "video", "json"]},
+                        "collection": {"type": ["string", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "rule": {"type": "string"},
+                        "days": {"type": "number"},
+                    },
+                },
+            },
+            "next": {"type": ["string", "null"], "description": "after= for the next page"},
+        },
+    },
     "Schema": {
         "type": "object",
         "required": ["id", "owner", "name", "status", "storage", "document_count", "decision"],
@@ -344,6 +372,7 @@ def document() -> dict[str, Any]:
     search_body = _pydantic(TypeAdapter(SearchRequest), "SearchRequest")
     change_body = _pydantic(TypeAdapter(Change), "ClusterChange")
     requeue_body = _pydantic(TypeAdapter(RequeueAll), "RequeueAll")
+    retention_body = _pydantic(TypeAdapter(RunRequest), "RetentionRun")
     search_query = [
         _query(
             "query", {"type": "string", "minLength": 1, "maxLength": 1000}, "text to search for"
@@ -509,6 +538,21 @@ def document() -> dict[str, Any]:
                            _query("owner", {"type": "string"})],
             "responses": {"200": _json({"type": "object", "required": ["system_id", "document"]}),
                           **_errors(400, 401, 404, 409)}}},
+        "/api/v1/admin/retention": {"get": {
+            "tags": ["admin"],
+            "summary": "The retention dry run: what the policy has made due at as_of, by rule, a page at a time",
+            "parameters": [_query("as_of", {"type": "string", "format": "date-time"}),
+                           _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                           _query("after", {"type": "string", "format": "uuid"})],
+            "responses": {"200": _json(_ref("RetentionListing")), **_errors(400, 401, 403)}}},
+        "/api/v1/admin/retention/run": {"post": {
+            "tags": ["admin"],
+            "summary": "Delete what the retention policy has made due at as_of (default now)",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": retention_body}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "as_of": {"type": "string", "format": "date-time"}, "due": {"type": "integer"},
+                "by_rule": _ref("Count"), "deleted_uploads": {"type": "integer"},
+                "deleted_jobs": {"type": "integer"}}}), **_errors(400, 401, 403, 413)}}},
         "/api/v1/admin/dlq": {
             "get": {"tags": ["dead letters"], "summary": "Dead letters, newest first",
                     "parameters": [_query("queue", {"type": "string"}),

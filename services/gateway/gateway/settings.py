@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from common.settings import CommonSettings, comma_separated
+from gateway.retention_policy import RetentionPolicy, parse_rules
 
 MB = 1024 * 1024
 
@@ -51,6 +52,17 @@ class GatewaySettings(CommonSettings):
     sweep_interval_seconds: float = Field(600.0, ge=0)
     sweep_min_age_seconds: float = Field(3600.0, ge=0)
 
+    # Retention (gateway/retention.py): days an upload is kept (0: forever), and rules that
+    # override it per collection, owner or kind, the most specific first
+    # (collection:logs=1,owner:alice=7,kind:json=30; 0 in a rule keeps forever). The job runs
+    # every RETENTION_INTERVAL_SECONDS (0: never, in this process) in one gateway at a time;
+    # in dry-run mode it only counts and logs what is due (GET /api/v1/admin/retention lists
+    # it), in delete mode it deletes it.
+    retention_days: float = Field(0.0, ge=0, allow_inf_nan=False)
+    retention_rules: Annotated[tuple[str, ...], NoDecode] = ()
+    retention_mode: Literal["dry-run", "delete"] = "dry-run"
+    retention_interval_seconds: float = Field(3600.0, ge=0, allow_inf_nan=False)
+
     # Backpressure: answer 503 rather than accept what cannot be kept.
     min_free_disk_bytes: int = Field(1024 * MB, ge=0)
     outbox_max_lag_seconds: float = Field(60.0, gt=0)
@@ -74,7 +86,7 @@ class GatewaySettings(CommonSettings):
     # The dead-letter recorder too (it keeps parked messages for the dead-letter API).
     dlq_recorder_enabled: bool = True
 
-    @field_validator("cors_allow_origins", mode="before")
+    @field_validator("cors_allow_origins", "retention_rules", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return comma_separated(value)
@@ -87,6 +99,16 @@ class GatewaySettings(CommonSettings):
         if "{trace_id}" not in value or not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL with {trace_id} in it")
         return value
+
+    @field_validator("retention_rules")
+    @classmethod
+    def _retention_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_rules(value, 0.0)  # a bad rule stops the gateway at start, naming the rule
+        return value
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        return parse_rules(self.retention_rules, self.retention_days)
 
     @field_validator("api_keys")
     @classmethod

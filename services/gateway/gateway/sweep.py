@@ -41,7 +41,7 @@ from common.db import open_pool
 from common.log import configure_logging
 from common.settings import load_settings
 from common.storage import FileSystemStorage, open_storage
-from gateway.repo.objects import lock_objects, referenced_keys, take_sweeper_lock
+from gateway.repo.objects import lock_objects, referenced_keys, take_singleton_lock
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -93,7 +93,7 @@ class Sweeper:
         cutoff = time.time() - age
         async with self.pool.acquire() as guard, guard.transaction():
             # One sweeper at a time: held, for the whole sweep, in a transaction of its own.
-            if not await take_sweeper_lock(guard, wait):
+            if not await take_singleton_lock(guard, "mammothbox.sweeper", wait):
                 log.info("storage sweep skipped: another process is sweeping")
                 return None
             temp = await asyncio.to_thread(self.storage.remove_stale_temp, temp_age)

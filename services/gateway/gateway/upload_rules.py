@@ -14,6 +14,7 @@ import orjson
 
 from common import jsontext
 from gateway.errors import ApiError, no_nul
+from gateway.names import COLLECTION_NAME, OWNER, OWNER_RULE
 from gateway.settings import GatewaySettings
 
 Kind = Literal["image", "video", "json"]
@@ -40,10 +41,8 @@ VIDEO_TYPES = frozenset(
 # Enough for a TIFF's first directory (camera RAW files are told apart there) and for the
 # brands of an ISO media file.
 SNIFF_BYTES = 4096
-_OWNER = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # A collection name: a lower-case identifier (it becomes part of a table name).
-COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _JSON_START = (b"{", b"[")
 _DISPOSITION_PARAM = re.compile(
     r';\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)'
@@ -211,8 +210,8 @@ def json_documents(
 
 def check_owner(value: str | None) -> str:
     owner = (value or "").strip() or "anonymous"
-    if not _OWNER.match(owner):
-        raise ApiError(400, "owner must be 1-128 characters of letters, digits and ._@-")
+    if not OWNER.match(owner):
+        raise ApiError(400, f"owner must be {OWNER_RULE}")
     return owner
 
 

@@ -38,7 +38,7 @@ async def delete_object(
     """Delete one upload of the scope (nothing when it is unknown or another owner's)."""
     q = Statement()
     where = f"u.id = {q.param(upload_id)} AND {scope.owns(q, 'u.owner')}"
-    return await _delete(conn, q, where, actor=actor, reason="request", limit=1)
+    return await delete_where(conn, q, where, actor=actor, reason="request", limit=1)
 
 
 async def delete_job(
@@ -49,7 +49,7 @@ async def delete_job(
     while True:
         q = Statement()
         where = f"u.job_id = {q.param(job_id)} AND {scope.owns(q, 'u.owner')}"
-        batch = await _delete(
+        batch = await delete_where(
             conn, q, where, actor=actor, reason="request", limit=DELETED_UPLOADS_PER_EVENT
         )
         deleted.add(batch)
@@ -65,7 +65,7 @@ async def delete_owner_batch(
         raise ValueError("an owner deletion needs one owner")
     q = Statement()
     where = owner.owns(q, "u.owner")
-    return await _delete(conn, q, where, actor=actor, reason="owner", limit=limit)
+    return await delete_where(conn, q, where, actor=actor, reason="owner", limit=limit)
 
 
 async def announce_owner_deleted(conn: asyncpg.Connection, owner: OwnerScope, actor: str) -> None:
@@ -84,7 +84,7 @@ async def announce_owner_deleted(conn: asyncpg.Connection, owner: OwnerScope, ac
         )
 
 
-async def _delete(
+async def delete_where(
     conn: asyncpg.Connection,
     q: Statement,
     where: str,

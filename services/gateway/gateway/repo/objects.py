@@ -113,13 +113,13 @@ async def thumbnail_of(
     )
 
 
-_SWEEPER_LOCK_KEY = "hashtextextended('mammothbox.sweeper', 0)"
-
-
-async def take_sweeper_lock(conn: asyncpg.Connection, wait: bool) -> bool:
-    """Take the one-sweeper-at-a-time lock for this transaction: wait for it, or try once."""
+async def take_singleton_lock(conn: asyncpg.Connection, name: str, wait: bool) -> bool:
+    """Take the lock that lets one process across gateways run the job `name` (the sweeper,
+    retention) for this transaction: wait for it, or try once."""
     if wait:
-        await conn.execute(f"SELECT pg_advisory_xact_lock({_SWEEPER_LOCK_KEY})")
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", name)
         return True
-    taken: bool = await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({_SWEEPER_LOCK_KEY})")
+    taken: bool = await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", name
+    )
     return taken

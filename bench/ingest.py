@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import random
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -45,12 +47,11 @@ from bench.benchdb import server_url
 from common.topology import queue_specs
 
 
-def base_jpegs(count: int, target: int = 100_000) -> list[bytes]:
-    """A few photo-sized JPEGs of about `target` bytes (noise blurred into texture)."""
+def base_jpegs(count: int, target: int = 100_000, side: int = 300) -> list[bytes]:
+    """A few JPEGs of at least `target` bytes (noise of `side` pixels blurred into texture)."""
     images = []
     rng = random.Random(1)
     for _ in range(count):
-        side = 300
         image = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
         image = image.resize((side * 2, side * 2), Image.Resampling.BICUBIC)
         quality = 60
@@ -201,88 +202,107 @@ async def main() -> None:
     if args.tracing and args.url:
         parser.error("--tracing starts its own gateways")
 
+    if args.url:
+        await load(args.url, None, args.concurrency, args.seconds)
+        return
+    async with bench_deployment() as env:
+        if args.tracing:
+            await tracing_cost(env, args.concurrency[0], args.seconds, args.rounds)
+            return
+        async with gateway_process(env) as (url, gateway):
+            await load(url, gateway, args.concurrency, args.seconds)
+
+
+@contextlib.asynccontextmanager
+async def bench_deployment() -> AsyncIterator[dict[str, str]]:
+    """A fresh database (migrated), uuid-named exchange and queues and a storage folder: the
+    environment of a gateway on them; all removed afterwards."""
     database_url = server_url()
     rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    gateway = None
     tag = uuid.uuid4().hex[:8]
     bench_db = f"mb_bench_{tag}"
     admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
     storage = tempfile.mkdtemp(prefix="mb-bench-")
-    url = args.url
-    if url is None:
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f"CREATE DATABASE {bench_db}")
-        await admin.close()
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url.rsplit("/", 1)[0] + f"/{bench_db}",
-            "RABBITMQ_URL": rabbitmq_url,
-            "BUS_EXCHANGE": f"bench-{tag}",
-            "BUS_QUEUE_PREFIX": f"bench-{tag}.",
-            "STORAGE_PATH": storage,
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_PORT": "18000",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
-            "MIN_FREE_DISK_BYTES": "0",
-        }
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f"CREATE DATABASE {bench_db}")
+    await admin.close()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url.rsplit("/", 1)[0] + f"/{bench_db}",
+        "RABBITMQ_URL": rabbitmq_url,
+        "BUS_EXCHANGE": f"bench-{tag}",
+        "BUS_QUEUE_PREFIX": f"bench-{tag}.",
+        "STORAGE_PATH": storage,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": "18000",
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "MIN_FREE_DISK_BYTES": "0",
+    }
+    try:
         subprocess.run(
             [sys.executable, str(ROOT / "scripts/migrate.py")],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        if args.tracing:
-            try:
-                await tracing_cost(env, args.concurrency[0], args.seconds, args.rounds)
-            finally:
-                await cleanup(rabbitmq_url, tag, admin_url, bench_db, storage)
-            return
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway"], env=env, stdout=subprocess.DEVNULL
-        )
-        url = "http://127.0.0.1:18000"
-    try:
-        await wait_ready(url)
-        process = psutil.Process(gateway.pid) if gateway else None
-
-        def rss() -> float:
-            """Resident memory of the gateway and its worker processes, in MB."""
-            if process is None:
-                return float("nan")
-            family = [process, *process.children(recursive=True)]
-            return sum(p.memory_info().rss for p in family) / 2**20
-
-        bases = base_jpegs(8)
-        print(
-            f"upload size: {statistics.mean(len(b) for b in bases) / 1000:.0f} kB, "
-            f"cores: {os.cpu_count()}, seconds per level: {args.seconds}"
-        )
-        counter = [0]
-        # Warm up connections, caches and the pool.
-        await run_level(url, 4, 2.0, bases, counter)
-        print(
-            f"{'conc':>5} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-            f"{'errors':>6} {'rss before':>11} {'rss after':>10}"
-        )
-        for concurrency in args.concurrency:
-            rss_before = rss()
-            started = time.perf_counter()
-            done, latencies, errors = await run_level(
-                url, concurrency, args.seconds, bases, counter
-            )
-            elapsed = time.perf_counter() - started
-            rss_after = rss()
-            print(
-                f"{concurrency:>5} {done / elapsed:>10.0f} {pct(latencies, 50):>8.1f} "
-                f"{pct(latencies, 95):>8.1f} {pct(latencies, 99):>8.1f} {errors:>6} "
-                f"{rss_before:>9.0f}MB {rss_after:>8.0f}MB",
-                flush=True,
-            )
+        yield env
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait()
-            await cleanup(rabbitmq_url, tag, admin_url, bench_db, storage)
+        await cleanup(rabbitmq_url, tag, admin_url, bench_db, storage)
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    env: dict[str, str],
+) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m gateway` on the deployment, ready; its URL and process."""
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway"], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        await wait_ready(url)
+        yield url, gateway
+    finally:
+        gateway.terminate()
+        gateway.wait()
+
+
+async def load(
+    url: str, gateway: subprocess.Popen[bytes] | None, levels: list[int], seconds: float
+) -> None:
+    process = psutil.Process(gateway.pid) if gateway else None
+
+    def rss() -> float:
+        """Resident memory of the gateway and its worker processes, in MB."""
+        if process is None:
+            return float("nan")
+        family = [process, *process.children(recursive=True)]
+        return sum(p.memory_info().rss for p in family) / 2**20
+
+    bases = base_jpegs(8)
+    print(
+        f"upload size: {statistics.mean(len(b) for b in bases) / 1000:.0f} kB, "
+        f"cores: {os.cpu_count()}, seconds per level: {seconds}"
+    )
+    counter = [0]
+    # Warm up connections, caches and the pool.
+    await run_level(url, 4, 2.0, bases, counter)
+    print(
+        f"{'conc':>5} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6} {'rss before':>11} {'rss after':>10}"
+    )
+    for concurrency in levels:
+        rss_before = rss()
+        started = time.perf_counter()
+        done, latencies, errors = await run_level(url, concurrency, seconds, bases, counter)
+        elapsed = time.perf_counter() - started
+        rss_after = rss()
+        print(
+            f"{concurrency:>5} {done / elapsed:>10.0f} {pct(latencies, 50):>8.1f} "
+            f"{pct(latencies, 95):>8.1f} {pct(latencies, 99):>8.1f} {errors:>6} "
+            f"{rss_before:>9.0f}MB {rss_after:>8.0f}MB",
+            flush=True,
+        )
 
 
 async def cleanup(rabbitmq_url: str, tag: str, admin_url: str, bench_db: str, storage: str) -> None:

@@ -9,7 +9,7 @@ fi
 stamp=.venv/.mammothbox-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[gateway,embedder,analyzer,schemer,export,localdb,native,dev]"
+    .venv/bin/python -m pip install --quiet -e ".[gateway,embedder,analyzer,schemer,export,localdb,native,cli,dev]"
     touch "$stamp"
 fi
 

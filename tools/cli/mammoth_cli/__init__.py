@@ -1,0 +1,1 @@
+"""`mammoth`: MammothBox from a terminal (app.py)."""

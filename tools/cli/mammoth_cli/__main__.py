@@ -1,0 +1,3 @@
+from mammoth_cli.app import main
+
+main()

@@ -148,7 +148,8 @@ echo "== the JSON documents' collection: its decision, reasons and proposed tabl
 echo "   with POST $base/api/v1/schemas/<id>/approve, then GET $base/api/v1/collections/samples/documents)"
 curl -fsS "$base/api/v1/schemas"; echo
 echo
-echo "MammothBox is up at $base (API: POST /api/v1/ingest). Stop it with scripts/down.sh"
+echo "MammothBox is up at $base: open it in a browser for the web UI (API: POST /api/v1/ingest;"
+echo "a tree from a terminal: .venv/bin/mammoth ingest PATH). Stop it with scripts/down.sh"
 if [ "$prometheus" = on ]; then
     echo "Prometheus: http://127.0.0.1:$PROMETHEUS_PORT (targets: /targets, alerts: /alerts)"
 fi

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import numpy as np
-import pytest
 
 from clusterer.handlers import ClustererDeps
 from embedder.handlers import EmbedderDeps
@@ -25,18 +24,11 @@ from tests.schemer.conftest import (  # noqa: F401 (fixtures)
     decide,
     ingest,
     read_documents,
+    schemer,
     schemer_settings,
     start_schemer,
     wait_job,
 )
-
-
-@pytest.fixture
-async def schemer(
-    start_schemer: Callable[..., AbstractAsyncContextManager[SchemerDeps]],  # noqa: F811
-) -> AsyncIterator[SchemerDeps]:
-    async with start_schemer() as deps:
-        yield deps
 
 
 def stored_objects(storage: Path) -> set[str]:
@@ -228,7 +220,7 @@ async def test_an_owners_full_delete_leaves_other_owners_untouched(
     start_gateway: Callable[..., AbstractAsyncContextManager[Gateway]],
     colour_embedder: EmbedderDeps,
     clusterer: ClustererDeps,
-    schemer: SchemerDeps,
+    schemer: SchemerDeps,  # noqa: F811
     db: asyncpg.Connection,
     storage_path: Path,
 ) -> None:
@@ -293,7 +285,9 @@ async def test_an_owners_full_delete_leaves_other_owners_untouched(
 
 
 async def test_deleted_json_uploads_leave_their_collection_table_and_count(
-    gateway: Gateway, schemer: SchemerDeps, db: asyncpg.Connection
+    gateway: Gateway,
+    schemer: SchemerDeps,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     documents = [{"sku": f"S{i}", "price": i, "tags": ["a"]} for i in range(6)]
     job = await ingest(gateway, documents, collection="orders")

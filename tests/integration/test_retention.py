@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from tests.clusterer.test_pipeline import form
 from tests.conftest import BusNames, service_env
 from tests.integration.conftest import Gateway
 from tests.schemer.conftest import (  # noqa: F401 (fixtures)
+    schemer,
     schemer_settings,
     start_schemer,
     wait_job,
@@ -104,17 +105,9 @@ async def deleted_by_retention(gw: Gateway) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-@pytest.fixture
-async def schemer(
-    start_schemer: Callable[..., AbstractAsyncContextManager[SchemerDeps]],  # noqa: F811
-) -> AsyncIterator[SchemerDeps]:
-    async with start_schemer() as deps:
-        yield deps
-
-
 async def test_the_dry_run_lists_exactly_what_the_run_then_deletes(
     start_gateway: Callable[..., AbstractAsyncContextManager[Gateway]],
-    schemer: SchemerDeps,
+    schemer: SchemerDeps,  # noqa: F811
     db: asyncpg.Connection,
 ) -> None:
     async with start_gateway(api_keys=KEYS, **POLICY) as gw:

@@ -37,6 +37,15 @@ def start_schemer(
     return start
 
 
+@pytest.fixture
+async def schemer(
+    start_schemer: Callable[..., AbstractAsyncContextManager[SchemerDeps]],
+) -> AsyncIterator[SchemerDeps]:
+    """A schemer with the test's settings, for tests that need one running throughout."""
+    async with start_schemer() as deps:
+        yield deps
+
+
 async def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
     """Poll an async check until it returns something truthy."""
     loop = asyncio.get_running_loop()

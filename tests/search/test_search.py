@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,20 @@ async def test_search_finds_by_text_and_by_example_when_the_library_has_known_me
         gateway, f"query=a%20blue%20photo&threshold=0&cluster_id={red_cluster}&limit=100"
     )
     assert {r["id"] for r in body["results"]} == set(reds)
+    # By upload date: the greens were uploaded ten days ago (as the database now says).
+    await db.execute(
+        "UPDATE uploads SET created_at = now() - interval '10 days' WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(g) for g in greens],
+    )
+    week_ago = urllib.parse.quote((datetime.now(UTC) - timedelta(days=7)).isoformat())
+    status, body = await search(
+        gateway, f"query=a%20photo&threshold=0&limit=100&uploaded_before={week_ago}"
+    )
+    assert {r["id"] for r in body["results"]} == set(greens)
+    status, body = await search(
+        gateway, f"query=a%20photo&threshold=0&limit=100&uploaded_after={week_ago}"
+    )
+    assert {r["id"] for r in body["results"]} == set(everything) - set(greens)
     pages = []
     for offset in (0, 3, 6):
         status, body = await search(gateway, f"query=a%20photo&threshold=0&limit=3&offset={offset}")
@@ -205,6 +221,9 @@ async def test_search_refuses_bad_requests_with_clear_errors(
         "query=" + "x" * 1001,
         "query=x&tags=" + ",".join(f"t{i}" for i in range(21)),
         "query=x&tags=" + "y" * 101,
+        "query=x&uploaded_after=yesterday",
+        "query=x&uploaded_after=2026-01-01T00:00:00",  # no time zone
+        "query=x&uploaded_after=2026-02-01T00:00:00Z&uploaded_before=2026-01-01T00:00:00Z",
     ]
     for query in bad_queries:
         status, body = await search(gateway, query)

@@ -52,6 +52,7 @@ from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
 from gateway.sweep import Sweeper
 from gateway.timeline import handle_timeline
+from gateway.ui import handle_asset, handle_me, handle_page
 from gateway.uploads import UPLOAD_SLOTS, UploadSlots
 from gateway.views import (
     handle_job_status,
@@ -130,6 +131,9 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_delete("/api/v1/admin/dlq/{job_id}", handle_dlq_purge_job)
     app.router.add_post("/api/v1/admin/dlq/{job_id}/requeue", handle_dlq_requeue_job)
     app.router.add_get("/api/v1/openapi.json", handle_openapi)
+    app.router.add_get("/api/v1/me", handle_me)
+    app.router.add_get("/", handle_page)
+    app.router.add_get("/ui/{name:.+}", handle_asset)
     app.router.add_get("/live", handle_live)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/health", handle_health)

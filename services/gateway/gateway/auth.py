@@ -84,7 +84,7 @@ KEYS = web.AppKey("keys", KeyRing)
 def required_role(request: web.Request) -> Role | None:
     """The role a request needs; None for what is always open (probes, the API document)."""
     path = request.path
-    if not path.startswith("/api/v1/") or path == "/api/v1/openapi.json":
+    if not path.startswith("/api/v1/") or path in ("/api/v1/openapi.json", "/api/v1/me"):
         return None
     if path.startswith("/api/v1/admin/"):
         return "admin"
@@ -138,12 +138,20 @@ def principal(request: web.Request) -> Principal:
     return found
 
 
+def presented(request: web.Request) -> Principal | None:
+    """On an open endpoint: who the caller's key is (OPEN when the gateway runs open, None
+    without a valid key)."""
+    ring = request.app[KEYS]
+    if ring.open:
+        return OPEN
+    key = _presented_key(request)
+    return ring.lookup(key) if key else None
+
+
 def presents_admin_key(request: web.Request) -> bool:
     """Whether an open endpoint's caller presented a valid admin key (never so when open)."""
-    ring = request.app[KEYS]
-    key = _presented_key(request)
-    found = ring.lookup(key) if key and not ring.open else None
-    return found is not None and found.may("admin")
+    found = presented(request)
+    return found is not None and found is not OPEN and found.may("admin")
 
 
 def bound_owner(request: web.Request) -> str | None:

@@ -589,6 +589,19 @@ def document() -> dict[str, Any]:
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False, "maxProperties": 0}}}},
             "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 404, 413)}}},
+        "/": {"get": {"security": [], "tags": ["ui"], "summary": "The web UI",
+                      "responses": {"200": {"description": "The page", "content": {"text/html": {}}}}}},
+        "/ui/{name}": {"get": {
+            "security": [], "tags": ["ui"], "summary": "One of the web UI's scripts or styles",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                           _query("v", {"type": "string"})],
+            "responses": {"200": {"description": "The asset", "content": {"text/javascript": {}, "text/css": {}}},
+                          "404": ERROR}}},
+        "/api/v1/me": {"get": {
+            **PROBE, "summary": "Who the caller's key is: its role (null: no valid key), its owner, whether the gateway runs open",
+            "responses": {"200": _json({"type": "object", "required": ["role", "owner", "open"], "properties": {
+                "role": {"enum": ["read", "write", "admin", None]}, "owner": {"type": ["string", "null"]},
+                "open": {"type": "boolean"}}})}}},
         "/api/v1/openapi.json": {"get": {**PROBE, "summary": "This document",
                                          "responses": {"200": _json({"type": "object"})}}},
         "/live": {"get": {**PROBE, "summary": "The process is up",

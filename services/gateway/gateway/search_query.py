@@ -9,7 +9,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 class SearchRequest(BaseModel):
@@ -24,6 +31,9 @@ class SearchRequest(BaseModel):
     cluster_id: uuid.UUID | None = None
     tags: list[str] = Field(default_factory=list, max_length=20)
     tags_mode: Literal["any", "all"] = "any"
+    # Only content with an upload (the owner's, with `owner`) made in [after, before).
+    uploaded_after: AwareDatetime | None = None
+    uploaded_before: AwareDatetime | None = None
     threshold: float = Field(0.2, ge=-1, le=1)
     limit: int = Field(20, ge=1, le=100)
     offset: int = Field(0, ge=0, le=10_000)
@@ -41,6 +51,13 @@ class SearchRequest(BaseModel):
         if any(not t.strip() or len(t) > 100 for t in tags):
             raise ValueError("tags must be 1-100 characters")
         return [t.strip().lower() for t in tags]
+
+    @model_validator(mode="after")
+    def _dates(self) -> SearchRequest:
+        after, before = self.uploaded_after, self.uploaded_before
+        if after is not None and before is not None and after >= before:
+            raise ValueError("uploaded_after must be before uploaded_before")
+        return self
 
     @model_validator(mode="after")
     def _one_of(self) -> SearchRequest:

@@ -51,6 +51,13 @@ def _filters(
     if search.tags:
         op = "&&" if search.tags_mode == "any" else "@>"
         conditions.append(f"c.tags {op} {q.param(search.tags, 'text[]')}")
+    if search.uploaded_after or search.uploaded_before:
+        made = ["du.content_id = c.id", scope.owns(q, "du.owner")]
+        if search.uploaded_after:
+            made.append(f"du.created_at >= {q.param(search.uploaded_after)}")
+        if search.uploaded_before:
+            made.append(f"du.created_at < {q.param(search.uploaded_before)}")
+        conditions.append(f"EXISTS (SELECT FROM uploads du WHERE {' AND '.join(made)})")
     if scope.bound:
         conditions.append(scope.holds_content(q, "c.id"))
     else:  # content whose last upload was deleted is gone from search before it is purged

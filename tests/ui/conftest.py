@@ -18,7 +18,9 @@ from tests.clusterer.conftest import (  # noqa: F401 (fixtures)
     colour_models,
     start_embedder,
 )
+from tests.clusterer.test_recluster import start_clusterer  # noqa: F401
 from tests.integration.conftest import gateway, start_gateway  # noqa: F401
+from tests.schemer.conftest import schemer, schemer_settings, start_schemer  # noqa: F401
 
 # Screenshots of each page, kept as the run's artefacts (README's pictures come from here).
 ARTEFACTS = Path(

@@ -100,6 +100,16 @@ async def test_upload_watch_cluster_rename_confirm_and_search_in_the_browser(
     await shot(page, "search")
     await page.locator("[data-result] >> text=More like this").first.click()
     await expect(page.locator("[data-result]")).to_have_count(2, timeout=WAIT)
+    # By an image, and a filter that leaves nothing.
+    await page.goto(url_of(gateway) + "/#/search")
+    await page.set_input_files("#query-image", files[0])
+    await page.click("form[role=search] button[type=submit]")
+    await expect(page.locator("[data-result]")).to_have_count(3, timeout=WAIT)
+    await page.set_input_files("#query-image", [])
+    await page.fill("#query", "red")
+    await page.select_option("#kind", "video")
+    await page.click("form[role=search] button[type=submit]")
+    await expect(page.locator("#no-results")).to_be_visible(timeout=WAIT)
 
     for name in ("collections", "system", "dlq"):
         await page.goto(url_of(gateway) + f"/#/{name}")

@@ -59,6 +59,19 @@ async def seed(
     )
 
 
+async def recluster_now(gateway: Gateway) -> dict[str, Any]:
+    """Ask the gateway for a re-clustering run of MODEL; the proposals once it is done."""
+    client = gateway.client
+    response = await client.post("/api/v1/clusters/recluster", json={"model_id": MODEL})
+    assert response.status == 202, await response.text()
+    for _ in range(200):
+        body: dict[str, Any] = await (await client.get("/api/v1/clusters/proposals")).json()
+        if body["runs"] and body["runs"][0]["status"] == "done":
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError("the run did not finish")
+
+
 async def memberships(db: asyncpg.Connection) -> dict[uuid.UUID, uuid.UUID]:
     rows = await db.fetch("SELECT id, cluster_id FROM content WHERE cluster_id IS NOT NULL")
     return {r["id"]: r["cluster_id"] for r in rows}
@@ -252,19 +265,7 @@ async def test_proposals_through_the_gateway(
     async with start_clusterer(cluster_threshold=0.9999) as deps:
         await file_all(deps, seeded)
         client = gateway.client
-        response = await client.post("/api/v1/clusters/recluster", json={"model_id": MODEL})
-        assert response.status == 202, await response.text()
-
-        async def listed() -> dict[str, Any]:
-            for _ in range(200):
-                body = await (await client.get("/api/v1/clusters/proposals")).json()
-                if body["runs"] and body["runs"][0]["status"] == "done":
-                    found: dict[str, Any] = body
-                    return found
-                await asyncio.sleep(0.05)
-            raise AssertionError("the run did not finish")
-
-        body = await listed()
+        body = await recluster_now(gateway)
         assert body["total"] == 2 and {p["kind"] for p in body["proposals"]} == {"merge"}
         first, second = body["proposals"]
         assert first["gain"] >= second["gain"] and "linkage threshold" in first["reason"]

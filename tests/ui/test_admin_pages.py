@@ -9,25 +9,15 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from playwright.async_api import Browser, expect
 
 from clusterer.handlers import ClustererDeps
 from schemer.deps import SchemerDeps
-from tests.clusterer.test_recluster import MODEL, file_all, seed
+from tests.clusterer.test_recluster import file_all, recluster_now, seed
 from tests.integration.conftest import Gateway
 from tests.ui.test_browser import WAIT, api, open_page, shot, url_of
-
-
-async def finished_run(gw: Gateway) -> dict[str, Any]:
-    for _ in range(200):
-        body: dict[str, Any] = await api(gw, "/api/v1/clusters/proposals")
-        if body["runs"] and body["runs"][0]["status"] == "done":
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError("the re-clustering run did not finish")
 
 
 async def test_proposals_merge_threshold_and_reject_on_the_clusters_pages(
@@ -40,9 +30,7 @@ async def test_proposals_merge_threshold_and_reject_on_the_clusters_pages(
     seeded = await seed(db, storage_path, 2, 4)
     async with start_clusterer(cluster_threshold=0.9999) as deps:
         await file_all(deps, seeded)  # eight singletons
-        response = await gateway.client.post("/api/v1/clusters/recluster", json={"model_id": MODEL})
-        assert response.status == 202
-        proposed = await finished_run(gateway)
+        proposed = await recluster_now(gateway)
         assert proposed["total"] == 2
         errors: list[str] = []
         page = await open_page(browser, url_of(gateway) + "/#/clusters", errors)

@@ -227,10 +227,14 @@ class Bus:
         }
 
     async def reply(self, reply_to: str, message: aio_pika.Message) -> None:
-        """Answer an RPC request (direct reply-to names are routed by the default exchange)."""
+        """Answer an RPC request (direct reply-to names are routed by the default exchange).
+
+        Not mandatory: RabbitMQ returns a mandatory publish to a direct reply-to name as
+        NO_ROUTE even when it delivers it, and when the caller is gone it drops the answer,
+        which is all there is to do then."""
         if not self.connected or self._channel is None:
             raise BusUnavailable("bus not connected")
-        await self._channel.default_exchange.publish(message, routing_key=reply_to)
+        await self._channel.default_exchange.publish(message, routing_key=reply_to, mandatory=False)
 
     async def queue_stats(self, name: str) -> tuple[int, int] | None:
         """(messages, consumers) of a queue, or None when it cannot be read."""

@@ -132,6 +132,7 @@ class RpcServer:
                         body, correlation_id=message.correlation_id, content_type="application/json"
                     ),
                 )
-            except aio_pika.exceptions.PublishError:
-                # The caller gave up (timed out, or went away): nobody is left to answer.
-                log.info("rpc caller gone before the answer", queue=self.queue)
+            except aio_pika.exceptions.PublishError as error:
+                # The broker refused the answer (a caller that is gone is not one: the broker
+                # drops its answer quietly).
+                log.warning("rpc answer not published", queue=self.queue, error=str(error))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import structlog
@@ -99,3 +99,24 @@ async def timed(operation: str) -> AsyncIterator[None]:
         yield
     finally:
         DB_QUERY_DURATION.labels(operation).observe(time.perf_counter() - start)
+
+
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
+_QUOTED: dict[str, str] = {}
+_QUOTED_MAX = 100_000
+
+
+async def quoted(conn: Conn, names: Sequence[str]) -> list[str]:
+    """The names as the server quotes identifiers (quote_ident): nothing else quotes them.
+    Kept in a bounded cache: the same table and column names come back on every batch."""
+    missing = [n for n in dict.fromkeys(names) if n not in _QUOTED]
+    if missing:
+        rows = await conn.fetch(
+            "SELECT n, quote_ident(n) AS q FROM unnest($1::text[]) AS t(n)", missing
+        )
+        if len(_QUOTED) + len(rows) > _QUOTED_MAX:
+            _QUOTED.clear()
+        _QUOTED.update((row["n"], row["q"]) for row in rows)
+        found = {row["n"]: row["q"] for row in rows}
+        return [_QUOTED.get(n) or found[n] for n in names]
+    return [_QUOTED[n] for n in names]

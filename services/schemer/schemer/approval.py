@@ -18,6 +18,7 @@ import structlog
 
 from common import jsontext
 from common.consumer import Delivery, Permanent
+from common.db import quoted
 from common.messages import SchemaCommand
 from schemer import migrations
 from schemer.decide import Column, decide
@@ -97,13 +98,11 @@ async def _create_table(
         # Two owners whose names normalise alike: this collection's own, stable suffix.
         name = identifier(f"{row['owner']}__{row['name']}__{row['id'].hex[:8]}")
     if storage == "jsonb":
-        qtable, qindex = await documents.quoted(conn, [name, identifier(f"{name}_document_gin")])
+        qtable, qindex = await quoted(conn, [name, identifier(f"{name}_document_gin")])
         statement = ddl.create_jsonb_table(qtable, qindex)
         columns = None
     else:
-        qtable, *qcolumns = await documents.quoted(
-            conn, [name, *(c.name for c in decision.columns)]
-        )
+        qtable, *qcolumns = await quoted(conn, [name, *(c.name for c in decision.columns)])
         statement = ddl.create_table(
             qtable, [(q, c.type) for q, c in zip(qcolumns, decision.columns, strict=True)]
         )
@@ -129,9 +128,7 @@ async def apply_migration(deps: SchemerDeps, collection_id: uuid.UUID, n: int, a
             changes = [migrations.Change.from_json(c) for c in found["changes"]]
             columns = [Column.from_json(c) for c in row["columns"]]
             if found["status"] == "proposed":
-                names = await documents.quoted(
-                    conn, [row["table_name"], *(c.column for c in changes)]
-                )
+                names = await quoted(conn, [row["table_name"], *(c.column for c in changes)])
                 statement = ddl.alter_table(
                     names[0],
                     [(q, c.type, c.action) for q, c in zip(names[1:], changes, strict=True)],
@@ -154,7 +151,7 @@ async def _backfill(
     conn: asyncpg.Connection, deps: SchemerDeps, table: str, changes: list[migrations.Change]
 ) -> None:
     """Move the values the migration made room for from `_overflow` into their columns."""
-    qtable, *qcolumns = await documents.quoted(conn, [table, *(c.column for c in changes)])
+    qtable, *qcolumns = await quoted(conn, [table, *(c.column for c in changes)])
     typed = [(q, c.type) for q, c in zip(qcolumns, changes, strict=True)]
     after = 0
     while True:

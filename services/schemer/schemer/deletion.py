@@ -17,6 +17,7 @@ import structlog
 from prometheus_client import Counter
 
 from common.consumer import Delivery
+from common.db import quoted
 from common.messages import UploadsDeleted
 from schemer.deps import SchemerDeps
 from schemer.repo import collections, ddl, documents
@@ -50,7 +51,7 @@ async def _forget(deps: SchemerDeps, collection_id: uuid.UUID, upload_ids: list[
         if row is None:
             return  # dropped meanwhile
         if row["table_name"] is not None:
-            [qtable] = await documents.quoted(conn, [row["table_name"]])
+            [qtable] = await quoted(conn, [row["table_name"]])
             async with documents.acting_as(conn, deps.role):
                 removed = await documents.delete_rows(conn, qtable, upload_ids)
             ROWS_DELETED.inc(removed)
@@ -65,7 +66,7 @@ async def _drop_owner(deps: SchemerDeps, owner: str, actor: str) -> None:
                 if row is None:
                     continue
                 if row["table_name"] is not None:
-                    [qtable] = await documents.quoted(conn, [row["table_name"]])
+                    [qtable] = await quoted(conn, [row["table_name"]])
                     async with documents.acting_as(conn, deps.role):
                         await documents.execute_ddl(conn, ddl.drop_table(qtable))
                 await collections.delete(conn, collection_id)

@@ -5,7 +5,7 @@ Keys come from documents: anything at all. A column or table name is the key nor
 never empty and never starting with a digit, at most 63 bytes (PostgreSQL's limit) with a
 stable suffix (a hash of the original key) when it had to be cut or when it would collide with
 a name already taken (keys that differ only by case or punctuation). Reserved words are fine:
-the server quotes every identifier (`quote_ident`, see repo.quoted) before it reaches SQL.
+the server quotes every identifier (`quote_ident`, see common.db.quoted) before it reaches SQL.
 """
 
 from __future__ import annotations

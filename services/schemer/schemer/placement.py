@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import Counter
 
 from common import jsontext
+from common.db import quoted
 from schemer import infer, migrations
 from schemer.decide import Column, Decision
 from schemer.deps import Parsed, SchemerDeps
@@ -36,9 +37,9 @@ async def proposed_ddl(conn: asyncpg.Connection, row: asyncpg.Record, decision: 
     """The DDL approval would run, with every name quoted by the server."""
     table = row["table_name"] or table_name_for(row)
     if decision.storage == "jsonb":
-        qtable, qindex = await documents.quoted(conn, [table, identifier(f"{table}_document_gin")])
+        qtable, qindex = await quoted(conn, [table, identifier(f"{table}_document_gin")])
         return ddl.create_jsonb_table(qtable, qindex)
-    qtable, *qcolumns = await documents.quoted(conn, [table, *(c.name for c in decision.columns)])
+    qtable, *qcolumns = await quoted(conn, [table, *(c.name for c in decision.columns)])
     return ddl.create_table(
         qtable, [(q, c.type) for q, c in zip(qcolumns, decision.columns, strict=True)]
     )
@@ -49,7 +50,7 @@ async def insert(
 ) -> int:
     """Write a batch into the collection's table (it exists); how many were new to it."""
     ids = [p.upload.upload_id for p in batch]
-    qtable = (await documents.quoted(conn, [row["table_name"]]))[0]
+    qtable = (await quoted(conn, [row["table_name"]]))[0]
     if row["storage"] == "jsonb":
         async with documents.acting_as(conn, deps.role):
             row_ids = await documents.insert_documents(
@@ -60,7 +61,7 @@ async def insert(
         return await documents.record(conn, row["id"], "jsonb", [p.upload for p in batch], placed)
     columns = [Column.from_json(c) for c in row["columns"]]
     rows = [to_row(p.document, columns, deps.settings.schema_max_depth) for p in batch]
-    qcolumns = await documents.quoted(conn, [c.name for c in columns])
+    qcolumns = await quoted(conn, [c.name for c in columns])
     typed = [(q, c.type) for q, c in zip(qcolumns, columns, strict=True)]
     values = [[r.values[i] for r in rows] for i in range(len(columns))]
     overflows = [jsontext.dumps(r.overflow).decode() if r.overflow else None for r in rows]
@@ -88,7 +89,7 @@ async def _propose_migration(
     changes = migrations.propose(columns, misfits, pending)
     if not changes or changes == pending:
         return
-    names = await documents.quoted(conn, [row["table_name"], *(c.column for c in changes)])
+    names = await quoted(conn, [row["table_name"], *(c.column for c in changes)])
     statement = ddl.alter_table(
         names[0],
         [(q, c.type, c.action) for q, c in zip(names[1:], changes, strict=True)],

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from common.db import quoted
 from common.messages import SchemaCommand
 from common.outbox import add_events
 from gateway.document_filters import Filter
@@ -95,15 +96,6 @@ async def send_command(conn: asyncpg.Connection, command: SchemaCommand) -> None
     """Queue the command through the outbox (the schemer carries it out)."""
     async with conn.transaction():
         await add_events(conn, [command])
-
-
-async def quoted(conn: Conn, names: list[str]) -> list[str]:
-    """Names as the server quotes identifiers (quote_ident)."""
-    rows = await conn.fetch(
-        "SELECT quote_ident(n) AS q FROM unnest($1::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i",
-        names,
-    )
-    return [row["q"] for row in rows]
 
 
 def _table_condition(q: Statement, f: Filter, qcolumn: str) -> str:

@@ -97,7 +97,11 @@ export function thumb(url, alt) {
   if (!url) return img;
   fetch(url, { headers: authHeaders() })
     .then((r) => (r.ok ? r.blob() : null))
-    .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); })
+    .then((blob) => {
+      if (!blob) return;
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+      img.src = URL.createObjectURL(blob);
+    })
     .catch(() => {});
   return img;
 }

@@ -1,4 +1,4 @@
-"""The SQL text of collection tables, from identifiers the server quoted (repo.quoted).
+"""The SQL text of collection tables, from identifiers the server quoted (common.db.quoted).
 
 Pure. Names reach these functions already quoted by PostgreSQL (`quote_ident`), types only
 from decide.SQL_TYPES, and values never: every value is a bound parameter of the statement.

@@ -115,23 +115,6 @@ async def staged(conn: Conn, collection_id: uuid.UUID, limit: int) -> list[Uploa
 
 # The server's answers, remembered: quote_ident of a name never changes (a batch would
 # otherwise ask again for its table's and columns' names every time).
-_QUOTED: dict[str, str] = {}
-_QUOTED_MAX = 100_000
-
-
-async def quoted(conn: Conn, names: Sequence[str]) -> list[str]:
-    """The names as the server quotes identifiers (quote_ident): nothing else quotes them."""
-    missing = [n for n in dict.fromkeys(names) if n not in _QUOTED]
-    if missing:
-        rows = await conn.fetch(
-            "SELECT n, quote_ident(n) AS q FROM unnest($1::text[]) AS t(n)", missing
-        )
-        if len(_QUOTED) + len(rows) > _QUOTED_MAX:
-            _QUOTED.clear()
-        _QUOTED.update((row["n"], row["q"]) for row in rows)
-        found = {row["n"]: row["q"] for row in rows}
-        return [_QUOTED.get(n) or found[n] for n in names]
-    return [_QUOTED[n] for n in names]
 
 
 async def can_use_role(conn: Conn, role: str) -> str | None:

@@ -18,7 +18,10 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
+from common.db import open_pool
 from common.settings import describe_error
+from gateway.repo.retention import list_due
+from gateway.retention import EVERYONE, Retention
 from gateway.retention_policy import RetentionPolicy, parse_rules
 from gateway.settings import GatewaySettings
 from mammoth_export.colour_model import COLOURS
@@ -353,3 +356,48 @@ def test_rules_parse_into_a_policy_and_bad_ones_are_named() -> None:
             GatewaySettings(retention_rules=entry)
         line = describe_error(raised.value)
         assert "RETENTION_RULES" in line and message in line, line
+
+
+async def test_a_run_over_several_batches_deletes_exactly_the_listing(
+    settings_factory: Callable[..., GatewaySettings], db: asyncpg.Connection
+) -> None:
+    """2,500 uploads made directly (three events' worth are due), walked in id order."""
+    n = 2500
+    now = datetime.now(UTC)
+    jobs, contents = [uuid.uuid4() for _ in range(n)], [uuid.uuid4() for _ in range(n)]
+    await db.copy_records_to_table(
+        "jobs", records=[(j, f"o{i % 5}", "r") for i, j in enumerate(jobs)],
+        columns=["id", "owner", "request_id"],
+    )  # fmt: skip
+    await db.copy_records_to_table(
+        "content",
+        records=[(c, f"{i:064x}", "image", "image/png", 1, f"objects/{i:064x}", "clustered", j)
+                 for i, (c, j) in enumerate(zip(contents, jobs, strict=True))],
+        columns=["id", "sha256", "kind", "mime_type", "size_bytes", "storage_key", "stage",
+                 "first_job_id"],
+    )  # fmt: skip
+    await db.copy_records_to_table(
+        "uploads",
+        records=[(uuid.uuid4(), j, c, f"o{i % 5}", 0, now - timedelta(days=i % 10))
+                 for i, (j, c) in enumerate(zip(jobs, contents, strict=True))],
+        columns=["id", "job_id", "content_id", "owner", "position", "created_at"],
+    )  # fmt: skip
+    policy = parse_rules(("owner:o0=0",), 3.5)  # days 4-9 are due, except o0's
+    async with open_pool(settings_factory(), min_size=1, max_size=3) as pool:
+        async with pool.acquire() as conn:
+            listed: list[str] = []
+            after = None
+            while page := await list_due(conn, policy, now, EVERYONE, after=after, limit=1000):
+                listed += [u["system_id"] for u in page]
+                after = uuid.UUID(page[-1]["system_id"])
+        run = await Retention(pool, policy).run(apply=True, as_of=now)
+    # Days 4-9 are 6 in 10; o0 uploads on days 0 and 5, so 1 of those 6 is kept: 1,250.
+    assert run is not None and run.due.total == len(listed) == 1250
+    assert sorted(str(u) for u in run.deleted.upload_ids) == listed
+    left = await db.fetch("SELECT owner, created_at FROM uploads")
+    assert len(left) == n - 1250
+    assert all(r["owner"] == "o0" or r["created_at"] > now - timedelta(days=3.5) for r in left)
+    events = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE routing_key = 'uploads.deleted.v1'"
+    )
+    assert events == 2  # 1,000 and 250: one event per batch

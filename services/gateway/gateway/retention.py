@@ -31,7 +31,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from common.db import open_pool
 from common.log import configure_logging
-from common.messages import DELETED_UPLOADS_PER_EVENT
 from common.settings import load_settings
 from gateway.clusters import int_param
 from gateway.deletion import UPLOADS_DELETED, actor_of
@@ -103,12 +102,14 @@ class Retention:
                 return None
             async with self.pool.acquire() as conn:
                 due = await count_due(conn, self.policy, instant, scope)
+                after = None
                 while apply:
-                    batch = await delete_due_batch(conn, self.policy, instant, scope, actor)
+                    batch = await delete_due_batch(conn, self.policy, instant, scope, actor, after)
+                    if not batch.upload_ids:  # the walk is past the last upload due
+                        break
                     deleted.add(batch)
                     UPLOADS_DELETED.labels("retention").inc(len(batch.upload_ids))
-                    if len(batch.upload_ids) < DELETED_UPLOADS_PER_EVENT:
-                        break
+                    after = max(batch.upload_ids)
         log.info(
             "retention applied" if apply else "retention dry run",
             as_of=instant.isoformat(),

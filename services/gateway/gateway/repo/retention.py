@@ -112,12 +112,18 @@ async def delete_due_batch(
     as_of: datetime,
     scope: OwnerScope,
     actor: str,
+    after: uuid.UUID | None = None,
 ) -> Deleted:
-    """Delete up to one event's worth of the uploads due, in one transaction."""
+    """Delete up to one event's worth of the uploads due, in id order after the upload
+    `after` (a run walks the uploads once instead of scanning them again per batch), in one
+    transaction."""
     if policy.shortest_days is None:
         return Deleted()
     q = Statement()
-    where = f"u.id IN (SELECT u.id {_due(q, policy, as_of, scope)})"
+    due = _due(q, policy, as_of, scope)
+    page = "" if after is None else f"AND u.id > {q.param(after)}"
+    limit = q.param(DELETED_UPLOADS_PER_EVENT)
+    where = f"u.id IN (SELECT u.id {due} {page} ORDER BY u.id LIMIT {limit})"
     return await delete_where(
         conn, q, where, actor=actor, reason="retention", limit=DELETED_UPLOADS_PER_EVENT
     )

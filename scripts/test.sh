@@ -11,4 +11,5 @@ if [ -z "${DATABASE_URL:-}" ]; then
     export DATABASE_URL
 fi
 scripts/ensure_rabbitmq.sh
+scripts/ensure_test_tools.sh
 exec .venv/bin/python -m pytest "$@"

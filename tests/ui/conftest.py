@@ -32,7 +32,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
+        pytest.fail("chromium is not installed: scripts/ensure_test_tools.sh installs it")
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as playwright:
         found = await playwright.chromium.launch(

@@ -12,13 +12,11 @@ concurrent holders of several never deadlock.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeAlias
 
 import asyncpg
 
+from common.db import Conn
 from common.storage import FileSystemStorage
-
-Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 async def referenced_keys(conn: Conn, keys: list[str]) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -106,8 +107,9 @@ class GatewaySettings(CommonSettings):
         parse_rules(value, 0.0)  # a bad rule stops the gateway at start, naming the rule
         return value
 
-    @property
+    @cached_property
     def retention_policy(self) -> RetentionPolicy:
+        """RETENTION_DAYS and RETENTION_RULES, parsed once (the settings are frozen)."""
         return parse_rules(self.retention_rules, self.retention_days)
 
     @field_validator("api_keys")

@@ -52,6 +52,20 @@ def retry_after(headers: Any, attempt: int) -> float:
     return min(max(asked, 0.1), MAX_RETRY_AFTER) * random.uniform(1.0, 1.2)
 
 
+async def answer_of(
+    response: aiohttp.ClientResponse, *, text: bool = False
+) -> tuple[int, Any, Any]:
+    """(status, body, headers): the body as JSON, or as text when it is not JSON (or when a
+    success is asked for as `text`)."""
+    raw = await response.read()
+    if not (text and response.status < 400):
+        try:
+            return response.status, orjson.loads(raw), response.headers
+        except orjson.JSONDecodeError:
+            pass
+    return response.status, raw.decode(errors="replace"), response.headers
+
+
 class Client:
     """One session against one gateway; `retry_for` is how long to keep retrying a request
     the gateway refused for now (503 and Retry-After) or that the network dropped."""
@@ -95,13 +109,7 @@ class Client:
             async with self.session.request(
                 method, self.url + path, data=body, **kwargs
             ) as response:
-                raw = await response.read()
-            if text and response.status < 400:
-                return response.status, raw.decode(errors="replace"), response.headers
-            try:
-                return response.status, orjson.loads(raw), response.headers
-            except orjson.JSONDecodeError:
-                return response.status, raw.decode(errors="replace"), response.headers
+                return await answer_of(response, text=text)
 
         _, answer, _ = await self.with_retries(once, retry)
         return answer

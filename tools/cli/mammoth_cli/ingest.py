@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from rich.progress import Progress, TaskID
 
-from mammoth_cli.client import FAILED, REFUSED, UNAVAILABLE, ApiFailure, Client
+from mammoth_cli.client import FAILED, REFUSED, UNAVAILABLE, ApiFailure, Client, answer_of
 from mammoth_cli.plan import LocalFile, Walk, batches, describe, idempotency_key
 
 # Files below this are read once into memory and sent from there; larger ones are streamed.
@@ -190,11 +190,7 @@ class Ingest:
                 async with self.client.session.post(
                     self.client.url + "/api/v1/ingest", data=form, headers={"X-Request-ID": rid}
                 ) as response:
-                    try:
-                        body: Any = await response.json(content_type=None)
-                    except ValueError:
-                        body = await response.text()
-                    return response.status, body, response.headers
+                    return await answer_of(response)
 
         try:
             _, body, headers = await self.client.with_retries(once)

@@ -1,5 +1,5 @@
 // Search: by text, by an image, or "more like this"; filters; results with their scores.
-import { api, authHeaders, ApiError, h, thumb } from "../lib.js";
+import { api, h, thumb } from "../lib.js";
 
 function results(found) {
   if (!found.results.length) return h("p", { id: "no-results" }, "Nothing found at or above the threshold.");
@@ -12,14 +12,11 @@ function results(found) {
     h("a", { href: `#/search/like/${r.id}` }, "More like this")))));
 }
 
-async function byImage(file, filters) {
+function byImage(file, filters) {
   const form = new FormData();
   for (const [name, value] of Object.entries(filters)) form.append(name, value);
   form.append("image", file, file.name);
-  const response = await fetch("/api/v1/search", { method: "POST", headers: authHeaders(), body: form });
-  const body = await response.json();
-  if (!response.ok) throw new ApiError(response.status, `${response.status}: ${body.error}`);
-  return body;
+  return api("/api/v1/search", { method: "POST", body: form });
 }
 
 export async function renderSearch(main, [mode, like]) {

@@ -161,7 +161,6 @@ async def service_rate(
     from common.bus import Bus
     from common.messages import MediaIngested
     from common.storage import FileSystemStorage
-    from common.topology import image_rpc_queue, text_rpc_queue
     from embedder.app import running
     from embedder.settings import EmbedderSettings
 
@@ -226,8 +225,6 @@ async def service_rate(
                     for spec in bus.specs:
                         for queue in (spec.name, spec.parking, *(spec.delay(i) for i in (1, 2, 3))):
                             await channel.queue_delete(queue)
-                    for queue in (text_rpc_queue, image_rpc_queue):
-                        await channel.queue_delete(queue(settings.bus_queue_prefix))
                     await channel.exchange_delete(settings.bus_exchange)
                 await bus.close()
 

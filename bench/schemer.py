@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the repository, not bench/ (bench/embedder.py shadows a package)
 
 from bench.benchdb import scratch_database
-from common.topology import cluster_command_queue, image_rpc_queue, queue_specs, text_rpc_queue
+from common.topology import cluster_command_queue, queue_specs
 
 OWNER = "bench"
 TARGET_STABLE_ARRAYS = 2000.0  # documents/s end to end, stable shape, arrays
@@ -312,11 +312,7 @@ class Bench:
         connection = await aio_pika.connect(self.rabbitmq_url)
         try:
             channel = await connection.channel()
-            names = [
-                text_rpc_queue(self.prefix),
-                image_rpc_queue(self.prefix),
-                cluster_command_queue(self.prefix),
-            ]
+            names = [cluster_command_queue(self.prefix)]  # RPC queues go by themselves
             for spec in queue_specs(self.prefix):
                 names += [spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))]
             for name in names:

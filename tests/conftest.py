@@ -28,9 +28,7 @@ from common.telemetry import configure_telemetry
 from common.topology import (
     QueueSpec,
     cluster_command_queue,
-    image_rpc_queue,
     queue_specs,
-    text_rpc_queue,
 )
 
 DATABASE_URL = os.environ.get(
@@ -158,9 +156,8 @@ async def bus_names(amqp: aio_pika.abc.AbstractRobustConnection) -> AsyncIterato
     for spec in specs:
         for name in (spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))):
             await channel.queue_delete(name)
-    await channel.queue_delete(text_rpc_queue(prefix))
+    # The RPC queues go with their last server (common/rpc.py).
     await channel.queue_delete(cluster_command_queue(prefix))
-    await channel.queue_delete(image_rpc_queue(prefix))
     await channel.exchange_delete(exchange)
     await channel.close()
 

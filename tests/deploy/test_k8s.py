@@ -120,7 +120,7 @@ def test_each_worker_scales_on_each_of_its_queues(overlay: str) -> None:
             host = trigger["metadata"]["host"]
             assert host.startswith(f"http://mammothbox-mq.{NAMESPACE}.svc:15672"), host
             assert trigger["authenticationRef"]["name"] in auth
-    assert len(scaled["clusterer"]["spec"]["triggers"]) == 4
+    assert len(scaled["clusterer"]["spec"]["triggers"]) == 5
     assert scaled["embedder"]["spec"]["minReplicaCount"] >= 1  # search needs it
     assert scaled["analyzer"]["spec"]["maxReplicaCount"] <= 4  # the VLM quota is the limit
 

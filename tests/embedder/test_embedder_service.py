@@ -199,7 +199,23 @@ async def test_embedder_save_looks_up_the_nearest_phash_through_its_index(
     await register_vector(db)
     await db.execute("SET enable_seqscan = off")  # an empty table: show the index is usable
     args: tuple[object, ...]  # the statement's parameters, of every kind
-    args = (uuid.uuid4(), 1, 1, "JPEG", "{}", "0" * 64, "k", None, 8, "m", np.ones(4), [], [])
+    args = (
+        uuid.uuid4(),
+        1,
+        1,
+        "JPEG",
+        "{}",
+        "0" * 64,
+        "k",
+        None,
+        8,
+        ["m"],
+        ["[1,1,1,1]"],
+        [],
+        [],
+        [],
+        [],
+    )
     plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + repo.SAVE_STATEMENT, *args))
     assert "Index Scan using content_phash_hnsw" in plan, plan
 
@@ -239,11 +255,10 @@ async def test_text_rpc_answers_with_the_models_own_vector_when_asked(
     tiny_clip_dir: Any,
 ) -> None:
     client = TextEmbedClient(embedder.bus, timeout=10)
-    model_id, vectors = await client.embed(["a black cat on a sofa", "coffee"])
+    vectors = await client.embed(["a black cat on a sofa", "coffee"], embedder.model_id)
     direct = OnnxModel(tiny_clip_dir / "clip-tiny", providers=("cpu",)).embed_texts(
         ["a black cat on a sofa", "coffee"]
     )
-    assert model_id == embedder.model_id
     assert vectors.shape == direct.shape
     np.testing.assert_allclose(vectors, direct, atol=1e-5)
 
@@ -307,20 +322,22 @@ async def test_text_rpc_times_out_and_request_expires_when_no_embedder_serves(
     import pytest
 
     from common.embed_client import EmbedError
+    from common.rpc import RPC_QUEUE_ARGUMENTS
     from common.topology import text_rpc_queue
 
     # The queue exists (an embedder ran before) but nobody consumes it now.
     channel = await amqp.channel()
-    name = text_rpc_queue(gateway.deps.settings.bus_queue_prefix)
+    name = text_rpc_queue(gateway.deps.settings.bus_queue_prefix, "some-model")
     await channel.declare_queue(
-        name, durable=False, arguments={"x-max-length": 10_000, "x-overflow": "reject-publish"}
+        name, durable=False, auto_delete=True, arguments=RPC_QUEUE_ARGUMENTS
     )
     client = TextEmbedClient(gateway.deps.bus, timeout=0.5)
-    with pytest.raises(EmbedError, match=r"no text embedding within 0\.5 s"):
-        await client.embed(["anyone there?"])
+    with pytest.raises(EmbedError, match=r"no text embedding by some-model within 0\.5 s"):
+        await client.embed(["anyone there?"], "some-model")
     await asyncio.sleep(0.3)
     queue = await channel.declare_queue(name, passive=True)
     assert queue.declaration_result.message_count == 0  # expired, never answered late
+    await channel.queue_delete(name)
     await channel.close()
 
 
@@ -347,7 +364,8 @@ async def test_text_query_finds_the_image_it_describes_when_model_has_known_mean
         by_colour = {name: row["id"] for name, row in zip(solid, rows, strict=True)}
         client = TextEmbedClient(deps.bus, timeout=10)
         for query, expected in (("a red photo", "red"), ("BLUE", "blue"), ("green", "green")):
-            model_id, [vector] = await client.embed([query])
+            model_id = deps.model_id
+            [vector] = await client.embed([query], model_id)
             literal = "[" + ",".join(str(float(v)) for v in vector) + "]"
             nearest = await db.fetchval(
                 """SELECT content_id FROM embeddings WHERE model_id = $1

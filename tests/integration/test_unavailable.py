@@ -10,10 +10,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import orjson
 import pytest
 from aiohttp import FormData
 
+from common.vectors import register_model
 from tests.conftest import RABBITMQ_URL, make_jpeg
 from tests.integration.test_ingest import form
 from tests.proxy import TcpProxy
@@ -140,8 +142,9 @@ async def test_every_endpoint_answers_503_with_retry_after_when_the_database_is_
 
 
 async def test_endpoints_that_need_the_broker_answer_503_with_retry_after_when_it_is_down(
-    start_gateway: Callable[..., Any],
+    start_gateway: Callable[..., Any], db: asyncpg.Connection
 ) -> None:
+    await register_model(db, "test/model-4", 4)  # search gets as far as embedding the query
     target = urlsplit(RABBITMQ_URL)
     assert target.hostname is not None and target.port is not None
     proxy = TcpProxy(target.hostname, target.port)
@@ -165,6 +168,7 @@ async def test_endpoints_that_need_the_broker_answer_503_with_retry_after_when_i
                 ("GET", "/api/v1/search?query=cats", dict),
                 ("POST", "/api/v1/search", lambda: json_request({"query": "cats"})),
                 ("POST", "/api/v1/search", lambda: {"data": image_search()}),
+                ("POST", "/api/v1/admin/model-switch/flip", dict),
             ):
                 response = await gateway.client.request(method, path, **request_kwargs())
                 assert response.status == 503, (method, path, await response.text())

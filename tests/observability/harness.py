@@ -372,7 +372,7 @@ async def running_system(
 async def _delete_bus(rabbitmq_url: str, tag: str) -> None:
     import aio_pika
 
-    from common.topology import cluster_command_queue, image_rpc_queue, queue_specs, text_rpc_queue
+    from common.topology import cluster_command_queue, queue_specs
 
     prefix = f"t{tag}."
     connection = await aio_pika.connect(rabbitmq_url)
@@ -381,12 +381,7 @@ async def _delete_bus(rabbitmq_url: str, tag: str) -> None:
         for spec in queue_specs(prefix):
             for name in (spec.name, spec.parking, *(spec.delay(i) for i in range(1, 6))):
                 await channel.queue_delete(name)
-        for name in (
-            text_rpc_queue(prefix),
-            cluster_command_queue(prefix),
-            image_rpc_queue(prefix),
-        ):
-            await channel.queue_delete(name)
+        await channel.queue_delete(cluster_command_queue(prefix))  # RPC queues go by themselves
         await channel.exchange_delete(f"t{tag}.mammothbox")
     finally:
         await connection.close()

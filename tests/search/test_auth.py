@@ -273,4 +273,4 @@ async def test_every_protected_operation_answers_401_without_a_key_and_403_below
                     path,
                     response.status,
                 )
-        assert checked == 33
+        assert checked == 35

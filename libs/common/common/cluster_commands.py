@@ -100,4 +100,14 @@ class ReclusterCommand(BaseModel):
     model_id: str | None = Field(None, min_length=1, max_length=200)
 
 
-AdminRequest = ClusterCommand | ProposalCommand | ReclusterCommand
+class ModelSwitchCommand(BaseModel):
+    """Flip a model switch (the next model becomes the active one), drop the old model's data
+    after a flip, or cancel a switch before its flip (common/model_switch.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    switch: Literal["flip", "drop", "cancel"]
+    actor: str = Field(min_length=1, max_length=200)
+
+
+AdminRequest = ClusterCommand | ProposalCommand | ReclusterCommand | ModelSwitchCommand

@@ -111,8 +111,8 @@ class Labeler:
             if model_id in self._vectors:
                 return self._vectors[model_id]
             try:
-                served_by, vectors = await self.client.embed(
-                    [self.template.format(label) for label in self.labels]
+                vectors = await self.client.embed(
+                    [self.template.format(label) for label in self.labels], model_id
                 )
             except NoTextEncoder:
                 log.warning("the model has no text encoder: no zero-shot labels", model=model_id)
@@ -121,10 +121,6 @@ class Labeler:
             except (EmbedError, BusUnavailable) as error:
                 self._unavailable(model_id, str(error))
                 raise LabelsUnavailable(str(error)) from None
-            if served_by != model_id:
-                # Text vectors of another model live in another space: useless here.
-                self._unavailable(model_id, f"the embedder serves {served_by}")
-                raise LabelsUnavailable(f"the embedder serves {served_by}, not {model_id}")
             self._vectors[model_id] = vectors
             return vectors
 

@@ -91,6 +91,17 @@ class MediaRecluster(MediaEmbedded):
     routing_key: ClassVar[str] = "media.recluster.v1"
 
 
+class StandbyEmbedded(MediaEmbedded):
+    """Content embedded by the model of a switch that is not the active one (the backfill, or
+    a new upload embedded by both): the clusterer files it in that model's standby clusters.
+
+    Its own queue, so that a backfill of every content never delays the filing of new ones;
+    the analyzer has nothing to do with it.
+    """
+
+    routing_key: ClassVar[str] = "media.standby-embedded.v1"
+
+
 class MediaUploaded(Event):
     """Another upload of media already stored: the clusterer adds its link to the folder."""
 
@@ -190,6 +201,7 @@ EVENTS: dict[str, type[Event]] = {
         MediaEmbedded,
         UploadsDeleted,
         MediaRecluster,
+        StandbyEmbedded,
         MediaUploaded,
         MediaClustered,
         MediaAnalyzed,

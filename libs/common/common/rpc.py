@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aio_pika
 import structlog
@@ -20,6 +21,7 @@ from common.bus import Bus, BusUnavailable
 log = structlog.get_logger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+RPC_QUEUE_ARGUMENTS: dict[str, Any] = {"x-max-length": 10_000, "x-overflow": "reject-publish"}
 
 
 class RpcTimeout(TimeoutError):
@@ -27,7 +29,8 @@ class RpcTimeout(TimeoutError):
 
 
 class RpcClient:
-    """Calls one RPC queue; many calls may be in flight on one channel."""
+    """Calls an RPC queue (`queue`, or the one a call names); many calls may be in flight on
+    one channel."""
 
     def __init__(self, bus: Bus, queue: str, *, timeout: float) -> None:
         self.bus = bus
@@ -52,8 +55,11 @@ class RpcClient:
         if future is not None and not future.done():
             future.set_result(message.body)
 
-    async def call(self, body: bytes, *, timeout: float | None = None) -> bytes:
+    async def call(
+        self, body: bytes, *, timeout: float | None = None, queue: str | None = None
+    ) -> bytes:
         """The reply's body, or RpcTimeout / BusUnavailable."""
+        queue = self.queue if queue is None else queue
         if not self.bus.connected:
             raise BusUnavailable("bus not connected")
         timeout = self.timeout if timeout is None else timeout
@@ -70,11 +76,11 @@ class RpcClient:
                     expiration=timeout,
                     content_type="application/json",
                 ),
-                routing_key=self.queue,
+                routing_key=queue,
             )
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise RpcTimeout(f"no answer from {self.queue} within {timeout} s") from None
+            raise RpcTimeout(f"no answer from {queue} within {timeout} s") from None
         finally:
             self._pending.pop(correlation_id, None)
 
@@ -85,7 +91,8 @@ Answer = Callable[[bytes], Awaitable[bytes]]
 class RpcServer:
     """Serves one RPC queue: each request's body goes to `answer`, whose bytes are the reply.
 
-    The queue is not durable and has no dead-letter exchange: requests are worthless once late.
+    The queue is not durable, goes with its last consumer and has no dead-letter exchange:
+    requests are worthless once late.
     `answer` must turn its own failures into error replies.
     """
 
@@ -102,7 +109,10 @@ class RpcServer:
         queue = await channel.declare_queue(
             self.queue,
             durable=False,
-            arguments={"x-max-length": 10_000, "x-overflow": "reject-publish"},
+            # Gone with its last server: the queues of a model no embedder holds any more
+            # (after a model switch) do not linger.
+            auto_delete=True,
+            arguments=RPC_QUEUE_ARGUMENTS,
         )
         self._consumer = (queue, await queue.consume(self._on_request))
 

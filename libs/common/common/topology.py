@@ -20,6 +20,7 @@ from common.messages import (
     MediaRecluster,
     MediaUploaded,
     SchemaCommand,
+    StandbyEmbedded,
     UploadsDeleted,
 )
 from common.settings import CommonSettings
@@ -81,6 +82,15 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
             (MediaEmbedded.routing_key, MediaRecluster.routing_key),
             "cluster",
         ),
+        # A model switch's standby clusters, built beside the active ones (clusterer/standby.py):
+        # a failure there fails nothing the user sees.
+        QueueSpec(
+            "clusterer",
+            f"{prefix}clusterer.media-standby",
+            (StandbyEmbedded.routing_key,),
+            "standby",
+            fails_content=False,
+        ),
         # A later upload of stored content only needs its link; a failure there is not the
         # content's failure, and neither is a failure to name a cluster.
         QueueSpec(
@@ -132,14 +142,16 @@ def queue_specs(prefix: str = "") -> tuple[QueueSpec, ...]:
     )
 
 
-def text_rpc_queue(prefix: str = "") -> str:
-    """The embedder's text-embedding RPC queue (outside the retry and dead-letter machinery)."""
-    return f"{prefix}embedder.text-rpc"
+def text_rpc_queue(prefix: str, model_id: str) -> str:
+    """The embedder's text-embedding RPC queue for one model (outside the retry and
+    dead-letter machinery): an embedder serves one per model it holds, so a caller always
+    gets vectors of the model it asks for, across a model switch."""
+    return f"{prefix}embedder.text-rpc.{model_id}"
 
 
-def image_rpc_queue(prefix: str = "") -> str:
-    """The embedder's image-embedding RPC queue (search by an uploaded image)."""
-    return f"{prefix}embedder.image-rpc"
+def image_rpc_queue(prefix: str, model_id: str) -> str:
+    """The embedder's image-embedding RPC queue for one model (search by an uploaded image)."""
+    return f"{prefix}embedder.image-rpc.{model_id}"
 
 
 def cluster_command_queue(prefix: str = "") -> str:

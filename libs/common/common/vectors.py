@@ -17,6 +17,10 @@ from numpy.typing import NDArray
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 
 
+# Held while the active model or the live switch changes (common/model_switch.py).
+MODELS_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.models', 0))"
+
+
 class ModelMismatch(ValueError):
     """A model id is already registered with another dimension."""
 
@@ -61,7 +65,10 @@ def index_name(table: str, model_id: str) -> str:
 async def register_model(
     conn: asyncpg.Connection, model_id: str, dim: int, cluster_threshold: float | None = None
 ) -> None:
-    """Record a model (and its manifest's cluster threshold); create its vector indexes."""
+    """Record a model (and its manifest's cluster threshold); create its vector indexes.
+
+    The first model registered becomes the active one (common/model_switch.py); another one
+    becomes active only through a switch."""
     if not _MODEL_ID.match(model_id):
         raise ValueError(f"invalid model id: {model_id!r}")
     if not 0 < dim <= 16000:
@@ -74,6 +81,13 @@ async def register_model(
     )
     if existing != dim:
         raise ModelMismatch(f"model {model_id} is registered with dimension {existing}, not {dim}")
+    async with conn.transaction():
+        await conn.execute(MODELS_LOCK)
+        await conn.execute(
+            "UPDATE models SET active = true WHERE id = $1"
+            " AND NOT EXISTS (SELECT FROM models WHERE active)",
+            model_id,
+        )
     await conn.execute(
         "UPDATE models SET cluster_threshold = $2 WHERE id = $1 AND"
         " cluster_threshold IS DISTINCT FROM $2",

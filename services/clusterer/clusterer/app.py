@@ -25,6 +25,7 @@ from common.messages import (
     MediaEmbedded,
     MediaRecluster,
     MediaUploaded,
+    StandbyEmbedded,
     UploadsDeleted,
 )
 from common.outbox import OutboxRelay
@@ -106,6 +107,8 @@ worker: Worker[ClustererSettings, ClustererDeps] = Worker("clusterer", setup)
 worker.consume(
     {MediaEmbedded: handle_embedded, MediaRecluster: handle_embedded}, prefetch=_prefetch
 )
+# A model switch's standby clusters: their own queue, so a backfill never delays new uploads.
+worker.consume({StandbyEmbedded: handle_embedded}, prefetch=_prefetch)
 worker.consume({MediaUploaded: handle_uploaded}, prefetch=_prefetch)
 worker.consume({MediaAnalyzed: handle_analyzed}, prefetch=_prefetch)
 worker.consume({UploadsDeleted: handle_deleted}, prefetch=_prefetch)

@@ -16,15 +16,17 @@ import asyncpg
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from clusterer import folders, repo
+from clusterer import folders, repo, switching
 from clusterer.handlers import ClustererDeps
 from clusterer.logic import unique_name
+from common import model_switch
 from common.cluster_commands import (
     AdminRequest,
     ClusterCommand,
     ClusterCommandReply,
     Confirm,
     Merge,
+    ModelSwitchCommand,
     ProposalCommand,
     ReclusterCommand,
     Reject,
@@ -66,9 +68,11 @@ async def answer(deps: ClustererDeps, body: bytes) -> bytes:
             reply = ClusterCommandReply(status=200, cluster=result)
         elif isinstance(command, ReclusterCommand):
             reply = ClusterCommandReply(status=202, cluster=start_recluster(deps, command))
+        elif isinstance(command, ModelSwitchCommand):
+            reply = ClusterCommandReply(status=200, cluster=await switching.run(deps, command))
         else:
             reply = ClusterCommandReply(status=200, cluster=await run(deps, command))
-    except CommandError as error:
+    except (CommandError, switching.SwitchRefused) as error:
         reply = ClusterCommandReply(status=error.status, error=error.error, details=error.details)
     except Exception as error:
         log.exception("cluster command failed", command=type(command).__name__)
@@ -172,7 +176,7 @@ async def _carry_out(
     else:
         source, target = uuid.UUID(plan["cluster"]), uuid.uuid4()
         base = await repo.cluster_name(conn, source)
-        name = unique_name(base, await repo.taken_names(conn, base))
+        name = unique_name(base, await repo.taken_names(conn, model_id, base))
         await repo.create_empty(conn, target, model_id, name)
     moved = await repo.move_listed(conn, members, source, target)
     if moved == 0:
@@ -233,6 +237,14 @@ async def _lock(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[asyncpg.
     missing = [str(i) for i in ids if i not in found]
     if missing:
         raise CommandError(404, "cluster not found", {"missing": missing})
+    for model_id in {r["model_id"] for r in rows}:
+        if await model_switch.role(conn, model_id) == "standby":
+            raise CommandError(
+                409,
+                "this cluster is a model switch's standby one: it is built by the backfill"
+                " and shown (and changed) once the switch flips",
+                {"model_id": model_id},
+            )
     by_id = {r["id"]: r for r in rows}
     return [by_id[i] for i in ids]
 

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 from clusterer import folders, repo
 from clusterer.logic import choose, clean_name, unique_name, untitled_name
 from clusterer.settings import ClustererSettings
-from common import tombstones
+from common import model_switch, tombstones
 from common.calibration import Calibration, calibrate, due
 from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler
@@ -153,7 +153,38 @@ def _same(stored: float | None, value: float | None) -> bool:
 
 
 async def handle_embedded(deps: ClustererDeps, event: MediaEmbedded, delivery: Delivery) -> None:
-    """File one content; redelivery, recluster requests and races are harmless."""
+    """File one content by the event's model, as that model stands now: in the active
+    model's clusters, or (a model switch's other model) in its standby clusters, whatever
+    queue the event came by (a flip may have come between its publish and now)."""
+    role = await model_switch.role(deps.pool, event.model_id)
+    if role == "standby":
+        await _file_standby(deps, event)
+    elif role == "active":
+        await _file_active(deps, event)
+    elif role == "unknown":
+        raise Permanent(f"unknown model {event.model_id!r}")
+    else:
+        log.info("event of a model not in use", model_id=event.model_id, role=role)
+
+
+async def _file_standby(deps: ClustererDeps, event: MediaEmbedded) -> None:
+    """File the content in the model's standby clusters (no folders, nothing to tell)."""
+    model = await deps.models.get(deps.pool, event.model_id)
+    row = await repo.content_to_file(deps.pool, event.content_id, event.model_id)
+    if row is None:
+        await tombstones.missing(deps.pool, event.content_id)
+        return
+    if row.embedding is None or row.stage == Stage.FAILED:
+        return  # its vector was dropped (a cancelled switch), or it failed meanwhile
+    if await repo.standby_cluster_of(deps.pool, row.id, event.model_id) is not None:
+        return  # filed before: a redelivery
+    start = time.perf_counter()
+    outcome = await _assign(deps, model, row.id, row.embedding, row.near_duplicate_of, standby=True)
+    ASSIGNMENT_LATENCY.labels(f"standby_{outcome}").observe(time.perf_counter() - start)
+    deps.models.filed(event.model_id)
+
+
+async def _file_active(deps: ClustererDeps, event: MediaEmbedded) -> None:
     model = await deps.models.get(deps.pool, event.model_id)
     row = await repo.content_to_file(deps.pool, event.content_id, event.model_id)
     if row is None:
@@ -194,12 +225,14 @@ async def _assign(
     content_id: uuid.UUID,
     vector: NDArray[np.float32],
     original: uuid.UUID | None = None,
+    *,
+    standby: bool = False,
 ) -> str:
     """Join the nearest cluster that takes it, or open one; 'joined', 'created' or 'done'.
 
     A near-duplicate (`original`: the content it copies, found by pHash) joins its original's
     cluster when the original is filed: a re-encoded copy is the same picture, whatever the
-    threshold says of its vector.
+    threshold says of its vector. `standby`: the model's standby clusters (a model switch).
     """
     placeholder: str | None = None
     new_id = uuid.uuid4()
@@ -210,11 +243,15 @@ async def _assign(
                     await repo.prefer_index(conn)
                     best = None
                     if original is not None:
-                        best = await repo.cluster_of_original(conn, model, original, vector)
+                        best = await repo.cluster_of_original(
+                            conn, model, original, vector, standby
+                        )
                     if best is None:
                         best = choose(await repo.nearest(conn, model, vector))
                     if best is not None:
-                        await repo.join(conn, best.cluster_id, content_id, vector, best.similarity)
+                        await repo.join(
+                            conn, best.cluster_id, content_id, vector, best.similarity, standby
+                        )
                 if best is not None:
                     return "joined"
                 if placeholder is None:
@@ -228,10 +265,13 @@ async def _assign(
                     # while we waited for the lock.
                     best = choose(await repo.nearest(conn, model, vector, exact=True))
                     if best is not None:
-                        await repo.join(conn, best.cluster_id, content_id, vector, best.similarity)
+                        await repo.join(
+                            conn, best.cluster_id, content_id, vector, best.similarity, standby
+                        )
                         return "joined"
-                    name = unique_name(placeholder, await repo.taken_names(conn, placeholder))
-                    await repo.create(conn, new_id, model, name, content_id, vector)
+                    taken = await repo.taken_names(conn, model.model_id, placeholder)
+                    name = unique_name(placeholder, taken)
+                    await repo.create(conn, new_id, model, name, content_id, vector, standby)
             CLUSTERS_CREATED.inc()
             log.info("cluster opened", cluster_id=str(new_id), name=name)
             return "created"
@@ -280,7 +320,8 @@ async def handle_analyzed(deps: ClustererDeps, event: MediaAnalyzed, delivery: D
                 if cluster is None:
                     return  # named already (by the VLM or an admin), confirmed, or not filed
                 # The cluster's own name is not in the way of itself.
-                taken = await repo.taken_names(conn, suggestion) - {cluster["name"]}
+                taken = await repo.taken_names(conn, cluster["model_id"], suggestion)
+                taken -= {cluster["name"]}
                 name = unique_name(suggestion, taken)
                 await repo.rename(conn, cluster["id"], name, "vlm")
                 await repo.audit(

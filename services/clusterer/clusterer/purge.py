@@ -61,10 +61,11 @@ async def purge(deps: WorkerDeps, content_id: uuid.UUID, actor: str) -> uuid.UUI
             model_id = None
             if seen.cluster_id is not None:
                 model_id = await purging.lock_cluster(conn, seen.cluster_id)
+            standby = [await purging.lock_cluster(conn, cluster) for cluster, _ in seen.standby]
             item = await purging.lock_content(conn, content_id)
             if item is None:
                 return None
-            if item != seen or (item.cluster_id and model_id is None):
+            if item != seen or (item.cluster_id and model_id is None) or None in standby:
                 # Filed, moved (a merge, a refile) or given its thumbnail before we held it:
                 # look again, so that the locks held are those of what it is now.
                 continue
@@ -74,6 +75,8 @@ async def purge(deps: WorkerDeps, content_id: uuid.UUID, actor: str) -> uuid.UUI
                 return item.cluster_id  # another upload still has it: only links go
             if item.cluster_id is not None and model_id is not None:
                 await purging.leave_cluster(conn, item.cluster_id, model_id, content_id)
+            for cluster, standby_model in item.standby:  # a model switch's standby clusters
+                await purging.leave_cluster(conn, cluster, standby_model, content_id)
             await purging.delete_content(conn, item, actor)
             await remove_unreferenced(conn, deps.storage, keys)
         PURGED.inc()

@@ -189,23 +189,32 @@ class DecoderPool:
         return sum(worker.process.is_alive() for worker in self._live)
 
     @overload
-    async def decode(self, path: str, kind: Literal["image"]) -> Decoded: ...
-    @overload
-    async def decode(self, path: str, kind: Literal["video"]) -> DecodedVideo: ...
+    async def decode(
+        self, path: str, kind: Literal["image"], preprocess: Preprocess | None = None
+    ) -> Decoded: ...
     @overload
     async def decode(
-        self, path: str, kind: Literal["image", "video"]
+        self, path: str, kind: Literal["video"], preprocess: Preprocess | None = None
+    ) -> DecodedVideo: ...
+    @overload
+    async def decode(
+        self, path: str, kind: Literal["image", "video"], preprocess: Preprocess | None = None
     ) -> Decoded | DecodedVideo: ...
-    async def decode(self, path: str, kind: Literal["image", "video"]) -> Decoded | DecodedVideo:
+    async def decode(
+        self, path: str, kind: Literal["image", "video"], preprocess: Preprocess | None = None
+    ) -> Decoded | DecodedVideo:
         """Decode one file in a worker; DecodeError when it is bad, crashes or takes too long.
 
-        RuntimeError (PoolClosed, or a worker that cannot start) blames the pool, not the file.
+        The model input follows `preprocess` (another model's, in a model switch), else the
+        pool's. RuntimeError (PoolClosed, or a worker that cannot start) blames the pool, not
+        the file.
         """
+        preprocess = self.preprocess if preprocess is None else preprocess
         if kind == "image":
             return await self._run(
                 decode_image,
                 path,
-                self.preprocess,
+                preprocess,
                 thumbnail_size=self.thumbnail_size,
                 max_pixels=self.max_pixels,
             )
@@ -213,7 +222,7 @@ class DecoderPool:
             return await self._run(
                 decode_video,
                 path,
-                self.preprocess,
+                preprocess,
                 thumbnail_size=self.thumbnail_size,
                 max_frames=self.video_max_frames,
                 max_pixels=self.max_pixels,

@@ -1,21 +1,28 @@
-"""media.ingested -> decode once -> embed (micro-batched) -> write by CAS -> media.embedded."""
+"""media.ingested -> decode once -> embed (micro-batched) -> write by CAS -> media.embedded.
+
+During a model switch the next model embeds each new upload too (from a second decode only
+when its preprocessing differs), and its vectors are told as media.standby-embedded.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import asyncpg
 import numpy as np
 import structlog
 
 from common import tombstones
+from common.aio import InFlight
 from common.consumer import Delivery, Permanent
 from common.db import timed
 from common.group_commit import GroupCommit
-from common.messages import MediaEmbedded, MediaIngested
+from common.messages import MediaEmbedded, MediaIngested, StandbyEmbedded
 from common.objects import remove_unreferenced
 from common.stages import Stage
 from common.storage import FileSystemStorage
@@ -23,10 +30,21 @@ from common.worker import WorkerDeps
 from embedder import repo
 from embedder.decode import Decoded, DecodedVideo, DecodeError
 from embedder.decoder_pool import DecoderPool
+from embedder.manifest import Preprocess
 from embedder.microbatch import ModelBatcher
 from embedder.settings import EmbedderSettings
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model this embedder holds, with its batcher and preprocessing."""
+
+    model_id: str
+    dim: int
+    preprocess: Preprocess
+    batcher: ModelBatcher
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +55,18 @@ class EmbedderDeps(WorkerDeps):
     saver: Saver
     model_id: str
     dim: int
+    # EMBEDDING_MODEL_NEXT, while a switch to it goes on (embedder/backfill.py).
+    next: LoadedModel | None = None
+    # New uploads being embedded: the backfill gives way to them.
+    live: InFlight = field(default_factory=InFlight)
+
+    @property
+    def primary(self) -> LoadedModel:
+        return LoadedModel(self.model_id, self.dim, self.decoders.preprocess, self.batcher)
+
+    @property
+    def models(self) -> tuple[LoadedModel, ...]:
+        return (self.primary,) if self.next is None else (self.primary, self.next)
 
 
 Saver = GroupCommit[repo.Embedded, repo.Saved]
@@ -69,26 +99,51 @@ def _mean_direction(vectors: list[np.ndarray]) -> np.ndarray:
     return result
 
 
-async def _publish(deps: EmbedderDeps, event: MediaIngested, near: uuid.UUID | None) -> None:
-    out = MediaEmbedded(
-        content_id=event.content_id,
-        job_id=event.job_id,
-        kind=event.kind,
-        model_id=deps.model_id,
-        near_duplicate_of=near,
-    )
-    await deps.bus.publish(out.routing_key, out.to_bytes(), message_id=str(out.message_id))
+async def publish_embedded(
+    deps: WorkerDeps,
+    *,
+    content_id: uuid.UUID,
+    job_id: uuid.UUID,
+    kind: Literal["image", "video"],
+    models: Sequence[str],
+    standby: str | None,
+    near: uuid.UUID | None,
+) -> None:
+    """Tell each model's vectors: the standby model's to its own queue, others as before."""
+    for model_id in models:
+        event_type = StandbyEmbedded if model_id == standby else MediaEmbedded
+        out = event_type(
+            content_id=content_id,
+            job_id=job_id,
+            kind=kind,
+            model_id=model_id,
+            near_duplicate_of=near,
+        )
+        await deps.bus.publish(out.routing_key, out.to_bytes(), message_id=str(out.message_id))
 
 
 async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: Delivery) -> None:
     """Embed one piece of content; redelivery and duplicates are harmless."""
+    with deps.live:
+        await _handle_ingested(deps, event)
+
+
+async def _handle_ingested(deps: EmbedderDeps, event: MediaIngested) -> None:
     row = await repo.content(deps.pool, event.content_id)
     if row is None:
         await tombstones.missing(deps.pool, event.content_id)
         return
+    tell = functools.partial(
+        publish_embedded,
+        deps,
+        content_id=event.content_id,
+        job_id=event.job_id,
+        kind=event.kind,
+    )
     if row.stage in (Stage.EMBEDDED, Stage.CLUSTERED):
         # Done before (a crash between commit and publish, or a redelivery): publish again.
-        await _publish(deps, event, row.near_duplicate_of)
+        models, standby = await repo.embedded_models(deps.pool, event.content_id)
+        await tell(models=models, standby=standby, near=row.near_duplicate_of)
         return
     if row.stage != Stage.INGESTED or row.storage_key is None:
         return  # failed already, or not media: nothing to do
@@ -102,9 +157,10 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
             return
         await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {error}")
         raise Permanent(f"cannot decode {event.kind}: {error}") from None
-    result = await _embed(deps, event.content_id, decoded)
+    result = await _embed(deps, event.content_id, path, decoded)
     saved = await deps.saver.submit(result)
     near = saved.near_duplicate_of
+    models, standby = list(saved.models), saved.standby_model
     if not saved.advanced:
         # A concurrent delivery finished first (publish what it recorded), or the content
         # was deleted meanwhile (nothing to tell).
@@ -115,33 +171,44 @@ async def handle_ingested(deps: EmbedderDeps, event: MediaIngested, delivery: De
             await tombstones.missing(deps.pool, event.content_id)
             return
         near = current.near_duplicate_of
-    await _publish(deps, event, near)
+        models, standby = await repo.embedded_models(deps.pool, event.content_id)
+    await tell(models=models, standby=standby, near=near)
 
 
-async def _embed(
-    deps: EmbedderDeps, content_id: uuid.UUID, decoded: Decoded | DecodedVideo
-) -> repo.Embedded:
-    thumbnail = await deps.storage.put(_chunks(decoded.thumbnail))
-    frames: tuple[tuple[float, np.ndarray], ...] = ()
-    duration = None
+async def vectors_of(
+    model: LoadedModel, decoded: Decoded | DecodedVideo, *, background: bool = False
+) -> repo.Vectors:
+    """The model's vectors of decoded media (decoded with its preprocessing): an image's
+    embedding, or each video frame's and their mean direction."""
+    embed = model.batcher.embed_background if background else model.batcher.embed_image
     if isinstance(decoded, DecodedVideo):
-        vectors = list(
-            await asyncio.gather(*(deps.batcher.embed_image(p) for _, p in decoded.frames))
-        )
+        vectors = list(await asyncio.gather(*(embed(p) for _, p in decoded.frames)))
         if not vectors:
             raise Permanent("the video has no decodable frames")
         frames = tuple((ts, vec) for (ts, _), vec in zip(decoded.frames, vectors, strict=True))
-        embedding = _mean_direction(vectors)
+        return repo.Vectors(model.model_id, _mean_direction(vectors), frames)
+    return repo.Vectors(model.model_id, await embed(decoded.pixels))
+
+
+async def _embed(
+    deps: EmbedderDeps, content_id: uuid.UUID, path: str, decoded: Decoded | DecodedVideo
+) -> repo.Embedded:
+    thumbnail = await deps.storage.put(_chunks(decoded.thumbnail))
+    kind: Literal["image", "video"] = "video" if isinstance(decoded, DecodedVideo) else "image"
+    vectors = [await vectors_of(deps.primary, decoded)]
+    if deps.next is not None:
+        same = deps.next.preprocess == deps.decoders.preprocess
+        again = decoded if same else await deps.decoders.decode(path, kind, deps.next.preprocess)
+        vectors.append(await vectors_of(deps.next, again))
+    duration = None
+    exif: dict[str, object] = {}
+    if isinstance(decoded, DecodedVideo):
         duration = decoded.duration
-        exif: dict[str, object] = {}
     else:
-        embedding = await deps.batcher.embed_image(decoded.pixels)
         exif = dict(decoded.exif)
     return repo.Embedded(
         content_id=content_id,
-        model_id=deps.model_id,
-        dim=deps.dim,
-        embedding=embedding,
+        vectors=tuple(vectors),
         width=decoded.width,
         height=decoded.height,
         format=decoded.format,
@@ -150,7 +217,6 @@ async def _embed(
         thumbnail_key=thumbnail.key,
         thumbnail=decoded.thumbnail,
         duration_s=duration,
-        frames=frames,
     )
 
 

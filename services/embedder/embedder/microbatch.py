@@ -2,7 +2,8 @@
 
 Items are gathered until the batch is full or `max_wait` has passed since the first one
 arrived, so the model sees batches under load and a lone image is not kept waiting. Text
-requests (search is interactive) are served ahead of images. Inference runs in one
+requests (search is interactive) are served ahead of images, and images of new uploads ahead
+of a model switch's backfill (background work that must not slow them down). Inference runs in one
 dedicated thread: onnxruntime releases the GIL and the event loop stays responsive.
 """
 
@@ -60,6 +61,7 @@ class ModelBatcher:
         self.max_wait = max_wait
         self._images: asyncio.Queue[_Item] = asyncio.Queue()
         self._texts: asyncio.Queue[_Item] = asyncio.Queue()
+        self._background: asyncio.Queue[_Item] = asyncio.Queue()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
@@ -77,6 +79,10 @@ class ModelBatcher:
         """One unit vector for one preprocessed image [3, S, S]."""
         return await self._submit(self._images, pixels)
 
+    async def embed_background(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        """As embed_image, served only when no text or new image waits (the backfill)."""
+        return await self._submit(self._background, pixels)
+
     async def embed_text(self, text: str) -> NDArray[np.float32]:
         return await self._submit(self._texts, text)
 
@@ -90,13 +96,16 @@ class ModelBatcher:
 
     async def _run(self) -> None:
         while True:
-            if self._texts.empty() and self._images.empty():
+            if self._texts.empty() and self._images.empty() and self._background.empty():
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Text first: a search waits on it; images are background work.
-            queue, kind = (
-                (self._texts, "text") if not self._texts.empty() else (self._images, "image")
-            )
+            # Text first: a search waits on it; then new uploads' images; then the backfill.
+            if not self._texts.empty():
+                queue, kind = self._texts, "text"
+            elif not self._images.empty():
+                queue, kind = self._images, "image"
+            else:
+                queue, kind = self._background, "image"
             batch = await self._gather(queue)
             await self._infer(batch, kind)
 
@@ -109,8 +118,10 @@ class ModelBatcher:
             remaining = deadline - time.monotonic()
             if len(batch) >= self.max_batch or remaining <= 0:
                 break
-            if queue is self._images and not self._texts.empty():
+            if queue is not self._texts and not self._texts.empty():
                 break  # a text request arrived: serve it before filling this image batch
+            if queue is self._background and not self._images.empty():
+                break  # so did a new upload's image: the backfill waits
             # Waiting on an event, not on queue.get(): a timeout can never drop an item.
             self._wakeup.clear()
             await wait_event(self._wakeup, remaining)

@@ -19,6 +19,7 @@ from common.rpc import RpcServer
 from common.topology import image_rpc_queue, text_rpc_queue
 from embedder.decode import DecodeError
 from embedder.decoder_pool import DecoderPool
+from embedder.manifest import Preprocess
 from embedder.microbatch import ModelBatcher
 from embedder.model import TextSearchUnavailable
 
@@ -30,7 +31,10 @@ class TextRpcServer:
         self.batcher = batcher
         self.model_id = model_id
         self._server = RpcServer(
-            bus, text_rpc_queue(bus.settings.bus_queue_prefix), self._answer, prefetch=prefetch
+            bus,
+            text_rpc_queue(bus.settings.bus_queue_prefix, model_id),
+            self._answer,
+            prefetch=prefetch,
         )
 
     async def start(self) -> None:
@@ -68,14 +72,19 @@ class ImageRpcServer:
         decoders: DecoderPool,
         scratch: Path,
         model_id: str,
+        preprocess: Preprocess | None = None,
         prefetch: int = 8,
     ) -> None:
         self.batcher = batcher
         self.decoders = decoders
         self.scratch = scratch
         self.model_id = model_id
+        self.preprocess = preprocess  # the model's, when it is not the decoder pool's
         self._server = RpcServer(
-            bus, image_rpc_queue(bus.settings.bus_queue_prefix), self._answer, prefetch=prefetch
+            bus,
+            image_rpc_queue(bus.settings.bus_queue_prefix, model_id),
+            self._answer,
+            prefetch=prefetch,
         )
 
     async def start(self) -> None:
@@ -90,7 +99,7 @@ class ImageRpcServer:
         path = self.scratch / f"search-{uuid.uuid4().hex}.part"
         try:
             await asyncio.to_thread(path.write_bytes, body)
-            decoded = await self.decoders.decode(str(path), "image")
+            decoded = await self.decoders.decode(str(path), "image", self.preprocess)
             vector = await self.batcher.embed_image(decoded.pixels)
         except DecodeError as error:
             return EmbedReply(error=f"cannot decode the image: {error}")

@@ -17,6 +17,16 @@ class EmbedderSettings(WorkerSettings):
     # The model: MODEL_DIR/EMBEDDING_MODEL (a folder with manifest.json), and which graph.
     model_dir: Path = Path("models")
     embedding_model: str = "clip-vit-base-patch32"  # a folder under MODEL_DIR
+    # A model switch (common/model_switch.py): a second folder under MODEL_DIR. Set, it
+    # starts the switch to that model: new uploads are embedded by both, and every stored
+    # content is embedded by it in the background (the backfill) until an admin flips.
+    embedding_model_next: str | None = None
+    # The backfill: items a round (one per decoder at a time), at most this many a second
+    # (0: as fast as it goes while no new upload waits), and how often a paused or idle
+    # backfill looks again.
+    model_backfill_batch: int = Field(16, ge=1, le=1024)
+    model_backfill_rate: float = Field(0.0, ge=0)
+    model_backfill_poll_s: float = Field(2.0, gt=0, le=3600)
     model_variant: Literal["fp32", "fp16", "int8"] = "fp32"
     # Tried in order, kept where onnxruntime has them: CUDA when usable, else the CPU.
     onnx_providers: Annotated[tuple[str, ...], NoDecode] = ("cuda", "cpu")
@@ -51,6 +61,17 @@ class EmbedderSettings(WorkerSettings):
             raise ValueError(f"unknown providers: {sorted(unknown)}")
         return value
 
+    @field_validator("embedding_model_next", mode="before")
+    @classmethod
+    def _next(cls, value: object) -> object:
+        return None if value == "" else value
+
     @property
     def model_path(self) -> Path:
         return self.model_dir / self.embedding_model
+
+    @property
+    def next_model_path(self) -> Path | None:
+        if self.embedding_model_next is None:
+            return None
+        return self.model_dir / self.embedding_model_next

@@ -51,6 +51,7 @@ from gateway.schemas import (
 from gateway.search import handle_search_get, handle_search_post
 from gateway.settings import GatewaySettings
 from gateway.sweep import Sweeper
+from gateway.switching import handle_model_switch, handle_model_switch_action
 from gateway.timeline import handle_timeline
 from gateway.ui import handle_asset, handle_me, handle_page
 from gateway.uploads import UPLOAD_SLOTS, UploadSlots
@@ -124,6 +125,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/api/v1/search", handle_search_post)
     app.router.add_get("/api/v1/admin/retention", handle_retention)
     app.router.add_post("/api/v1/admin/retention/run", handle_retention_run)
+    app.router.add_get("/api/v1/admin/model-switch", handle_model_switch)
+    app.router.add_post("/api/v1/admin/model-switch/{action}", handle_model_switch_action)
     app.router.add_get("/api/v1/admin/dlq", handle_dlq_list)
     app.router.add_delete("/api/v1/admin/dlq", handle_dlq_purge)
     app.router.add_post("/api/v1/admin/dlq/requeue", handle_dlq_requeue_all)

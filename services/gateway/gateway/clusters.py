@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from common.cluster_commands import Change, ClusterCommand, ClusterCommandReply
 from common.clusters import cluster_json
+from common.model_switch import active_model
 from common.rpc import RpcTimeout
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
@@ -59,7 +60,8 @@ def _member_json(row: Any) -> dict[str, Any]:
 
 
 async def handle_clusters(request: web.Request) -> web.Response:
-    """Clusters, newest first: filter by `provisional` and `model_id`; a few thumbnails each.
+    """Clusters, newest first: filter by `provisional` and `model_id` (by default the active
+    model's: a model switch's standby clusters are shown once it flips); a few thumbnails each.
 
     A key bound to an owner sees the clusters that hold its uploads, as its members make them
     (gateway/repo/clusters.py says what of a cluster it sees)."""
@@ -68,11 +70,16 @@ async def handle_clusters(request: web.Request) -> web.Response:
     provisional = request.query.get("provisional")
     if provisional not in (None, "true", "false"):
         raise ApiError(400, "provisional must be true or false")
+    pool = request.app[DEPS].pool
+    model_id = request.query.get("model_id")
+    if model_id is None:
+        active = await active_model(pool)
+        model_id = active[0] if active else None
     page = await list_clusters(
-        request.app[DEPS].pool,
+        pool,
         scope(request),
         None if provisional is None else provisional == "true",
-        request.query.get("model_id"),
+        model_id,
         limit,
         offset,
         THUMBNAILS_PER_CLUSTER,

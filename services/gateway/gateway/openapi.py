@@ -258,6 +258,46 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Count": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "ModelSwitchState": {
+        "type": "object",
+        "required": ["active_model", "switch"],
+        "properties": {
+            "active_model": {"type": ["string", "null"], "description": "the model search uses"},
+            "switch": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["id", "from_model", "to_model", "status"],
+                        "properties": {
+                            "id": {"type": "string", "format": "uuid"},
+                            "from_model": {"type": "string"},
+                            "to_model": {"type": "string"},
+                            "status": {
+                                "enum": ["backfilling", "paused", "flipped", "dropped", "cancelled"]
+                            },
+                            "requested_by": {"type": "string"},
+                            "started_at": {"type": "string", "format": "date-time"},
+                            "flipped_at": {"type": ["string", "null"], "format": "date-time"},
+                            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                            "report": {
+                                "type": "object",
+                                "description": "what the flip and the drop did",
+                            },
+                        },
+                    },
+                ]
+            },
+            "progress": {
+                "type": "object",
+                "description": "while the switch is live: stored media, how many the next model"
+                " has embedded and filed, how many it still lacks",
+                "properties": {
+                    k: {"type": "integer"} for k in ("media", "embedded", "pending", "filed")
+                },
+            },
+        },
+    },
     "RetentionListing": {
         "type": "object",
         "required": ["as_of", "mode", "policy", "due", "by_rule", "uploads", "next"],
@@ -553,6 +593,18 @@ def document() -> dict[str, Any]:
                 "as_of": {"type": "string", "format": "date-time"}, "due": {"type": "integer"},
                 "by_rule": _ref("Count"), "deleted_uploads": {"type": "integer"},
                 "deleted_jobs": {"type": "integer"}}}), **_errors(400, 401, 403, 413)}}},
+        "/api/v1/admin/model-switch": {"get": {
+            "tags": ["admin"],
+            "summary": "The active embedding model, the latest model switch and its progress",
+            "responses": {"200": _json(_ref("ModelSwitchState")), **_errors(401, 403)}}},
+        "/api/v1/admin/model-switch/{action}": {"post": {
+            "tags": ["admin"],
+            "summary": "pause or resume the backfill; flip to the next model; drop the old"
+                       " model's data; cancel a switch before its flip",
+            "parameters": [{"name": "action", "in": "path", "required": True,
+                            "schema": {"enum": ["pause", "resume", "flip", "drop", "cancel"]}}],
+            "responses": {"200": _json(_ref("ModelSwitchState")),
+                          **_errors(401, 403, 404, 409, 503, 504)}}},
         "/api/v1/admin/dlq": {
             "get": {"tags": ["dead letters"], "summary": "Dead letters, newest first",
                     "parameters": [_query("queue", {"type": "string"}),

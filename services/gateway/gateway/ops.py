@@ -18,6 +18,7 @@ from common.metrics import metrics_response
 from gateway.auth import KEYS, presents_admin_key
 from gateway.deps import DEPS, Deps
 from gateway.repo.ops import ping, waiting_dead_letters
+from gateway.switching import describe
 
 log = structlog.get_logger(__name__)
 QUEUE_DEPTH = Gauge("queue_depth", "Messages waiting, by queue.", ["queue"])
@@ -51,6 +52,15 @@ async def _database(deps: Deps, admin: bool = False) -> dict[str, Any]:
         "pool_max": pool.get_max_size(),
         "in_use": pool.get_size() - pool.get_idle_size(),
     }
+
+
+async def _models(deps: Deps) -> dict[str, Any]:
+    """The active model and a model switch's progress (gateway/switching.py)."""
+    try:
+        return await asyncio.wait_for(describe(deps.pool), _PROBE_TIMEOUT)
+    except Exception as error:
+        log.warning("health: model state unreadable", error=str(error) or type(error).__name__)
+        return {}
 
 
 def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
@@ -193,6 +203,7 @@ async def handle_health(request: web.Request) -> web.Response:
     else:
         queues, workers = {}, {}
     outbox = _outbox(deps)
+    models = await _models(deps) if database["status"] == "ok" else {}
     status, reasons = _overall(database, storage, bus_ok, queues, outbox)
     body = {
         "status": status,
@@ -203,6 +214,7 @@ async def handle_health(request: web.Request) -> web.Response:
         "queues": queues,
         "workers": workers,
         "outbox": outbox,
+        "models": models,
         "system": _system(deps, admin),
         "auth": _auth(request),
     }

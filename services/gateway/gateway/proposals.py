@@ -53,7 +53,8 @@ async def handle_proposals(request: web.Request) -> web.Response:
     )
 
 
-async def _call(request: web.Request, body: bytes) -> ClusterCommandReply:
+async def call_clusterer(request: web.Request, body: bytes) -> ClusterCommandReply:
+    """Send an admin command to the clusterer; its reply, or the ApiError it amounts to."""
     try:
         raw = await request.app[DEPS].cluster_commands.call(body)
     except RpcTimeout:
@@ -80,7 +81,7 @@ async def _decide(request: web.Request, decision: Literal["accept", "dismiss"]) 
     _unbound_admin(request)
     proposal_id = parse_id(request, "proposal_id", "proposal id")
     command = ProposalCommand(proposal_id=proposal_id, actor="admin", decision=decision)
-    reply = await _call(request, command.model_dump_json().encode())
+    reply = await call_clusterer(request, command.model_dump_json().encode())
     result: dict[str, Any] = reply.cluster or {}
     return web.json_response(result)
 
@@ -94,5 +95,5 @@ async def handle_recluster(request: web.Request) -> web.Response:
     except ValidationError as error:
         raise invalid("re-clustering request", error) from None
     command = ReclusterCommand(actor="admin", model_id=body.model_id)
-    reply = await _call(request, command.model_dump_json().encode())
+    reply = await call_clusterer(request, command.model_dump_json().encode())
     return web.json_response(reply.cluster or {}, status=202)

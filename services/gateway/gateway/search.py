@@ -21,6 +21,7 @@ from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from common.embed_client import EmbedError, NoTextEncoder
+from common.model_switch import active_model
 from gateway.auth import bound_owner
 from gateway.deps import DEPS
 from gateway.errors import ApiError, invalid
@@ -68,8 +69,7 @@ async def handle_search_post(request: web.Request) -> web.Response:
     """A JSON search, or (multipart/form-data) a search by the image in the `image` part."""
     if request.content_type == "multipart/form-data":
         fields, image = await _read_image_search(request)
-        search = _parse(fields, ImageSearch)
-        return await _search(request, search, await _embed_image(request, image))
+        return await _search(request, _parse(fields, ImageSearch), image)
     body = await read_json(request, MAX_BODY)
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
@@ -79,7 +79,7 @@ async def handle_search_post(request: web.Request) -> web.Response:
 async def _search(
     request: web.Request,
     search: SearchRequest,
-    by_image: tuple[str, NDArray[np.float32]] | None = None,
+    by_image: bytes | None = None,
 ) -> web.Response:
     deps = request.app[DEPS]
     start = time.perf_counter()
@@ -89,17 +89,20 @@ async def _search(
         if search.owner not in (None, owner):
             raise ApiError(403, "this key searches only its own owner's uploads")
         search = search.model_copy(update={"owner": owner})
+    # The active model, as of now: a switch's flip changes it between two searches, never
+    # within one (common/model_switch.py).
+    active = await active_model(deps.pool)
+    if active is None:
+        raise ApiError(503, "no embedding model is registered yet", headers=_retry(request))
+    model_id, dim = active
     exclude = None
     if by_image is not None:
-        model_id, vector = by_image
+        vector = await _embed_image(request, by_image, model_id)
     elif search.query is not None:
-        model_id, vector = await _embed_text(request, search.query)
+        vector = await _embed_text(request, search.query, model_id)
     else:
         assert search.like is not None
-        model_id, vector, exclude = await _embed_of_upload(request, search.like)
-    dim = await search_sql.model_dim(deps.pool, model_id)
-    if dim is None:
-        raise ApiError(503, "the embedding model is not registered yet")
+        vector, exclude = await _embed_of_upload(request, search.like, model_id)
     async with deps.pool.acquire() as conn:
         hits = await search_sql.nearest(conn, model_id, dim, vector, search, exclude)
         if search.query is not None:
@@ -125,10 +128,10 @@ async def _search(
     )
 
 
-async def _embed_text(request: web.Request, text: str) -> tuple[str, NDArray[np.float32]]:
+async def _embed_text(request: web.Request, text: str, model_id: str) -> NDArray[np.float32]:
     client = request.app[DEPS].text_embeddings
     try:
-        model_id, vectors = await client.embed([text])
+        vectors = await client.embed([text], model_id)
     except NoTextEncoder:
         raise ApiError(
             409, "text search is off: the embedding model has no text encoder; search with like="
@@ -137,7 +140,8 @@ async def _embed_text(request: web.Request, text: str) -> tuple[str, NDArray[np.
         raise ApiError(
             503, f"text embedding unavailable: {error}", headers=_retry(request)
         ) from None
-    return model_id, vectors[0]
+    vector: NDArray[np.float32] = vectors[0]
+    return vector
 
 
 async def _read_image_search(request: web.Request) -> tuple[dict[str, Any], bytes]:
@@ -175,9 +179,9 @@ async def _read_limited(part: BodyPartReader, limit: int, what: str) -> bytes:
     return bytes(data)
 
 
-async def _embed_image(request: web.Request, image: bytes) -> tuple[str, NDArray[np.float32]]:
+async def _embed_image(request: web.Request, image: bytes, model_id: str) -> NDArray[np.float32]:
     try:
-        return await request.app[DEPS].image_embeddings.embed(image)
+        return await request.app[DEPS].image_embeddings.embed(image, model_id)
     except EmbedError as error:
         if "cannot decode" in str(error):
             raise ApiError(400, f"not a readable image: {error}") from None
@@ -191,16 +195,16 @@ def _retry(request: web.Request) -> dict[str, str]:
 
 
 async def _embed_of_upload(
-    request: web.Request, upload_id: uuid.UUID
-) -> tuple[str, NDArray[np.float32], uuid.UUID]:
+    request: web.Request, upload_id: uuid.UUID, model_id: str
+) -> tuple[NDArray[np.float32], uuid.UUID]:
     scope = OwnerScope(bound_owner(request))
-    found = await search_sql.embedding_of_upload(request.app[DEPS].pool, scope, upload_id)
+    found = await search_sql.embedding_of_upload(request.app[DEPS].pool, scope, upload_id, model_id)
     if found is None:
         raise ApiError(404, "object not found")
-    content_id, model_id, vector = found
-    if model_id is None or vector is None:
+    content_id, vector = found
+    if vector is None:
         raise ApiError(409, "this object has no embedding (yet): it cannot be searched by")
-    return model_id, vector, content_id
+    return vector, content_id
 
 
 def _results(hits: list[Hit], rows: list[Any]) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from clusterer.repo.filing import (
     nearest,
     origin_trace,
     prefer_index,
+    standby_cluster_of,
 )
 from clusterer.repo.folders import (
     Link,
@@ -123,6 +124,7 @@ __all__ = [
     "request_folder_syncs",
     "sample",
     "set_threshold",
+    "standby_cluster_of",
     "start_run",
     "store_calibration",
     "taken_names",

@@ -91,6 +91,18 @@ async def content_to_file(
     return ContentToFile(**values)
 
 
+async def standby_cluster_of(
+    conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID, model_id: str
+) -> uuid.UUID | None:
+    """The standby cluster of the model that holds the content, if it is filed there."""
+    cluster_id: uuid.UUID | None = await conn.fetchval(
+        "SELECT cluster_id FROM standby_members WHERE content_id = $1 AND model_id = $2",
+        content_id,
+        model_id,
+    )
+    return cluster_id
+
+
 async def content_stage(
     conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID
 ) -> str | None:
@@ -161,14 +173,23 @@ async def nearest(
 
 
 async def cluster_of_original(
-    conn: asyncpg.Connection, model: Model, original: uuid.UUID, vector: NDArray[np.float32]
+    conn: asyncpg.Connection,
+    model: Model,
+    original: uuid.UUID,
+    vector: NDArray[np.float32],
+    standby: bool = False,
 ) -> Candidate | None:
     """The cluster of this model that holds the content a near-duplicate was found to copy
     (with the copy's exact similarity to it); None while the original is not filed there."""
+    membership, match = (
+        ("standby_members", f"c.content_id = $1 AND c.model_id = {model.literal}")
+        if standby
+        else ("content", "c.id = $1")
+    )
     row = await conn.fetchrow(
         f"""SELECT cl.id, 1 - (cl.centroid_sum <=> $2::vector) AS similarity
-            FROM content c JOIN clusters cl ON cl.id = c.cluster_id
-            WHERE c.id = $1 AND cl.model_id = {model.literal}""",
+            FROM {membership} c JOIN clusters cl ON cl.id = c.cluster_id
+            WHERE {match} AND cl.model_id = {model.literal}""",
         original,
         vector,
     )
@@ -200,22 +221,44 @@ async def lock_create_path(conn: asyncpg.Connection, model_id: str) -> None:
     )
 
 
+_FILE_ACTIVE = """UPDATE content SET cluster_id = $2, stage = 'clustered',
+                          stage_updated_at = now(), error = NULL
+                      WHERE id = $1 AND stage = 'embedded' RETURNING 1"""
+# A model switch's standby clusters (clusterer/standby.py): membership on the side.
+_FILE_STANDBY = """INSERT INTO standby_members (content_id, model_id, cluster_id)
+                   SELECT $1, model_id, id FROM clusters WHERE id = $2
+                   ON CONFLICT DO NOTHING RETURNING 1"""
+
+
 async def _file_content(
-    conn: asyncpg.Connection, content_id: uuid.UUID, cluster_id: uuid.UUID
+    conn: asyncpg.Connection, content_id: uuid.UUID, cluster_id: uuid.UUID, standby: bool
 ) -> None:
-    filed = await conn.fetchval(
-        """UPDATE content SET cluster_id = $2, stage = 'clustered', stage_updated_at = now(),
-                              error = NULL
-           WHERE id = $1 AND stage = 'embedded' RETURNING 1""",
-        content_id,
-        cluster_id,
-    )
+    filed = await conn.fetchval(_FILE_STANDBY if standby else _FILE_ACTIVE, content_id, cluster_id)
     if not filed:
         raise AlreadyFiled(str(content_id))
 
 
 # One statement, so a join is one round trip inside its transaction: the cluster's sum and
-# count, the content's stage CAS (only if the cluster still exists) and the audit row.
+# count, the content's stage CAS (only if the cluster still exists) and the audit row; for a
+# standby cluster, its membership row instead (not audited: a backfill is not a decision).
+_JOIN_STANDBY_SQL = """
+WITH cl AS (
+    UPDATE clusters
+    SET centroid_sum = centroid_sum + $2::vector,
+        centroid = CASE WHEN centroid <=> (centroid_sum + $2::vector) > $3
+                        THEN l2_normalize(centroid_sum + $2::vector)
+                        ELSE centroid END,
+        member_count = member_count + 1, updated_at = now()
+    WHERE id = $1
+    RETURNING id, model_id
+), filed AS (
+    INSERT INTO standby_members (content_id, model_id, cluster_id)
+    SELECT $4, cl.model_id, cl.id FROM cl
+    ON CONFLICT DO NOTHING
+    RETURNING content_id
+)
+SELECT EXISTS (SELECT 1 FROM cl) AS cluster_found, EXISTS (SELECT 1 FROM filed) AS filed
+"""
 _JOIN_SQL = """
 WITH cl AS (
     UPDATE clusters
@@ -245,6 +288,7 @@ async def join(
     content_id: uuid.UUID,
     vector: NDArray[np.float32],
     similarity: float,
+    standby: bool = False,
 ) -> None:
     """Add the content to the cluster: sum and count in one row update, the content's CAS.
 
@@ -254,9 +298,11 @@ async def join(
     keeps the update HOT: no index insert).
     """
     details = orjson.dumps({"cluster_id": str(cluster_id), "similarity": round(similarity, 6)})
-    row = await conn.fetchrow(
-        _JOIN_SQL, cluster_id, vector, SEARCH_KEY_DRIFT, content_id, details.decode()
-    )
+    args = (cluster_id, vector, SEARCH_KEY_DRIFT, content_id)
+    if standby:
+        row = await conn.fetchrow(_JOIN_STANDBY_SQL, *args)
+    else:
+        row = await conn.fetchrow(_JOIN_SQL, *args, details.decode())
     assert row is not None
     if not row["cluster_found"]:
         raise ClusterGone(str(cluster_id))
@@ -271,6 +317,7 @@ async def create(
     name: str,
     content_id: uuid.UUID,
     vector: NDArray[np.float32],
+    standby: bool = False,
 ) -> None:
     """Open a provisional cluster holding this one content (inside the create lock); its
     threshold follows the model's."""
@@ -283,7 +330,9 @@ async def create(
         name,
         vector,
     )
-    await _file_content(conn, content_id, cluster_id)
+    await _file_content(conn, content_id, cluster_id, standby)
+    if standby:
+        return
     await audit(
         conn,
         "clusterer",

@@ -8,11 +8,14 @@ from typing import Literal
 import asyncpg
 
 
-async def taken_names(conn: asyncpg.Connection, base: str) -> set[str]:
-    """Names that `unique_name(base, ...)` must avoid."""
+async def taken_names(conn: asyncpg.Connection, model_id: str, base: str) -> set[str]:
+    """Names of the model's clusters that `unique_name(base, ...)` must avoid."""
     pattern = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " %"
     rows = await conn.fetch(
-        "SELECT name FROM clusters WHERE name = $1 OR name LIKE $2", base, pattern
+        "SELECT name FROM clusters WHERE model_id = $3 AND (name = $1 OR name LIKE $2)",
+        base,
+        pattern,
+        model_id,
     )
     return {r["name"] for r in rows}
 
@@ -25,7 +28,8 @@ async def lock_placeholder_cluster(
     None when it has been named already (by the VLM or an admin), confirmed, or not filed.
     """
     row: asyncpg.Record | None = await conn.fetchrow(
-        """SELECT cl.id, cl.name FROM content c JOIN clusters cl ON cl.id = c.cluster_id
+        """SELECT cl.id, cl.name, cl.model_id
+           FROM content c JOIN clusters cl ON cl.id = c.cluster_id
            WHERE c.id = $1 AND cl.provisional AND cl.name_source = 'placeholder'
            FOR UPDATE OF cl""",
         content_id,

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from clusterer.recluster import Current, Item, Proposal
 from common.clusters import PROPOSAL_COLUMNS, proposal_json
+from common.model_switch import STANDBY_MODEL
 from common.vectors import unit_rows
 
 
@@ -26,7 +27,12 @@ async def models_with_clusters(pool: asyncpg.Pool) -> list[asyncpg.Record]:
                   (SELECT items FROM recluster_runs r
                    WHERE r.model_id = m.id AND r.status = 'done'
                    ORDER BY started_at DESC LIMIT 1) AS last_items
-           FROM models m WHERE EXISTS (SELECT 1 FROM clusters WHERE model_id = m.id)"""
+           FROM models m WHERE EXISTS (SELECT 1 FROM clusters WHERE model_id = m.id)
+             AND m.retired_at IS NULL
+             -- a model switch's standby clusters are not shown to anyone: nothing to propose
+             AND m.id IS DISTINCT FROM ("""
+        + STANDBY_MODEL
+        + """)"""
     )
     return rows
 

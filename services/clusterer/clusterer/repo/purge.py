@@ -21,12 +21,16 @@ class Target:
     thumbnail_key: str | None
     cluster_id: uuid.UUID | None
     frame_keys: tuple[str, ...]
+    # (cluster, model) of its standby memberships (a model switch's other model)
+    standby: tuple[tuple[uuid.UUID, str], ...] = ()
 
 
 _TARGET = """
 SELECT c.id, c.sha256, c.storage_key, c.thumbnail_key, c.cluster_id,
        coalesce((SELECT array_agg(f.storage_key) FROM video_frames f
-                 WHERE f.content_id = c.id AND f.storage_key IS NOT NULL), '{}') AS frame_keys
+                 WHERE f.content_id = c.id AND f.storage_key IS NOT NULL), '{}') AS frame_keys,
+       ARRAY(SELECT s.cluster_id::text || ' ' || s.model_id FROM standby_members s
+             WHERE s.content_id = c.id ORDER BY s.cluster_id) AS standby
 FROM content c WHERE c.id = $1 AND c.kind <> 'json'
 """
 
@@ -43,6 +47,10 @@ async def target(conn: asyncpg.Connection | asyncpg.Pool, content_id: uuid.UUID)
         row["thumbnail_key"],
         row["cluster_id"],
         tuple(row["frame_keys"]),
+        tuple(
+            (uuid.UUID(cluster), model)
+            for cluster, model in (member.split(" ", 1) for member in row["standby"])
+        ),
     )
 
 

@@ -69,13 +69,13 @@ async def give_collections_to(conn: asyncpg.Connection, role: str) -> int:
 async def unfinished_media(conn: asyncpg.Connection, analyzer_queue: str) -> list[asyncpg.Record]:
     """Media content still on its way: ingested, embedded and not clustered yet, or clustered
     without its analysis (unless that analysis waits in `analyzer_queue`'s dead letters), with
-    what its next event needs: for embedded content, the model of its newest embedding."""
+    what its next event needs: for embedded content, the active model (when it has its vector)."""
     return list(
         await conn.fetch(
             """SELECT c.id, c.first_job_id, c.sha256, c.kind, c.mime_type, c.size_bytes, c.stage,
                   c.near_duplicate_of,
-                  (SELECT e.model_id FROM embeddings e WHERE e.content_id = c.id
-                   ORDER BY e.created_at DESC LIMIT 1) AS model_id
+                  (SELECT e.model_id FROM embeddings e JOIN models m ON m.id = e.model_id
+                   WHERE e.content_id = c.id AND m.active) AS model_id
            FROM content c
            WHERE c.kind <> 'json'
              AND (c.stage IN ('ingested', 'embedded')

@@ -156,28 +156,21 @@ async def describe(
     return rows
 
 
-async def model_dim(pool: asyncpg.Pool, model_id: str) -> int | None:
-    """The embedding dimension of a registered model; None when it is not registered."""
-    dim = await pool.fetchval("SELECT dim FROM models WHERE id = $1", model_id)
-    return None if dim is None else int(dim)
-
-
 async def embedding_of_upload(
-    pool: asyncpg.Pool, scope: OwnerScope, upload_id: uuid.UUID
-) -> tuple[uuid.UUID, str | None, NDArray[np.float32] | None] | None:
-    """(content id, model id, vector) of an upload's newest embedding (None, None until it has
-    one); None when the upload is unknown or not the scope's."""
+    pool: asyncpg.Pool, scope: OwnerScope, upload_id: uuid.UUID, model_id: str
+) -> tuple[uuid.UUID, NDArray[np.float32] | None] | None:
+    """(content id, vector) of an upload's embedding by the model (None until it has one);
+    None when the upload is unknown or not the scope's."""
     q = Statement()
     row = await pool.fetchrow(
-        f"""SELECT c.id, e.model_id, e.embedding::text AS embedding
+        f"""SELECT c.id, e.embedding::text AS embedding
             FROM uploads u JOIN content c ON c.id = u.content_id
-            LEFT JOIN embeddings e ON e.content_id = c.id
-            WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}
-            ORDER BY e.created_at DESC LIMIT 1""",
+            LEFT JOIN embeddings e ON e.content_id = c.id AND e.model_id = {q.param(model_id)}
+            WHERE u.id = {q.param(upload_id)} AND {scope.owns(q, "u.owner")}""",
         *q.args,
     )
     if row is None:
         return None
     if row["embedding"] is None:
-        return row["id"], None, None
-    return row["id"], row["model_id"], np.asarray(orjson.loads(row["embedding"]), dtype=np.float32)
+        return row["id"], None
+    return row["id"], np.asarray(orjson.loads(row["embedding"]), dtype=np.float32)

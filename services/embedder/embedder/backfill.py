@@ -1,0 +1,136 @@
+"""A model switch's backfill: every stored media content embedded by EMBEDDING_MODEL_NEXT.
+
+One embedder at a time runs it (a session advisory lock; the others stand by to take over).
+It walks the content missing the next model's vector in id order, a round of
+MODEL_BACKFILL_BATCH items at a time, and for each: decodes the stored file with the next
+model's preprocessing (in the same bounded decoder pool), embeds it at the batcher's lowest
+priority, saves the vector (and a video's frames) beside the active model's, and tells the
+clusterer (media.standby-embedded) so that the next model's clusters grow alongside.
+
+It gives way to new uploads: a round starts only when no new upload is being embedded, so
+their latency stays what it is without a backfill, and MODEL_BACKFILL_RATE caps it further.
+It stops while the switch is paused, and finishes when nothing is missing; a content that
+cannot be decoded any more is counted and skipped (it would block the flip: see /health).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Literal
+
+import asyncpg
+import structlog
+from prometheus_client import Counter, Gauge
+
+from common import model_switch
+from embedder import repo
+from embedder.decode import DecodeError
+from embedder.handlers import EmbedderDeps, LoadedModel, publish_embedded, vectors_of
+
+log = structlog.get_logger(__name__)
+
+BACKFILLED = Counter(
+    "model_backfill_items_total",
+    "Stored content embedded by the next model of a switch, by outcome.",
+    ["model", "outcome"],
+)
+PENDING = Gauge(
+    "model_backfill_pending",
+    "Stored media content the next model of a switch has not embedded yet.",
+    ["model"],
+)
+SKIPPED_MAX = 10_000
+
+
+async def run(deps: EmbedderDeps) -> None:
+    """The embedder's background task: backfill while a switch to its next model is on."""
+    target = deps.next
+    if target is None:
+        return
+    for outcome in ("embedded", "failed", "gone"):
+        BACKFILLED.labels(target.model_id, outcome)
+    skipped: set[uuid.UUID] = set()
+    poll = deps.settings.model_backfill_poll_s
+    while True:
+        try:
+            async with deps.pool.acquire() as conn:
+                if await repo.try_backfill_lock(conn):
+                    try:
+                        await _backfill(deps, conn, target, skipped)
+                    finally:
+                        await repo.backfill_unlock(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("backfill interrupted", error=str(error))
+        await asyncio.sleep(poll)
+
+
+async def _backfilling(conn: asyncpg.Connection, model_id: str) -> bool:
+    switch = await model_switch.live_switch(conn)
+    return switch is not None and switch.to_model == model_id and switch.status != "paused"
+
+
+async def _backfill(
+    deps: EmbedderDeps, conn: asyncpg.Connection, target: LoadedModel, skipped: set[uuid.UUID]
+) -> None:
+    """Rounds until nothing is missing, or the switch is paused or over."""
+    after: uuid.UUID | None = None
+    rate = deps.settings.model_backfill_rate
+    while await _backfilling(conn, target.model_id):
+        rows = await repo.missing(
+            conn, target.model_id, after, deps.settings.model_backfill_batch, list(skipped)
+        )
+        if not rows:
+            PENDING.labels(target.model_id).set(
+                await repo.missing_count(conn, target.model_id, list(skipped))
+            )
+            if after is None:
+                return  # nothing missing: look again after the poll interval
+            after = None  # once more from the start: content embedded meanwhile by others
+            continue
+        after = rows[-1].id
+        # New uploads first: a round starts when none is being embedded.
+        while not await deps.live.idle(1.0):
+            pass
+        start = time.perf_counter()
+        # One decode per decoder at a time: a new upload's decode waits for one at most.
+        decoding = asyncio.Semaphore(deps.settings.decode_workers)
+        outcomes = await asyncio.gather(*(_one(deps, target, row, decoding) for row in rows))
+        for row, outcome in zip(rows, outcomes, strict=True):
+            BACKFILLED.labels(target.model_id, outcome).inc()
+            if outcome == "failed" and len(skipped) < SKIPPED_MAX:
+                skipped.add(row.id)
+        if rate > 0:
+            await asyncio.sleep(max(0.0, len(rows) / rate - (time.perf_counter() - start)))
+
+
+async def _one(
+    deps: EmbedderDeps, target: LoadedModel, row: repo.Missing, decoding: asyncio.Semaphore
+) -> str:
+    """Embed one stored content by the next model: 'embedded', 'failed' or 'gone'."""
+    kind: Literal["image", "video"] = "video" if row.kind == "video" else "image"
+    path = str(deps.storage.path(row.storage_key))
+    try:
+        async with decoding:
+            decoded = await deps.decoders.decode(path, kind, target.preprocess)
+        vectors = await vectors_of(target, decoded, background=True)
+    except DecodeError as error:
+        if await repo.content(deps.pool, row.id) is None:
+            return "gone"  # deleted meanwhile, with its file
+        log.warning("backfill cannot decode", content_id=str(row.id), error=str(error))
+        return "failed"
+    async with deps.pool.acquire() as conn:
+        saved = await repo.save_backfilled(conn, row.id, vectors)
+    if saved is None:
+        return "gone"
+    await publish_embedded(
+        deps,
+        content_id=row.id,
+        job_id=saved.job_id,
+        kind=kind,
+        models=[target.model_id],
+        standby=saved.standby_model,
+        near=saved.near_duplicate_of,
+    )
+    return "embedded"

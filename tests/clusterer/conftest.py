@@ -69,22 +69,24 @@ async def clusterer(
 @pytest.fixture
 def start_embedder(
     common_settings: dict[str, Any],
-) -> Callable[[Path, str], AbstractAsyncContextManager[EmbedderDeps]]:
-    """Start an embedder on the model MODEL_DIR/name; it stops when the block ends."""
+) -> Callable[..., AbstractAsyncContextManager[EmbedderDeps]]:
+    """Start an embedder on the model MODEL_DIR/name (and settings overrides); it stops when
+    the block ends."""
 
     @asynccontextmanager
-    async def start(model_dir: Path, name: str) -> AsyncIterator[EmbedderDeps]:
-        settings = EmbedderSettings(
+    async def start(model_dir: Path, name: str, **overrides: Any) -> AsyncIterator[EmbedderDeps]:
+        values: dict[str, Any] = {
             **common_settings,
-            model_dir=model_dir,
-            embedding_model=name,
-            onnx_providers=("cpu",),
-            intra_op_threads=2,
-            max_batch_size=16,
-            max_batch_wait_ms=20,
-            decode_workers=2,
-            worker_http_port=0,
-        )
+            "model_dir": model_dir,
+            "embedding_model": name,
+            "onnx_providers": ("cpu",),
+            "intra_op_threads": 2,
+            "max_batch_size": 16,
+            "max_batch_wait_ms": 20,
+            "decode_workers": 2,
+            "worker_http_port": 0,
+        }
+        settings = EmbedderSettings(**{**values, **overrides})
         async with embedder_running(settings) as deps:
             await deps.bus.wait_connected(10)
             yield deps

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,6 @@ import pytest
 from clusterer.handlers import ClustererDeps
 from clusterer.switching import carry_names
 from embedder.app import ModelNotUsable
-from embedder.app import running as embedder_running
-from embedder.handlers import EmbedderDeps
-from embedder.settings import EmbedderSettings
 from mammoth_export.colour_model import COLOURS, export_colour_model
 from mammoth_export.colour_model import MODEL_ID as COLOUR_ID
 from tests.clusterer.conftest import colour_png, wait_for
@@ -40,26 +35,19 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def embedder_with(common_settings: dict[str, Any], two_models: Path) -> Any:
-    @asynccontextmanager
-    async def start(name: str, next_name: str | None = None) -> AsyncIterator[EmbedderDeps]:
-        settings = EmbedderSettings(
-            **common_settings,
-            model_dir=two_models,
-            embedding_model=name,
+def embedder_with(start_embedder: Any, two_models: Path) -> Any:
+    """An embedder on the colour model or the tiny CLIP, and maybe the other one next."""
+
+    def start(name: str, next_name: str | None = None) -> Any:
+        return start_embedder(
+            two_models,
+            name,
             embedding_model_next=next_name,
-            onnx_providers=("cpu",),
             intra_op_threads=1,
-            max_batch_size=16,
-            max_batch_wait_ms=20,
-            decode_workers=2,
-            worker_http_port=0,
             model_backfill_batch=4,
             model_backfill_poll_s=0.2,
+            model_backfill_rate=3.0,
         )
-        async with embedder_running(settings) as deps:
-            await deps.bus.wait_connected(10)
-            yield deps
 
     return start
 
@@ -152,7 +140,13 @@ async def test_a_model_switch_backfills_flips_and_drops_while_uploads_and_search
             )
             status, state = await _switch(gateway, "pause")
             assert (status, state["switch"]["status"]) == (200, "paused")
-            assert (await _switch(gateway, "flip"))[0] == 409  # not before the backfill
+            await asyncio.sleep(0.5)  # an item started before the pause may still finish
+            pending = (await _switch(gateway))[1]["progress"]["pending"]
+            assert pending > 0  # at MODEL_BACKFILL_RATE=3 the backfill takes seconds
+            status, refused = await _switch(gateway, "flip")
+            assert status == 409 and refused["details"]["pending"] == pending, refused
+            await asyncio.sleep(1.0)
+            assert (await _switch(gateway))[1]["progress"]["pending"] == pending  # paused
             status, state = await _switch(gateway, "resume")
             assert (status, state["switch"]["status"]) == (200, "backfilling")
 

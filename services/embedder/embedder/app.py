@@ -34,7 +34,10 @@ def _load(settings: EmbedderSettings, path: Path) -> OnnxModel:
 
 def _batcher(settings: EmbedderSettings, model: OnnxModel, base: Resources) -> ModelBatcher:
     batcher = ModelBatcher(
-        model, max_batch=settings.max_batch_size, max_wait=settings.max_batch_wait_ms / 1000
+        model,
+        max_batch=settings.max_batch_size,
+        max_wait=settings.max_batch_wait_ms / 1000,
+        max_background_batch=settings.model_backfill_max_batch,
     )
     batcher.start()
     base.stack.push_async_callback(batcher.close)

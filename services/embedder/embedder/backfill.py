@@ -1,14 +1,17 @@
 """A model switch's backfill: every stored media content embedded by EMBEDDING_MODEL_NEXT.
 
 One embedder at a time runs it (a session advisory lock; the others stand by to take over).
-It walks the content missing the next model's vector in id order, a round of
-MODEL_BACKFILL_BATCH items at a time, and for each: decodes the stored file with the next
-model's preprocessing (in the same bounded decoder pool), embeds it at the batcher's lowest
-priority, saves the vector (and a video's frames) beside the active model's, and tells the
-clusterer (media.standby-embedded) so that the next model's clusters grow alongside.
+It walks the content missing the next model's vector in id order, a page of
+MODEL_BACKFILL_BATCH at a time with a few items in flight, and for each: decodes the stored
+file with the next model's preprocessing (in the same bounded decoder pool), embeds it at
+the batcher's lowest priority, saves the vector (and a video's frames) beside the active
+model's, and tells the clusterer (media.standby-embedded) so that the next model's clusters
+grow alongside.
 
-It gives way to new uploads: a round starts only when no new upload is being embedded, so
-their latency stays what it is without a backfill, and MODEL_BACKFILL_RATE caps it further.
+It gives way to new uploads: a page starts only when no new upload is being embedded, its
+images go to the batcher's lowest priority in small inferences (MODEL_BACKFILL_MAX_BATCH:
+a new upload's image waits at most for the one running), and MODEL_BACKFILL_RATE caps it
+further.
 It stops while the switch is paused, and finishes when nothing is missing; a content that
 cannot be decoded any more is counted and skipped (it would block the flip: see /health).
 """
@@ -25,6 +28,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from common import model_switch
+from common.consumer import Permanent
 from embedder import repo
 from embedder.decode import DecodeError
 from embedder.handlers import EmbedderDeps, LoadedModel, publish_embedded, vectors_of
@@ -42,6 +46,7 @@ PENDING = Gauge(
     ["model"],
 )
 SKIPPED_MAX = 10_000
+PAUSE_CHECK_S = 0.25  # within a page, how often the switch's state is looked at again
 
 
 async def run(deps: EmbedderDeps) -> None:
@@ -49,7 +54,7 @@ async def run(deps: EmbedderDeps) -> None:
     target = deps.next
     if target is None:
         return
-    for outcome in ("embedded", "failed", "gone"):
+    for outcome in ("embedded", "failed", "gone", "error"):
         BACKFILLED.labels(target.model_id, outcome)
     skipped: set[uuid.UUID] = set()
     poll = deps.settings.model_backfill_poll_s
@@ -74,35 +79,85 @@ async def _backfilling(conn: asyncpg.Connection, model_id: str) -> bool:
 async def _backfill(
     deps: EmbedderDeps, conn: asyncpg.Connection, target: LoadedModel, skipped: set[uuid.UUID]
 ) -> None:
-    """Rounds until nothing is missing, or the switch is paused or over."""
+    """Until nothing is missing, or the switch is paused or over: pages of missing content,
+    each started when no new upload is being embedded, its items each when a slot is free
+    (one per decoder, and one more so the model is never left waiting for a decode)."""
     after: uuid.UUID | None = None
-    rate = deps.settings.model_backfill_rate
-    while await _backfilling(conn, target.model_id):
-        rows = await repo.missing(
-            conn, target.model_id, after, deps.settings.model_backfill_batch, list(skipped)
-        )
-        if not rows:
-            PENDING.labels(target.model_id).set(
-                await repo.missing_count(conn, target.model_id, list(skipped))
+    slots = asyncio.Semaphore(deps.settings.decode_workers + 1)
+    decoding = asyncio.Semaphore(deps.settings.decode_workers)
+    pace = Pace(deps.settings.model_backfill_rate)
+    running: set[asyncio.Task[None]] = set()
+    try:
+        while await _backfilling(conn, target.model_id):
+            rows = await repo.missing(
+                conn, target.model_id, after, deps.settings.model_backfill_batch, list(skipped)
             )
-            if after is None:
-                return  # nothing missing: look again after the poll interval
-            after = None  # once more from the start: content embedded meanwhile by others
-            continue
-        after = rows[-1].id
-        # New uploads first: a round starts when none is being embedded.
-        while not await deps.live.idle(1.0):
-            pass
-        start = time.perf_counter()
-        # One decode per decoder at a time: a new upload's decode waits for one at most.
-        decoding = asyncio.Semaphore(deps.settings.decode_workers)
-        outcomes = await asyncio.gather(*(_one(deps, target, row, decoding) for row in rows))
-        for row, outcome in zip(rows, outcomes, strict=True):
-            BACKFILLED.labels(target.model_id, outcome).inc()
-            if outcome == "failed" and len(skipped) < SKIPPED_MAX:
-                skipped.add(row.id)
-        if rate > 0:
-            await asyncio.sleep(max(0.0, len(rows) / rate - (time.perf_counter() - start)))
+            if not rows:
+                await asyncio.gather(*running)  # what is in flight is not missing any more
+                PENDING.labels(target.model_id).set(
+                    await repo.missing_count(conn, target.model_id, list(skipped))
+                )
+                if after is None:
+                    return  # nothing missing: look again after the poll interval
+                after = None  # once more from the start: content embedded meanwhile by others
+                continue
+            after = rows[-1].id
+            while not await deps.live.idle(1.0):
+                pass  # a page starts when no new upload is being embedded
+            checked = time.monotonic()
+            for row in rows:
+                await slots.acquire()
+                await pace.wait()
+                if time.monotonic() - checked > PAUSE_CHECK_S:
+                    if not await _backfilling(conn, target.model_id):
+                        slots.release()
+                        break  # paused (or over) meanwhile: the outer loop sees it
+                    checked = time.monotonic()
+                task = asyncio.create_task(_item(deps, target, row, decoding, slots, skipped))
+                running.add(task)
+                task.add_done_callback(running.discard)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+class Pace:
+    """At most `rate` starts a second (0: no limit)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate if rate > 0 else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        await asyncio.sleep(max(0.0, self._next - now))
+        self._next = max(now, self._next) + self.interval
+
+
+async def _item(
+    deps: EmbedderDeps,
+    target: LoadedModel,
+    row: repo.Missing,
+    decoding: asyncio.Semaphore,
+    slots: asyncio.Semaphore,
+    skipped: set[uuid.UUID],
+) -> None:
+    try:
+        outcome = await _one(deps, target, row, decoding)
+    except Permanent as error:  # decoded, but nothing to embed (a video without frames)
+        log.warning("backfill cannot embed", content_id=str(row.id), error=str(error))
+        outcome = "failed"
+    except Exception as error:  # a database or bus hiccup: the next pass tries again
+        log.warning("backfill item failed", content_id=str(row.id), error=str(error))
+        outcome = "error"
+    finally:
+        slots.release()
+    BACKFILLED.labels(target.model_id, outcome).inc()
+    if outcome == "failed" and len(skipped) < SKIPPED_MAX:
+        skipped.add(row.id)
 
 
 async def _one(

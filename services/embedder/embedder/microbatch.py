@@ -55,9 +55,19 @@ class _Item:
 
 
 class ModelBatcher:
-    def __init__(self, model: EmbeddingModel, *, max_batch: int, max_wait: float) -> None:
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        *,
+        max_batch: int,
+        max_wait: float,
+        max_background_batch: int | None = None,
+    ) -> None:
         self.model = model
         self.max_batch = max_batch
+        # A backfill batch is small: a new upload's image that arrives while one runs waits
+        # for that inference to end, so its length bounds the new upload's extra latency.
+        self.max_background_batch = min(max_batch, max_background_batch or max_batch)
         self.max_wait = max_wait
         self._images: asyncio.Queue[_Item] = asyncio.Queue()
         self._texts: asyncio.Queue[_Item] = asyncio.Queue()
@@ -112,11 +122,12 @@ class ModelBatcher:
     async def _gather(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         batch = [queue.get_nowait()]
         deadline = time.monotonic() + self.max_wait
+        limit = self.max_background_batch if queue is self._background else self.max_batch
         while True:
-            while len(batch) < self.max_batch and not queue.empty():
+            while len(batch) < limit and not queue.empty():
                 batch.append(queue.get_nowait())
             remaining = deadline - time.monotonic()
-            if len(batch) >= self.max_batch or remaining <= 0:
+            if len(batch) >= limit or remaining <= 0:
                 break
             if queue is not self._texts and not self._texts.empty():
                 break  # a text request arrived: serve it before filling this image batch

@@ -25,6 +25,8 @@ class EmbedderSettings(WorkerSettings):
     # (0: as fast as it goes while no new upload waits), and how often a paused or idle
     # backfill looks again.
     model_backfill_batch: int = Field(16, ge=1, le=1024)
+    # Images a backfill inference takes at most: a new upload waits for the one running.
+    model_backfill_max_batch: int = Field(2, ge=1, le=4096)
     model_backfill_rate: float = Field(0.0, ge=0)
     model_backfill_poll_s: float = Field(2.0, gt=0, le=3600)
     model_variant: Literal["fp32", "fp16", "int8"] = "fp32"

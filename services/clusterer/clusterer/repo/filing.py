@@ -241,7 +241,7 @@ async def _file_content(
 # One statement, so a join is one round trip inside its transaction: the cluster's sum and
 # count, the content's stage CAS (only if the cluster still exists) and the audit row; for a
 # standby cluster, its membership row instead (not audited: a backfill is not a decision).
-_JOIN_STANDBY_SQL = """
+_ADD_TO_SUM = """
 WITH cl AS (
     UPDATE clusters
     SET centroid_sum = centroid_sum + $2::vector,
@@ -251,25 +251,23 @@ WITH cl AS (
         member_count = member_count + 1, updated_at = now()
     WHERE id = $1
     RETURNING id, model_id
-), filed AS (
+)"""
+_FOUND_FILED = """
+SELECT EXISTS (SELECT 1 FROM cl) AS cluster_found, EXISTS (SELECT 1 FROM filed) AS filed
+"""
+_JOIN_STANDBY_SQL = (
+    _ADD_TO_SUM
+    + """, filed AS (
     INSERT INTO standby_members (content_id, model_id, cluster_id)
     SELECT $4, cl.model_id, cl.id FROM cl
     ON CONFLICT DO NOTHING
     RETURNING content_id
+)"""
+    + _FOUND_FILED
 )
-SELECT EXISTS (SELECT 1 FROM cl) AS cluster_found, EXISTS (SELECT 1 FROM filed) AS filed
-"""
-_JOIN_SQL = """
-WITH cl AS (
-    UPDATE clusters
-    SET centroid_sum = centroid_sum + $2::vector,
-        centroid = CASE WHEN centroid <=> (centroid_sum + $2::vector) > $3
-                        THEN l2_normalize(centroid_sum + $2::vector)
-                        ELSE centroid END,
-        member_count = member_count + 1, updated_at = now()
-    WHERE id = $1
-    RETURNING id
-), filed AS (
+_JOIN_SQL = (
+    _ADD_TO_SUM
+    + """, filed AS (
     UPDATE content SET cluster_id = $1, stage = 'clustered', stage_updated_at = now(),
                        error = NULL
     WHERE id = $4 AND stage = 'embedded' AND EXISTS (SELECT 1 FROM cl)
@@ -277,9 +275,9 @@ WITH cl AS (
 ), audit AS (
     INSERT INTO audit_log (actor, action, entity, entity_id, details)
     SELECT 'clusterer', 'cluster.join', 'content', id::text, $5::text::jsonb FROM filed
+)"""
+    + _FOUND_FILED
 )
-SELECT EXISTS (SELECT 1 FROM cl) AS cluster_found, EXISTS (SELECT 1 FROM filed) AS filed
-"""
 
 
 async def join(

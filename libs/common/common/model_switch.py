@@ -46,12 +46,6 @@ class Switch:
     finished_at: datetime | None
     report: dict[str, Any]
 
-    @property
-    def standby(self) -> str:
-        """The model whose clusters are built on the side: the next one until the flip, the
-        old one after it."""
-        return self.from_model if self.status == "flipped" else self.to_model
-
     def as_json(self) -> dict[str, Any]:
         return {
             "id": str(self.id),

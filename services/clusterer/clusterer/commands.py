@@ -17,6 +17,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 
 from clusterer import folders, repo, switching
+from clusterer.errors import CommandError
 from clusterer.handlers import ClustererDeps
 from clusterer.logic import unique_name
 from common import model_switch
@@ -43,14 +44,6 @@ REQUEST: TypeAdapter[AdminRequest] = TypeAdapter(AdminRequest)
 _RUNS: set[asyncio.Task[object]] = set()
 
 
-class CommandError(Exception):
-    def __init__(self, status: int, error: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.details = details
-
-
 async def answer(deps: ClustererDeps, body: bytes) -> bytes:
     """The RPC entry point: a command in, a reply out (never an exception)."""
     try:
@@ -72,7 +65,7 @@ async def answer(deps: ClustererDeps, body: bytes) -> bytes:
             reply = ClusterCommandReply(status=200, cluster=await switching.run(deps, command))
         else:
             reply = ClusterCommandReply(status=200, cluster=await run(deps, command))
-    except (CommandError, switching.SwitchRefused) as error:
+    except CommandError as error:
         reply = ClusterCommandReply(status=error.status, error=error.error, details=error.details)
     except Exception as error:
         log.exception("cluster command failed", command=type(command).__name__)

@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 
 from clusterer import folders
+from clusterer.errors import CommandError
 from clusterer.handlers import ClustererDeps
 from clusterer.logic import unique_name
 from clusterer.repo import request_folder_syncs
@@ -34,23 +35,13 @@ log = structlog.get_logger(__name__)
 ACTIONS = {"flipped": "flip", "dropped": "drop", "cancelled": "cancel"}
 
 
-class SwitchRefused(Exception):
-    """The command does not fit the switch's state (a 409), or there is no switch (404)."""
-
-    def __init__(self, status: int, error: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.details = details
-
-
 async def run(deps: ClustererDeps, command: ModelSwitchCommand) -> dict[str, Any]:
     async with deps.pool.acquire() as conn:
         async with conn.transaction():
             await conn.execute(MODELS_LOCK)
             switch = await model_switch.live_switch(conn, lock=True)
             if switch is None:
-                raise SwitchRefused(404, "no model switch is under way")
+                raise CommandError(404, "no model switch is under way")
             if command.switch == "flip":
                 result, syncs = await _flip(conn, switch, command.actor)
             elif command.switch == "drop":
@@ -92,10 +83,10 @@ async def _flip(
     conn: asyncpg.Connection, switch: model_switch.Switch, actor: str
 ) -> tuple[dict[str, Any], list[uuid.UUID]]:
     if switch.status == "flipped":
-        raise SwitchRefused(409, "the switch is flipped already: drop the old model's data next")
+        raise CommandError(409, "the switch is flipped already: drop the old model's data next")
     progress = await model_switch.progress(conn, switch)
     if progress["pending"]:
-        raise SwitchRefused(
+        raise CommandError(
             409,
             f"{progress['pending']} stored media still lack a {switch.to_model} vector:"
             " flip once the backfill is done",
@@ -169,7 +160,7 @@ async def _drop(
     conn: asyncpg.Connection, switch: model_switch.Switch, actor: str
 ) -> tuple[dict[str, Any], list[uuid.UUID]]:
     if switch.status != "flipped":
-        raise SwitchRefused(409, "flip the switch first: the old model is still the active one")
+        raise CommandError(409, "flip the switch first: the old model is still the active one")
     syncs = [r["id"] for r in await sql.clusters_of(conn, switch.from_model)]
     await request_folder_syncs(conn, syncs)
     removed = await sql.remove_model_data(conn, switch.from_model, retire=True)
@@ -181,7 +172,7 @@ async def _cancel(
     conn: asyncpg.Connection, switch: model_switch.Switch, actor: str
 ) -> tuple[dict[str, Any], list[uuid.UUID]]:
     if switch.status == "flipped":
-        raise SwitchRefused(409, "the switch is flipped: drop the old model's data instead")
+        raise CommandError(409, "the switch is flipped: drop the old model's data instead")
     removed = await sql.remove_model_data(conn, switch.to_model, retire=False)
     log.info("model switch cancelled", model_id=switch.to_model, **removed)
     return await _finish(conn, switch, "cancelled", actor, removed), []

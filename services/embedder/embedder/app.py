@@ -135,10 +135,6 @@ async def _start_rpc(deps: EmbedderDeps) -> None:
         ).start()
 
 
-def _text_search(model: object) -> bool:
-    return isinstance(model, OnnxModel) and model.text is not None
-
-
 def _info(deps: EmbedderDeps) -> dict[str, object]:
     model = deps.batcher.model
     following = deps.next
@@ -148,7 +144,7 @@ def _info(deps: EmbedderDeps) -> dict[str, object]:
         "next_model_id": following.model_id if following else None,
         "variant": deps.settings.model_variant,
         "provider": model.provider,
-        "text_search": _text_search(model),
+        "text_search": isinstance(model, OnnxModel) and model.text is not None,
         "max_batch_size": deps.settings.max_batch_size,
         "decode_workers": deps.settings.decode_workers,
         "decode_workers_alive": deps.decoders.alive,

@@ -12,7 +12,8 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from clusterer.commands import CommandError, answer, run
+from clusterer.commands import answer, run
+from clusterer.errors import CommandError
 from clusterer.folders import rebuild
 from clusterer.handlers import ClustererDeps
 from clusterer.repo import SEARCH_KEY_DRIFT

@@ -152,7 +152,7 @@ async def test_a_model_switch_backfills_flips_and_drops_while_uploads_and_search
 
             async def backfilled() -> bool:
                 progress = (await _switch(gateway))[1]["progress"]
-                return progress["pending"] == 0 and progress["filed"] == progress["media"]
+                return bool(progress["pending"] == 0 and progress["filed"] == progress["media"])
 
             await wait_for(backfilled, timeout=60, what="the backfill and standby filing")
             # A deletion meanwhile: its standby membership leaves its cluster exactly.
@@ -293,7 +293,7 @@ def test_confirmed_names_pass_only_by_a_majority_both_ways() -> None:
     names, carried, kept = carry_names(
         [cats, dogs, birds, draft],
         [a, b, c, d],
-        overlaps,  # type: ignore[list-item]
+        overlaps,
     )
     assert names[a["id"]] == "Cats" and carried == {a["id"]: "admin"}
     assert names[d["id"]] not in ("Cats", "") and d["id"] not in carried  # renamed aside

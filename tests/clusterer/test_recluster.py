@@ -15,6 +15,7 @@ import pytest
 
 from clusterer import commands, folders, reclustering
 from clusterer.app import running
+from clusterer.errors import CommandError
 from clusterer.handlers import ClustererDeps, _assign, handle_embedded
 from clusterer.settings import ClustererSettings
 from common.consumer import Delivery
@@ -154,7 +155,7 @@ async def test_singletons_get_merge_proposals_that_a_second_run_does_not_repeat(
             == 1
         )
         # Decided proposals cannot be decided again; a dismissal sticks across runs.
-        with pytest.raises(commands.CommandError) as again:
+        with pytest.raises(CommandError) as again:
             await commands.decide_proposal(deps, proposals[0]["id"], "dismiss", "admin")
         assert again.value.status == 409
         await commands.decide_proposal(deps, proposals[1]["id"], "dismiss", "admin")
@@ -169,7 +170,7 @@ async def test_singletons_get_merge_proposals_that_a_second_run_does_not_repeat(
             third[0],
         )
         await db.execute("DELETE FROM clusters WHERE id = $1", third[0])
-        with pytest.raises(commands.CommandError) as stale:
+        with pytest.raises(CommandError) as stale:
             await commands.decide_proposal(deps, proposals[2]["id"], "accept", "admin")
         assert stale.value.status == 409
         assert (

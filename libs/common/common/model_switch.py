@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from common.db import Conn
-from common.vectors import MODELS_LOCK
+from common.vectors import MODELS_LOCK, MODELS_SHARED_LOCK
 
 LIVE = ("backfilling", "paused", "flipped")
 # SQL: the live switch's model that is not the active one (none without a live switch).
@@ -116,6 +116,14 @@ async def role(conn: Conn, model_id: str) -> str:
     if row["active"]:
         return "active"
     return "standby" if row["switching"] else "other"
+
+
+async def held_role(conn: asyncpg.Connection, model_id: str) -> str:
+    """The model's role, kept until the transaction ends: a flip, drop or cancel waits for
+    it, so what is written by this role is there when they move or remove that role's data
+    (and a filing that waited for one sees the role it left)."""
+    await conn.execute(MODELS_SHARED_LOCK)
+    return await role(conn, model_id)
 
 
 async def retired(conn: Conn, model_ids: list[str]) -> list[str]:

@@ -240,6 +240,7 @@ async def _assign(
         try:
             async with deps.pool.acquire() as conn:
                 async with conn.transaction():
+                    await _keep_role(conn, model.model_id, standby)
                     await repo.prefer_index(conn)
                     best = None
                     if original is not None:
@@ -260,6 +261,7 @@ async def _assign(
                         new_id
                     )
                 async with conn.transaction():
+                    await _keep_role(conn, model.model_id, standby)
                     await repo.lock_create_path(conn, model.model_id)
                     # Look again, exactly: a replica may have opened this kind's cluster
                     # while we waited for the lock.
@@ -282,6 +284,15 @@ async def _assign(
         except repo.AlreadyFiled:
             return "done"
     raise Retryable("could not file the content after several attempts")
+
+
+async def _keep_role(conn: asyncpg.Connection, model_id: str, standby: bool) -> None:
+    """Hold the model's role for the filing transaction; if a flip, drop or cancel changed it
+    since the event was dispatched, the event goes round again to be filed by the new role
+    (a vector filed meanwhile would land in clusters that were just moved or removed)."""
+    now = await model_switch.held_role(conn, model_id)
+    if now != ("standby" if standby else "active"):
+        raise Retryable(f"model {model_id} is {now} now: filing by that role")
 
 
 async def handle_uploaded(deps: ClustererDeps, event: MediaUploaded, delivery: Delivery) -> None:

@@ -20,9 +20,7 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 # Held while the active model or the live switch changes (common/model_switch.py).
 MODELS_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mammothbox.models', 0))"
 # Taken by whoever files by a model's role: a flip, drop or cancel (MODELS_LOCK) waits for it.
-MODELS_SHARED_LOCK = (
-    "SELECT pg_advisory_xact_lock_shared(hashtextextended('mammothbox.models', 0))"
-)
+MODELS_SHARED_LOCK = "SELECT pg_advisory_xact_lock_shared(hashtextextended('mammothbox.models', 0))"
 
 
 class ModelMismatch(ValueError):

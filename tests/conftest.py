@@ -79,6 +79,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     configure_telemetry("tests")
 
 
+CHAOS_TESTS = Path(__file__).parent / "chaos"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/chaos restarts PostgreSQL and RabbitMQ under every other test's feet: it is
+    collected only when named (scripts/test.sh runs it alone, after the rest)."""
+    if collection_path != CHAOS_TESTS:
+        return None
+    named = (Path(arg.split("::")[0]).resolve() for arg in config.args)
+    return None if any(p.is_relative_to(CHAOS_TESTS) for p in named) else True
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Reach PostgreSQL and RabbitMQ (or stop loudly) unless only pure unit tests run."""
     global _prepared

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from common.messages import DELETED_UPLOADS_PER_EVENT
-from gateway.auth import principal
+from gateway.auth import bound_owner, principal
 from gateway.deps import DEPS
 from gateway.errors import ApiError
 from gateway.repo.deletion import (
@@ -85,6 +85,11 @@ async def handle_delete_owner(request: web.Request) -> web.Response:
     owner = request.match_info["owner"]
     if not owner or len(owner) > MAX_OWNER_LENGTH or not owner.isprintable():
         raise ApiError(400, f"owner must be 1-{MAX_OWNER_LENGTH} printable characters")
+    bound = bound_owner(request)
+    if bound is not None and bound != owner:
+        # An admin key bound to an owner acts for that owner only (found by replaying ids
+        # across owners: such a key could delete any other owner's data).
+        raise ApiError(403, "an admin key bound to an owner can delete only that owner's data")
     target = OwnerScope(owner)
     actor = actor_of(request)
     total = Deleted()

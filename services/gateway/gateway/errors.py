@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import aio_pika
 import asyncpg
@@ -145,6 +146,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _refuse_nul_in_query(request: web.Request) -> None:
+    """NUL characters, and percent-escapes that are not UTF-8 (decoded, they would become
+    U+FFFD and be searched for or stored as such): a 400 before any handler runs."""
+    raw = request.rel_url.raw_query_string
+    if "%" in raw:
+        try:
+            unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "the query string is not valid UTF-8") from None
     for name, value in request.query.items():
         no_nul(name, "a query parameter name")
         no_nul(value, f"query parameter {name!r}")

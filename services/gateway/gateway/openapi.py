@@ -621,7 +621,7 @@ def document() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": requeue_body}}},
             "responses": {"200": _json(_ref("Count")), **_errors(400, 401, 403, 413)}}},
         "/api/v1/admin/owners/{owner}": {"delete": {
-            "tags": ["admin"], "summary": "Delete everything of one owner: uploads, jobs, collections",
+            "tags": ["admin"], "summary": "Delete everything of one owner: uploads, jobs, collections (a key bound to an owner: its own only)",
             "parameters": [{"name": "owner", "in": "path", "required": True,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
             "responses": {"200": _json({"type": "object", "properties": {

@@ -14,8 +14,9 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -33,7 +34,7 @@ HOLD_S = 3.0  # how long a fault that is held (broker down, disk full) lasts
 @dataclass(frozen=True)
 class Fault:
     name: str
-    inject: Callable[[System, Load], Awaitable[None]]
+    inject: Callable[[System, Load], Coroutine[Any, Any, None]]
 
 
 def pid_of(system: System, service: str) -> int | None:

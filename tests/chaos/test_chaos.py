@@ -6,8 +6,8 @@ upload done exactly once, none lost, none stuck, no orphan object or temp file a
 sweep with an age bound of 0, and every cluster's count and centroid equal to a rebuild from
 its members. The recovery time of each fault is printed.
 
-CHAOS_PROFILE=ci (the default, what .ci/run runs): 12 uploads per fault, 16 faults;
-CHAOS_PROFILE=long (releases): 64 uploads per fault, each fault twice, about 2,000 uploads.
+CHAOS_PROFILE=ci (the default, what .ci/run runs): 12 uploads per fault, 15 faults, about 360 uploads;
+CHAOS_PROFILE=long (releases): 64 uploads per fault, each fault twice, about 2,300 uploads.
     scripts/test.sh tests/chaos -s        # alone, with the recovery table
 """
 
@@ -34,7 +34,7 @@ from tests.chaos.load import DOCUMENTS_PER_UPLOAD, Load, Upload, send
 from tests.clusterer.test_admin import assert_centroid_is_mean
 from tests.conftest import RABBITMQ_URL
 from tests.observability.conftest import finished, own_system, stages_settled
-from tests.observability.harness import ROOT, SERVICES, System, wait_until
+from tests.observability.harness import ROOT, SERVICES, System, effect_counts, wait_until
 
 PROFILES = {"ci": (12, 1), "long": (64, 2)}  # uploads per fault, rounds of every fault
 QUEUE_LIMIT = 40
@@ -145,27 +145,7 @@ async def _check_everything_done_once(system: System, load: Load) -> None:
     assert len({u.job for u in load.uploads}) == len(load.uploads)  # a job per key
     conn = await asyncpg.connect(system.database_url)
     try:
-        counts = dict(
-            await conn.fetchrow(
-                """SELECT
-                 (SELECT count(*) FROM jobs) AS jobs,
-                 (SELECT count(*) FROM uploads u JOIN content c ON c.id = u.content_id
-                  WHERE c.kind = 'image') AS image_uploads,
-                 (SELECT count(*) FROM content WHERE kind = 'image') AS images,
-                 (SELECT count(*) FROM content WHERE kind = 'image' AND stage = 'clustered')
-                    AS clustered,
-                 (SELECT count(*) FROM embeddings) AS embeddings,
-                 (SELECT count(*) FROM content WHERE kind = 'image' AND analysis IS NOT NULL)
-                    AS analysed,
-                 (SELECT coalesce(sum(member_count), 0) FROM clusters) AS members,
-                 (SELECT count(*) FROM uploads u JOIN content c ON c.id = u.content_id
-                  WHERE c.kind = 'json') AS json_uploads,
-                 (SELECT count(*) FROM json_documents) AS documents,
-                 (SELECT count(DISTINCT upload_id) FROM json_documents) AS placed,
-                 (SELECT count(*) FROM dead_letters) AS dead_letters,
-                 (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS unsent"""
-            )
-        )
+        counts = await effect_counts(conn)
         dead = [dict(r) for r in await conn.fetch("SELECT queue, error FROM dead_letters")]
         clusters = [r["id"] for r in await conn.fetch("SELECT id FROM clusters")]
         for cluster in clusters:  # the kept count and centroid equal a rebuild from members

@@ -387,6 +387,28 @@ async def _delete_bus(rabbitmq_url: str, tag: str) -> None:
         await connection.close()
 
 
+EFFECT_COUNTS = """SELECT
+     (SELECT count(*) FROM jobs) AS jobs,
+     (SELECT count(*) FROM uploads u JOIN content c ON c.id = u.content_id
+      WHERE c.kind = 'image') AS image_uploads,
+     (SELECT count(*) FROM content WHERE kind = 'image') AS images,
+     (SELECT count(*) FROM content WHERE kind = 'image' AND stage = 'clustered') AS clustered,
+     (SELECT count(*) FROM embeddings) AS embeddings,
+     (SELECT count(*) FROM content WHERE kind = 'image' AND analysis IS NOT NULL) AS analysed,
+     (SELECT coalesce(sum(member_count), 0) FROM clusters) AS members,
+     (SELECT count(*) FROM uploads u JOIN content c ON c.id = u.content_id
+      WHERE c.kind = 'json') AS json_uploads,
+     (SELECT count(*) FROM json_documents) AS documents,
+     (SELECT count(DISTINCT upload_id) FROM json_documents) AS placed,
+     (SELECT count(*) FROM dead_letters) AS dead_letters,
+     (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS unsent"""
+
+
+async def effect_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """What the pipeline did, counted: to check each effect happened exactly once."""
+    return dict(await conn.fetchrow(EFFECT_COUNTS))
+
+
 async def wait_until(
     check: Callable[[], Any], timeout: float = 60, interval: float = 0.25, what: str = ""
 ) -> Any:

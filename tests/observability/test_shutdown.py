@@ -20,7 +20,7 @@ import pytest
 from tests.analyzer.fake_gemini import Reply, answer
 from tests.clusterer.conftest import colour_png
 from tests.observability.conftest import finished, ingest, own_system, stages_settled
-from tests.observability.harness import System, wait_until
+from tests.observability.harness import System, effect_counts, wait_until
 
 GRACE = 10.0
 WORKERS = ("embedder", "clusterer", "analyzer", "schemer")
@@ -172,21 +172,7 @@ async def test_each_worker_stops_gracefully_under_load_and_every_upload_ends_onc
         logs = {service: system.log(service) for service in WORKERS}
         conn = await asyncpg.connect(system.database_url)
         try:
-            counts = await conn.fetchrow(
-                """SELECT
-                     (SELECT count(*) FROM content WHERE kind = 'image') AS images,
-                     (SELECT count(*) FROM content WHERE kind = 'image' AND stage = 'clustered')
-                        AS clustered,
-                     (SELECT count(*) FROM embeddings) AS embeddings,
-                     (SELECT count(*) FROM content WHERE kind = 'image' AND analysis IS NOT NULL)
-                        AS analysed,
-                     (SELECT coalesce(sum(member_count), 0) FROM clusters) AS members,
-                     (SELECT count(*) FROM uploads u JOIN content c ON c.id = u.content_id
-                      WHERE c.kind = 'json') AS json_uploads,
-                     (SELECT count(*) FROM json_documents) AS documents,
-                     (SELECT count(DISTINCT upload_id) FROM json_documents) AS placed,
-                     (SELECT count(*) FROM dead_letters) AS dead_letters"""
-            )
+            counts = await effect_counts(conn)
             dead = await conn.fetch("SELECT queue, error FROM dead_letters")
         finally:
             await conn.close()

@@ -169,13 +169,18 @@ async def test_the_hostile_corpus_gets_clean_answers_and_every_service_lives(
         for service in SERVICES:
             async with session.get(system.url(service, "/ready")) as response:
                 assert response.status == 200, (service, await response.text())
-    tracebacks = [
+    tracebacks = logged_tracebacks(system)
+    assert not tracebacks, "\n".join(tracebacks)
+
+
+def logged_tracebacks(system: System) -> list[str]:
+    """Lines any service logged at error level with a traceback since the system started."""
+    return [
         f"{service}: {line[:400]}"
         for service in SERVICES
         for line in system.log(service).splitlines()
         if _error_with_traceback(line)
     ]
-    assert not tracebacks, "\n".join(tracebacks)
 
 
 def _error_with_traceback(line: str) -> bool:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck
 
 from gateway.openapi import document
 from tests.abuse.corpus import ALICE, BOB
-from tests.abuse.test_corpus import seed
+from tests.abuse.test_corpus import logged_tracebacks, seed
 from tests.observability.harness import System
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -148,3 +148,5 @@ async def test_stateful_fuzzing_finds_no_5xx_and_no_id_crosses_owners(
     # The seed's upload, job, cluster and schema at least, through their routes.
     assert witnessed >= 6, witnessed
     assert leaks == [], "\n".join(leaks)
+    tracebacks = logged_tracebacks(abuse_system)
+    assert not tracebacks, "\n".join(tracebacks)

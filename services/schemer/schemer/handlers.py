@@ -109,9 +109,12 @@ async def _place_in(deps: SchemerDeps, collection_id: uuid.UUID, items: list[Pen
     async with deps.pool.acquire() as conn, conn.transaction():
         row = await collections.lock(conn, collection_id)
         assert row is not None  # collections are never deleted while documents arrive
-        done = await documents.placed(conn, [p.upload.upload_id for p in batch])
-        if done:  # a twin delivery placed some meanwhile (we waited for its lock)
-            batch = [p for p in batch if p.upload.upload_id not in done]
+        ids = [p.upload.upload_id for p in batch]
+        done = await documents.placed(conn, ids)
+        # Deleted since they were read (their foreign key would fail the whole batch).
+        gone = set(ids) - await documents.kept(conn, ids)
+        if done or gone:  # a twin delivery placed some meanwhile (we waited for its lock)
+            batch = [p for p in batch if p.upload.upload_id not in done | gone]
             if not batch:
                 return
             stats = _observe(deps, batch)

@@ -57,6 +57,16 @@ async def placed(conn: Conn, upload_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     return {row["upload_id"] for row in rows}
 
 
+async def kept(conn: asyncpg.Connection, upload_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of the uploads not deleted, key-share-locked until the transaction ends: a
+    deletion of one waits for the placement, then takes its document with it."""
+    rows = await conn.fetch(
+        "SELECT id FROM uploads WHERE id = ANY($1::uuid[]) ORDER BY id FOR KEY SHARE",
+        list(upload_ids),
+    )
+    return {row["id"] for row in rows}
+
+
 async def record(
     conn: asyncpg.Connection,
     collection_id: uuid.UUID,

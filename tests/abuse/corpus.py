@@ -711,7 +711,7 @@ def raw_cases() -> list[RawCase]:
     post = b"POST /api/v1/ingest HTTP/1.1\r\n" + host
     cases = [
         ("a garbage request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
-        ("HTTP/0.9", b"GET /\r\n\r\n"),
+        ("HTTP/0.9 to a keyed route", b"GET /api/v1/clusters\r\n\r\n"),
         ("HTTP/3.0", b"GET /health HTTP/3.0\r\n" + host + b"\r\n"),
         ("no version", b"GET /health\r\n" + host + b"\r\n"),
         (

@@ -44,10 +44,13 @@ async def handle_proposals(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 50, 1, 200)
     offset = int_param(request, "offset", 0, 0, 1_000_000)
     pool = request.app[DEPS].pool
+    # Runs first: a run read as done has its proposals committed (one transaction) before
+    # the proposals are read, never after (the other order let a reader see a run done and
+    # none of its proposals, seen in CI).
+    runs = await recent_runs(pool, model_id, 5)
     found, total = await list_proposals(
         pool, None if status == "all" else status, model_id, limit, offset
     )
-    runs = await recent_runs(pool, model_id, 5)
     return web.json_response(
         {"proposals": found, "total": total, "limit": limit, "offset": offset, "runs": runs}
     )

@@ -35,7 +35,7 @@ from backup import fill, write_objects
 from benchdb import scratch_database
 
 from clusterer.purge import purge
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from gateway.repo.deletion import delete_object
 from gateway.repo.scope import OwnerScope
 

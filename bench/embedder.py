@@ -160,7 +160,7 @@ async def service_rate(
 
     from common.bus import Bus
     from common.messages import MediaIngested
-    from common.storage import FileSystemStorage
+    from common.storage.filesystem import FileSystemStorage
     from embedder.app import running
     from embedder.settings import EmbedderSettings
 

@@ -9,6 +9,14 @@ uploads/s, latency percentiles and the gateway's RSS before and after.
     .venv/bin/python bench/ingest.py --concurrency 32 --seconds 5
     .venv/bin/python bench/ingest.py --tracing      # the cost of tracing, see below
 
+--storage s3 starts two gateways side by side on one database, one on a storage folder and
+one on S3 (a local moto server, the tests' own), and loads them in turn, round after round,
+printing each one's uploads/s, latency and the gateway's CPU-seconds per upload; the local S3
+server shares the machine's cores, so its throughput measures the server more than the
+gateway, and the CPU per upload is the figure to compare:
+
+    .venv/bin/python bench/ingest.py --storage s3 --concurrency 8 --seconds 10 --rounds 3
+
 --tracing starts three gateways side by side on one database — traces sampled at 1.0 and
 exported, the default sampling (parentbased_traceidratio 0.1) exported, and tracing off
 (OTEL_SDK_DISABLED=true) — with an OTLP/HTTP sink of its own, and loads them in turn, round
@@ -191,16 +199,76 @@ async def tracing_cost(env: dict[str, str], concurrency: int, seconds: float, ro
         sink.shutdown()
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time (user and system) of a process and its children so far."""
+    family = [process, *process.children(recursive=True)]
+    return sum(p.cpu_times().user + p.cpu_times().system for p in family)
+
+
+async def storage_cost(env: dict[str, str], levels: list[int], seconds: float, rounds: int) -> None:
+    """The same load on a gateway on a folder and one on S3, in turn (module docstring)."""
+    from tests.s3server import s3_server
+
+    with (
+        tempfile.TemporaryDirectory(prefix="mb-bench-s3-") as tmp,
+        s3_server(Path(tmp) / "s3.log") as server,
+    ):
+        s3_env = {**env, **server.env(prefix="bench"), "HTTP_PORT": "18001",
+                  "STORAGE_SCRATCH_DIR": str(Path(tmp) / "scratch")}  # fmt: skip
+        async with gateway_process(env) as fs, gateway_process(s3_env) as s3:
+            gateways = {"filesystem": fs, "s3": s3}
+            bases = base_jpegs(8)
+            counter = [0]
+            for url, _ in gateways.values():
+                await run_level(url, 4, 2.0, bases, counter)  # warm up
+            size = statistics.mean(len(b) for b in bases) / 1000
+            print(f"upload size: {size:.0f} kB, cores: {os.cpu_count()}, "
+                  f"{rounds} rounds of {seconds:g} s per backend")  # fmt: skip
+            print(f"{'conc':>5} {'backend':<11} {'uploads/s':>10} {'p50 ms':>8} {'p95 ms':>8} "
+                  f"{'errors':>6} {'cpu ms/upload':>14} {'of fs':>7}")  # fmt: skip
+            for concurrency in levels:
+                done = dict.fromkeys(gateways, 0)
+                spent = dict.fromkeys(gateways, 0.0)
+                cpu = dict.fromkeys(gateways, 0.0)
+                errors = dict.fromkeys(gateways, 0)
+                latencies: dict[str, list[float]] = {name: [] for name in gateways}
+                for _ in range(rounds):
+                    for name, (url, process) in gateways.items():
+                        info = psutil.Process(process.pid)
+                        cpu_before, started = cpu_seconds(info), time.perf_counter()
+                        count, lat, failed = await run_level(
+                            url, concurrency, seconds, bases, counter
+                        )
+                        spent[name] += time.perf_counter() - started
+                        cpu[name] += cpu_seconds(info) - cpu_before
+                        done[name] += count
+                        errors[name] += failed
+                        latencies[name] += lat
+                per_upload = {name: 1000 * cpu[name] / max(done[name], 1) for name in gateways}
+                for name in gateways:
+                    print(
+                        f"{concurrency:>5} {name:<11} {done[name] / spent[name]:>10.1f} "
+                        f"{pct(latencies[name], 50):>8.1f} {pct(latencies[name], 95):>8.1f} "
+                        f"{errors[name]:>6} {per_upload[name]:>14.2f} "
+                        f"{per_upload[name] / per_upload['filesystem']:>6.2f}x",
+                        flush=True,
+                    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", help="a running gateway; default: start one")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tracing", action="store_true", help="the cost of tracing")
-    parser.add_argument("--rounds", type=int, default=3, help="with --tracing")
+    parser.add_argument("--rounds", type=int, default=3, help="with --tracing or --storage s3")
+    parser.add_argument(
+        "--storage", choices=["filesystem", "s3"], default="filesystem",
+        help="s3: compare a gateway on S3 with one on a folder, side by side",
+    )  # fmt: skip
     args = parser.parse_args()
-    if args.tracing and args.url:
-        parser.error("--tracing starts its own gateways")
+    if (args.tracing or args.storage == "s3") and args.url:
+        parser.error("--tracing and --storage s3 start their own gateways")
 
     if args.url:
         await load(args.url, None, args.concurrency, args.seconds)
@@ -208,6 +276,9 @@ async def main() -> None:
     async with bench_deployment() as env:
         if args.tracing:
             await tracing_cost(env, args.concurrency[0], args.seconds, args.rounds)
+            return
+        if args.storage == "s3":
+            await storage_cost(env, args.concurrency, args.seconds, args.rounds)
             return
         async with gateway_process(env) as (url, gateway):
             await load(url, gateway, args.concurrency, args.seconds)

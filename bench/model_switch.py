@@ -39,7 +39,7 @@ from bench.benchdb import scratch_database
 from bench.photos import photo_jpegs
 from common.bus import Bus
 from common.messages import MediaIngested
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from embedder.app import running
 from embedder.settings import EmbedderSettings
 from mammoth_export.colour_model import export_colour_model

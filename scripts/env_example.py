@@ -66,6 +66,13 @@ OTEL = (
     ("OTEL_SDK_DISABLED", "#false", "true: no spans at all."),
 )
 
+# botocore's own variables, read by every service with STORAGE_BACKEND=s3 (and by the s3
+# profile's MinIO as its root user).
+AWS = (
+    ("AWS_ACCESS_KEY_ID", "", "STORAGE_BACKEND=s3: the access key (s3 profile: MinIO's user)."),
+    ("AWS_SECRET_ACCESS_KEY", "", "STORAGE_BACKEND=s3: its secret (s3 profile: MinIO's password)."),
+)
+
 # Secrets: written uncommented and empty, so that they stand out.
 SECRETS = frozenset({"API_KEYS", "ADMIN_API_KEY", "GEMINI_API_KEY"})
 # Set by docker-compose.yml for every service (a value in .env is overridden).
@@ -132,7 +139,7 @@ def own_fields(cls: type[BaseSettings]) -> Iterator[str]:
 def generate() -> str:
     out = [HEADER]
     out.append("\n# ---- docker-compose.yml")
-    for name, value, comment in COMPOSE + OTEL:
+    for name, value, comment in COMPOSE + OTEL + AWS:
         out.append(f"\n# {comment}")
         out.append(f"# {name}={value[1:]}" if value.startswith("#") else f"{name}={value}")
     for title, module, class_name in SERVICES:

@@ -11,7 +11,7 @@ import io
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,14 @@ from PIL import Image
 
 from common.messages import MediaIngested
 from common.migrate import migrate
+from common.storage import Storage, open_storage
 from common.telemetry import configure_telemetry
 from common.topology import (
     QueueSpec,
     cluster_command_queue,
     queue_specs,
 )
+from tests.s3server import S3Server, s3_server
 
 DATABASE_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:55432/file_allocator"
@@ -267,13 +269,69 @@ def storage_path(tmp_path: Path) -> Path:
     return tmp_path / "storage"
 
 
+BACKENDS = ("filesystem", "s3")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_storage_backends` run once per backend (the `storage_backend`
+    fixture, which the storage settings and every service's settings follow)."""
+    if (
+        metafunc.definition.get_closest_marker("both_storage_backends")
+        and "storage_backend" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("storage_backend", BACKENDS)
+
+
 @pytest.fixture
-def common_settings(database_url: str, bus_names: BusNames, storage_path: Path) -> dict[str, Any]:
+def storage_backend() -> str:
+    """The backend of a test not marked `both_storage_backends`: the default."""
+    return "filesystem"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-API server (moto), started on first use, once per run."""
+    with s3_server(tmp_path_factory.mktemp("s3") / "server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def storage_settings(
+    request: pytest.FixtureRequest, storage_backend: str, storage_path: Path, tmp_path: Path
+) -> dict[str, Any]:
+    """The storage settings of one test: a folder, or a prefix of its own in the S3 bucket
+    (and a scratch folder of its own, so a test can see that nothing is left in it)."""
+    if storage_backend == "s3":
+        server: S3Server = request.getfixturevalue("s3")
+        scratch = tmp_path / "scratch"
+        return {**server.settings(), "storage_path": storage_path, "storage_scratch_dir": scratch}
+    return {"storage_path": storage_path}
+
+
+def storage_variables(settings: dict[str, Any]) -> dict[str, str]:
+    """`storage_settings` as the environment variables of a service run as a process."""
+    return {key.upper(): str(value) for key, value in settings.items()}
+
+
+@pytest.fixture
+async def storage(storage_settings: dict[str, Any]) -> AsyncIterator[Storage]:
+    """The test's store, through the port, as the services open it."""
+    from common.settings import CommonSettings
+
+    opened = open_storage(CommonSettings(**storage_settings), fsync=False)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def common_settings(
+    database_url: str, bus_names: BusNames, storage_settings: dict[str, Any]
+) -> dict[str, Any]:
     """Settings every service gets in a test: its database, exchange, queues and storage."""
     return {
         "database_url": database_url,
         "rabbitmq_url": RABBITMQ_URL,
-        "storage_path": storage_path,
+        **storage_settings,
         "bus_exchange": bus_names.exchange,
         "bus_queue_prefix": bus_names.prefix,
         "bus_retry_delays": (0.05, 0.1),

@@ -13,7 +13,7 @@ import asyncpg
 
 from analyzer.handlers import AnalyzerDeps
 from common.messages import MediaEmbedded
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from common.topology import spec_of
 from embedder.handlers import EmbedderDeps
 from mammoth_export.colour_model import COLOURS

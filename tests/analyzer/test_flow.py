@@ -19,7 +19,7 @@ import numpy as np
 from analyzer.handlers import AnalyzerDeps
 from clusterer.handlers import ClustererDeps
 from common.messages import MediaEmbedded
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from common.topology import spec_of
 from common.vectors import register_model
 from embedder.handlers import EmbedderDeps

@@ -23,7 +23,7 @@ from PIL import Image
 from clusterer.app import running
 from clusterer.handlers import ClustererDeps
 from clusterer.settings import ClustererSettings
-from common.storage import FileSystemStorage
+from common.storage import Storage
 from common.vectors import register_model
 from embedder.app import running as embedder_running
 from embedder.handlers import EmbedderDeps
@@ -153,7 +153,7 @@ class Seeded:
 
 async def seed_embedded(
     db: asyncpg.Connection,
-    storage: FileSystemStorage,
+    storage: Storage,
     model_id: str,
     vectors: NDArray[np.float32],
     labels: list[int],

@@ -19,7 +19,7 @@ import pytest
 from clusterer.logic import link_name, thumbnail_name
 from clusterer.repo import SEARCH_KEY_DRIFT
 from common.messages import MediaEmbedded
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from common.topology import spec_of
 from tests.clusterer.conftest import (
     consumers_on,

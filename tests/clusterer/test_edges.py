@@ -16,7 +16,7 @@ from clusterer.repo import request_folder_syncs
 from clusterer.settings import ClustererSettings
 from common.consumer import Delivery
 from common.messages import MediaAnalyzed, MediaClustered, MediaEmbedded, MediaUploaded
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from common.topology import spec_of
 from tests.clusterer.conftest import folder_snapshot, kinds, seed_embedded, wait_for
 from tests.conftest import BusNames, read_queue
@@ -214,10 +214,12 @@ async def test_sweep_syncs_a_folder_left_waiting_when_a_crash_interrupted_a_comm
     storage = FileSystemStorage(storage_path)
     # What a crash leaves: a stale link, a missing one, a folder of a cluster that is gone.
     stray_object = await storage.put(_one(b"stray"))
-    await storage.link(stray_object.key, f"media/clusters/{cluster_id}/{uuid.uuid4()}_old.png")
+    await storage.folders.link(
+        stray_object.key, f"media/clusters/{cluster_id}/{uuid.uuid4()}_old.png"
+    )
     (storage_path / sorted(before)[0]).unlink()
     gone = uuid.uuid4()
-    await storage.link(stray_object.key, f"media/clusters/{gone}/{uuid.uuid4()}.png")
+    await storage.folders.link(stray_object.key, f"media/clusters/{gone}/{uuid.uuid4()}.png")
     async with db.transaction():
         await request_folder_syncs(db, [cluster_id, gone])
 

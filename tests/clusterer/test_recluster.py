@@ -20,7 +20,7 @@ from clusterer.handlers import ClustererDeps, _assign, handle_embedded
 from clusterer.settings import ClustererSettings
 from common.consumer import Delivery
 from common.messages import MediaEmbedded
-from common.storage import FileSystemStorage
+from common.storage.filesystem import FileSystemStorage
 from tests.clusterer.conftest import Seeded, folder_snapshot, kinds, seed_embedded
 from tests.clusterer.test_admin import assert_centroid_is_mean
 from tests.integration.conftest import Gateway

@@ -16,7 +16,14 @@ import pytest
 
 from tests.deploy.tools import COMPOSE_SECRETS, ROOT, binary, compose, run
 
-PROFILES = ((), ("gpu",), ("observability",), ("backup",), ("gpu", "observability", "backup"))
+PROFILES = (
+    (),
+    ("gpu",),
+    ("observability",),
+    ("backup",),
+    ("s3",),
+    ("gpu", "observability", "backup", "s3"),
+)
 APP = ("gateway", "embedder", "clusterer", "analyzer", "schemer")
 # One-off steps: no health check, they run to the end.
 ONE_OFF = {"migrate", "models"}
@@ -94,6 +101,18 @@ def test_data_is_kept_in_volumes() -> None:
     for name in ("gateway", "embedder", "clusterer", "analyzer"):
         assert mounts[name]["/data/storage"] == "storage", name
     assert mounts["models"]["/models"] == mounts["embedder"]["/models"] == "models"
+
+
+def test_s3_profile_creates_the_bucket_before_the_services_start() -> None:
+    full = config("s3")
+    assert full["services"]["s3-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mb --ignore-existing" in full["services"]["s3-bucket"]["command"][0]
+    assert full["services"]["minio"]["volumes"][0]["source"] == "minio"
+    for name in APP:
+        needs = full["services"][name]["depends_on"]["s3-bucket"]
+        assert needs == {"condition": "service_completed_successfully", "required": False}
+    # Without the profile, the services start as before (the dependency is not required).
+    assert "minio" not in config()["services"]
 
 
 def test_gpu_profile_gives_the_embedder_the_gpu() -> None:

@@ -230,6 +230,31 @@ def produced_secrets(overlay: str) -> set[str]:
     return names
 
 
+def secret_mounted_at(pod: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
+    """The secret whose volume holds `path` in the container, if any."""
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            return str(volume.get("secret", {}).get("secretName"))
+    return None
+
+
+def check_store(
+    overlay: str, pod: dict[str, Any], container: dict[str, Any], env: dict[str, Any]
+) -> None:
+    """The content store a pod reaches: the shared claim at STORAGE_PATH, or with S3 a bucket
+    and credentials from a secret that exists (and no claim at all)."""
+    if env.get("STORAGE_BACKEND", ("", "filesystem"))[-1] != "s3":
+        assert mounted_at(pod, container, env["STORAGE_PATH"][-1]) == "mammothbox-storage"
+        return
+    assert env["S3_BUCKET"][-1], overlay
+    assert "mammothbox-storage" not in objects(overlay, "PersistentVolumeClaim")
+    assert mounted_at(pod, container, env["STORAGE_PATH"][-1]) is None
+    credentials = env["AWS_SHARED_CREDENTIALS_FILE"][-1]
+    assert secret_mounted_at(pod, container, credentials) in produced_secrets(overlay)
+    assert env["STORAGE_SCRATCH_DIR"][-1].startswith("/tmp/")  # the pod's writable /tmp
+
+
 def mounted_at(pod: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
     """The claim mounted at `path` in the container, if any."""
     for mount in container.get("volumeMounts", []):
@@ -257,13 +282,14 @@ def test_every_required_variable_is_set(overlay: str) -> None:
             # Every variable set for the service alone is one it reads (a typo would be
             # ignored without a word); the shared ConfigMap's, one that some service reads.
             readers = reads(name) if source[0] != "configmap" else every_service_reads()
-            assert variable in readers or variable.startswith("OTEL_"), (name, variable)
+            # OTEL_* and AWS_* are read by the OpenTelemetry SDK and botocore themselves.
+            assert variable in readers or variable.startswith(("OTEL_", "AWS_")), (name, variable)
         # The Gemini key reaches the analyzer alone.
         assert ("GEMINI_API_KEY" in env) == (name == "analyzer"), name
         for variable in ("DATABASE_URL", "RABBITMQ_URL", "API_KEYS"):
             assert env[variable][0] == "secret" and not env[variable][3], (name, variable)
         if name != "schemer":
-            assert mounted_at(pod, container, env["STORAGE_PATH"][-1]) == "mammothbox-storage"
+            check_store(overlay, pod, container, env)
         if name == "embedder":
             assert mounted_at(pod, container, env["MODEL_DIR"][-1]) == "mammothbox-models"
         # The migrations run first, from the same settings and secrets.
@@ -367,6 +393,18 @@ def test_policy_evaluator_can_deny() -> None:
     assert not allowed([deny], pod_of("dev", "gateway"), DB, 5432)
 
 
+def test_prod_keeps_content_in_s3_and_dev_on_a_volume() -> None:
+    def backend(overlay: str) -> str:
+        (config,) = (
+            m for name, m in objects(overlay, "ConfigMap").items()
+            if name.startswith("mammothbox-config")
+        )  # fmt: skip
+        return str(config["data"].get("STORAGE_BACKEND", "filesystem"))
+
+    backends = {overlay: backend(overlay) for overlay in OVERLAYS}
+    assert backends == {"dev": "filesystem", "prod": "s3", "prod-gpu": "s3"}
+
+
 def test_docs_name_the_overlays() -> None:
     readme = (ROOT / "deploy/k8s/README.md").read_text()
     for overlay in OVERLAYS:
@@ -382,6 +420,6 @@ def test_nightly_backup_reads_the_database_and_the_store() -> None:
         assert container["image"].startswith("mammothbox/backup:")
         env = container_env(overlay, container)
         assert env["DATABASE_URL"][:2] == ("secret", "mammothbox-db-app")
-        assert mounted_at(pod, container, env["STORAGE_PATH"][-1]) == "mammothbox-storage"
+        check_store(overlay, pod, container, env)
         assert mounted_at(pod, container, container["args"][-1]) == "mammothbox-backups"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -84,7 +84,7 @@ async def test_embedder_embeds_and_publishes_when_image_is_ingested(
     [row] = await wait_stage(db, [upload_id], {"embedded"})
     assert (row["width"], row["height"], row["format"]) == (451, 300, "JPEG")
     assert row["phash"] is not None and len(row["phash"]) == 64  # bits
-    thumbnail = embedder.storage.path(row["thumbnail_key"]).read_bytes()
+    thumbnail = await embedder.storage.read(row["thumbnail_key"], limit=1 << 20)
     with Image.open(io.BytesIO(thumbnail)) as image:
         assert image.format == "JPEG" and max(image.size) == 256
     vector = await db.fetchval(

@@ -67,7 +67,7 @@ async def test_health_shows_storage_path_and_pid_only_to_an_admin_key(
         ).json()
     for body in (anonymous, reader):
         assert "path" not in body["storage"] and "pid" not in body["system"]
-    assert admin["storage"]["path"] == str(gateway.deps.storage.root)
+    assert admin["storage"]["path"] == gateway.deps.storage.describe()["path"]
     assert admin["system"]["pid"] == os.getpid()
 
 
@@ -75,7 +75,8 @@ async def test_health_counts_disk_headroom_when_free_space_runs_low(
     start_gateway: Callable[..., Any],
 ) -> None:
     async with start_gateway() as probe:
-        free = probe.deps.storage.free_bytes()
+        free = (await probe.deps.storage.capacity()).free
+        assert free is not None
     # Less than twice the reserve left: degraded; less than the reserve: unhealthy.
     async with start_gateway(min_free_disk_bytes=int(free * 0.75)) as gateway:
         response = await gateway.client.get("/health")

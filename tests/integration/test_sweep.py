@@ -18,7 +18,8 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from common.storage import FileSystemStorage, key_for
+from common.storage import key_for
+from common.storage.filesystem import FileSystemStorage
 from gateway.repo import lock_objects
 from gateway.settings import GatewaySettings
 from gateway.sweep import Sweeper
@@ -135,7 +136,7 @@ async def test_sweep_removes_files_older_than_the_bound_when_fresh_ones_stay(
     assert (swept("object"), swept("temp")) == (before_objects + 1, before_temp + 1)
     assert not old_part.exists() and new_part.exists()
     assert not old_orphan.exists() and new_orphan.exists()
-    assert storage.temp_files() == [new_part]
+    assert await storage.temp_files() == ["new.part"]
 
 
 async def test_ingest_keeps_its_object_when_sweeper_removes_it_before_the_rows_commit(
@@ -174,7 +175,7 @@ async def test_ingest_keeps_its_object_when_sweeper_removes_it_before_the_rows_c
     assert await db.fetchval(
         "SELECT storage_key FROM content WHERE sha256 = $1", hashlib.sha256(image).hexdigest()
     ) == key_for(hashlib.sha256(image).hexdigest())
-    assert FileSystemStorage(storage_path).temp_files() == []
+    assert await FileSystemStorage(storage_path).temp_files() == []
 
 
 async def test_ingest_waits_for_the_objects_lock_when_a_sweeper_holds_it(
@@ -198,7 +199,7 @@ async def test_ingest_waits_for_the_objects_lock_when_a_sweeper_holds_it(
             ):
                 break
             await asyncio.sleep(0.02)
-        assert FileSystemStorage(storage_path).remove_orphan(key_for(sha), time.time() + 1)
+        assert await FileSystemStorage(storage_path).remove_orphan(key_for(sha), time.time() + 1)
     response = await upload
     assert response.status == 202, await response.text()
     assert orphan.read_bytes() == image

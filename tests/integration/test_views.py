@@ -7,10 +7,14 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
+from common.storage import Storage, key_for
 from tests.conftest import make_jpeg
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
+
+pytestmark = pytest.mark.both_storage_backends
 
 
 async def test_status_derives_from_content_stages_when_processing_advances(
@@ -72,6 +76,43 @@ async def test_objects_describe_and_stream_content_when_uploaded(gateway: Gatewa
     assert content.headers["Content-Type"] == "image/jpeg"
     assert "holiday" in content.headers["Content-Disposition"]
     assert await content.read() == image
+
+
+async def test_content_answers_ranges_and_validators_when_a_player_seeks(
+    gateway: Gateway, storage: Storage
+) -> None:
+    image = make_jpeg(6, size=(500, 500))
+    response = await gateway.client.post("/api/v1/ingest", data=form(("seek.jpg", image)))
+    [system_id] = (await response.json())["system_ids"]
+    url = f"/api/v1/objects/{system_id}/content"
+    size = len(image)
+    cases = {
+        "bytes=0-99": (0, 100),
+        "bytes=100-": (100, size),
+        "bytes=-50": (size - 50, size),
+        f"bytes=10-{size * 2}": (10, size),
+    }
+    for header, (start, stop) in cases.items():
+        part = await gateway.client.get(url, headers={"Range": header})
+        assert part.status == 206, header
+        assert part.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{size}"
+        assert await part.read() == image[start:stop]
+    beyond = await gateway.client.get(url, headers={"Range": f"bytes={size}-"})
+    assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{size}"
+    assert "request_id" in await beyond.json()
+    for odd in ("bytes=abc", "bytes=0-1,5-9", "pages=1-2"):  # not served as a range: whole
+        whole = await gateway.client.get(url, headers={"Range": odd})
+        assert whole.status == 200 and await whole.read() == image, odd
+    head = await gateway.client.head(url)
+    assert head.status == 200 and int(head.headers["Content-Length"]) == size
+    etag = head.headers["ETag"]
+    assert etag == f'"{hashlib.sha256(image).hexdigest()}"'
+    cached = await gateway.client.get(url, headers={"If-None-Match": etag})
+    assert cached.status == 304
+    # The bytes gone from the store (a row without its object): 410, never a 5xx.
+    await storage.delete(key_for(hashlib.sha256(image).hexdigest()))
+    gone = await gateway.client.get(url)
+    assert gone.status == 410 and "missing" in (await gone.json())["error"]
 
 
 async def test_objects_return_json_document_when_upload_is_json(gateway: Gateway) -> None:

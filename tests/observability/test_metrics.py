@@ -59,7 +59,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
 BOUNDED = {
     "outcome": set(OUTCOMES)
     | {"ok", "retry", "timeout", "rate_limited", "unauthorized", "invalid", "server_error",
-       "fallback", "joined", "created", "duplicate"},
+       "fallback", "joined", "created", "duplicate", "stored", "present"},
+    "backend": {"filesystem", "s3"},
     "stage": STAGES | {"ingested", "embedded"},
     "service": CONSUMERS,
     "query": {"text", "image", "like"},

@@ -68,6 +68,34 @@ def test_settings_error_is_one_line_naming_variables_when_invalid(
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"STORAGE_BACKEND": "s3"}, "S3_BUCKET"),
+        ({"STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_PREFIX": "a/../b"}, "S3_PREFIX"),
+        ({"STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_PART_SIZE_BYTES": "1000"}, "S3_PART"),
+        ({"STORAGE_BACKEND": "azure"}, "STORAGE_BACKEND"),
+    ],
+)
+def test_storage_settings_stop_the_service_naming_the_variable_when_invalid(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as error:
+        CommonSettings()
+    line = describe_error(error.value)
+    assert named in line and "\n" not in line
+
+
+def test_storage_settings_take_a_bucket_and_a_plain_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORAGE_BACKEND", "s3")
+    monkeypatch.setenv("S3_BUCKET", " media ")
+    monkeypatch.setenv("S3_PREFIX", "/prod/mammothbox/")
+    settings = CommonSettings()
+    assert (settings.s3_bucket, settings.s3_prefix) == ("media", "prod/mammothbox")
+
+
 def test_check_bind_refuses_a_network_address_when_no_api_key_is_configured(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

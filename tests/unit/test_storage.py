@@ -1,4 +1,4 @@
-"""The filesystem storage backend."""
+"""The filesystem storage backend's own behaviour (the port's contract: tests/storage)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.storage import FileSystemStorage, StorageError, key_for
+from common.storage import StorageError, key_for
+from common.storage.filesystem import FileSystemStorage
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -29,7 +30,7 @@ async def test_put_stores_once_under_hash_name_when_same_bytes_twice(tmp_path: P
     assert path.read_bytes() == b"hello world"
     assert not os.access(path, os.W_OK) or os.geteuid() == 0  # read-only (root ignores modes)
     assert oct(path.stat().st_mode & 0o777) == "0o444"
-    assert storage.temp_files() == []
+    assert await storage.temp_files() == []
     stat = await storage.stat(first.key)
     assert stat is not None and stat.size == 11
 
@@ -43,7 +44,7 @@ async def test_put_leaves_no_temp_file_when_stream_fails(tmp_path: Path) -> None
 
     with pytest.raises(ConnectionResetError):
         await storage.put(broken())
-    assert storage.temp_files() == []
+    assert await storage.temp_files() == []
     assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
 
 
@@ -60,34 +61,25 @@ async def test_link_points_at_object_and_is_idempotent_when_repeated(tmp_path: P
     storage = FileSystemStorage(tmp_path)
     stored = await storage.put(chunks(b"abc"))
     for _ in range(2):
-        await storage.link(stored.key, "media/clusters/c1/photo.jpg")
+        await storage.folders.link(stored.key, "media/clusters/c1/photo.jpg")
     link = tmp_path / "media/clusters/c1/photo.jpg"
     assert link.is_symlink() and link.read_bytes() == b"abc"
     assert not os.path.isabs(os.readlink(link))  # relative: the tree can be moved
     with pytest.raises(StorageError):
-        await storage.link(stored.key, "../escape")
-    await storage.delete("media/clusters/c1/photo.jpg")
+        await storage.folders.link(stored.key, "../escape")
+    await storage.folders.delete("media/clusters/c1/photo.jpg")
     assert not link.exists() and storage.path(stored.key).exists()
 
 
-async def test_open_streams_the_bytes_when_reading(tmp_path: Path) -> None:
-    storage = FileSystemStorage(tmp_path)
-    data = os.urandom(200_000)
-    stored = await storage.put(chunks(data))
-    got = b"".join([c async for c in storage.open(stored.key, chunk_size=65536)])
-    assert got == data
-
-
-def test_stale_temp_files_are_removed_when_old(tmp_path: Path) -> None:
+async def test_stale_temp_files_are_removed_when_old(tmp_path: Path) -> None:
     storage = FileSystemStorage(tmp_path)
     old = tmp_path / "tmp" / "old.part"
     new = tmp_path / "tmp" / "new.part"
     old.write_bytes(b"x")
     new.write_bytes(b"y")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    assert storage.remove_stale_temp(older_than=3600) == 1
+    assert (await storage.remove_stale_temp(older_than=3600)).files == 1
     assert not old.exists() and new.exists()
-    assert storage.free_bytes() > 0 and storage.writable()
 
 
 async def test_put_refreshes_the_stored_copy_when_the_same_bytes_come_again(
@@ -108,14 +100,14 @@ async def test_ensure_placed_links_the_content_again_when_it_was_removed_after_c
 ) -> None:
     storage = FileSystemStorage(tmp_path)
     writer = storage.writer()
-    writer.write(b"placed, then swept before its row committed")
+    await writer.write(b"placed, then swept before its row committed")
     stored = await writer.commit()
     path = storage.path(stored.key)
     path.unlink()
     await writer.ensure_placed()
     assert path.read_bytes() == b"placed, then swept before its row committed"
-    writer.abort()
-    assert storage.temp_files() == [] and path.exists()
+    await writer.abort()
+    assert await storage.temp_files() == [] and path.exists()
 
 
 async def test_remove_orphan_keeps_an_object_when_it_was_refreshed_after_the_cutoff(
@@ -123,9 +115,8 @@ async def test_remove_orphan_keeps_an_object_when_it_was_refreshed_after_the_cut
 ) -> None:
     storage = FileSystemStorage(tmp_path)
     stored = await storage.put(chunks(b"orphan"))
-    assert not storage.remove_orphan(stored.key, time.time() - 3600)
+    assert not await storage.remove_orphan(stored.key, time.time() - 3600)
     assert storage.path(stored.key).read_bytes() == b"orphan"
-    assert storage.remove_orphan(stored.key, time.time() + 1)
+    assert await storage.remove_orphan(stored.key, time.time() + 1)
     assert not storage.path(stored.key).exists()
-    assert not storage.remove_orphan(stored.key, time.time() + 1)  # gone already
     assert list((tmp_path / "tmp").iterdir()) == []

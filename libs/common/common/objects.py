@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from common.db import Conn
-from common.storage import FileSystemStorage
+from common.storage import Storage
 
 
 async def referenced_keys(conn: Conn, keys: list[str]) -> set[str]:
@@ -61,7 +61,7 @@ def sha_of(key: str) -> str:
 
 
 async def remove_unreferenced(
-    conn: asyncpg.Connection, storage: FileSystemStorage, keys: list[str]
+    conn: asyncpg.Connection, storage: Storage, keys: list[str]
 ) -> list[str]:
     """Remove the objects among `keys` that no row refers to, holding their locks (taken here
     if the caller's transaction does not hold them yet); the keys removed."""

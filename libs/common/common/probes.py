@@ -97,7 +97,7 @@ async def serve_worker(
     info: Info,
     host: str,
     port: int,
-    extra_checks: Callable[[], dict[str, bool]] | None = None,
+    extra_checks: Callable[[], Awaitable[dict[str, bool]]] | None = None,
 ) -> AsyncIterator[int]:
     """Start a worker's consumers and serve its probes while the block runs; the bound port.
 
@@ -117,7 +117,7 @@ async def serve_worker(
 
     async def ready() -> dict[str, bool]:
         checks = await worker_checks(pool, bus, started)
-        return {**checks, **(extra_checks() if extra_checks else {})}
+        return {**checks, **(await extra_checks() if extra_checks else {})}
 
     try:
         async with serve_probes(ready, info, host, port, bus) as bound:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -24,10 +24,30 @@ class CommonSettings(BaseSettings):
     # PostgreSQL, and each process's connection pool: min DB_POOL_SIZE, max plus overflow.
     db_pool_size: int = Field(10, ge=1, le=500)
     db_max_overflow: int = Field(10, ge=0, le=500)
-    # RabbitMQ; the store (a folder shared by the gateway, embedder, clusterer, analyzer).
+    # RabbitMQ; the store: a folder shared by the gateway, embedder, clusterer and analyzer
+    # (filesystem), or an S3-compatible bucket (s3; see common/storage/s3.py).
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
-    storage_backend: Literal["filesystem"] = "filesystem"
+    storage_backend: Literal["filesystem", "s3"] = "filesystem"
     storage_path: Path = Path("data/storage")
+    # Where a process keeps its own temporary files with S3 (downloads for the decoders);
+    # the system's temporary folder when unset. (With a filesystem store: STORAGE_PATH/tmp.)
+    storage_scratch_dir: Path | None = None
+    # S3: the bucket (required), a key prefix, the endpoint of an S3-compatible server
+    # (AWS when unset) and region. Credentials come from the standard AWS variables
+    # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), a mounted credentials
+    # file (AWS_SHARED_CREDENTIALS_FILE) or web identity, as botocore finds them.
+    s3_bucket: str = Field("", validate_default=True)
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Uploads larger than one part go as multipart uploads, one part in memory at a time
+    # (plus one in flight) per upload: 5 MiB is S3's least.
+    s3_part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=1024**3)
+    # Attempts per request (botocore's standard retries: backoff on 5xx, throttling, resets).
+    s3_max_attempts: int = Field(5, ge=1, le=20)
+    # PUT with If-None-Match: * (AWS, MinIO, Ceph RGW take it); false: a HEAD first instead.
+    s3_conditional_writes: bool = True
     # Messages the clusterer handles at once (see docs/troubleshooting.md, Performance).
     worker_threads: int = Field(4, ge=1, le=256)
     # /metrics (false: it answers 404).
@@ -83,6 +103,21 @@ class CommonSettings(BaseSettings):
     def _amqp_url(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// URL")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("storage_backend") == "s3" and not value.strip():
+            raise ValueError("is required with STORAGE_BACKEND=s3")
+        return value.strip()
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip().strip("/")
+        if value and any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError("must be a plain key prefix (no empty, . or .. parts)")
         return value
 
     @field_validator("log_level", mode="before")

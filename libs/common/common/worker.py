@@ -42,7 +42,7 @@ from common.probes import serve_worker
 from common.rpc import RpcServer
 from common.settings import WorkerSettings, load_settings
 from common.stage_log import StageLog
-from common.storage import FileSystemStorage, open_storage
+from common.storage import Storage, open_storage
 from common.telemetry import configure_telemetry, untraced
 from common.topology import spec_of
 
@@ -57,7 +57,7 @@ class WorkerDeps:
     settings: WorkerSettings
     pool: asyncpg.Pool
     bus: Bus
-    storage: FileSystemStorage
+    storage: Storage
     probe_port: int = 0  # the port the probe server bound (0 until it runs)
 
 
@@ -72,7 +72,7 @@ class Resources:
 
     pool: asyncpg.Pool
     bus: Bus
-    storage: FileSystemStorage
+    storage: Storage
     # Register what setup opens here (`push_async_callback`): closed in reverse at stop.
     stack: contextlib.AsyncExitStack
 
@@ -105,7 +105,7 @@ class Worker(Generic[S, D]):
     )
     _starters: list[Callable[[D], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[tuple[str, Callable[[D], Coroutine[Any, Any, None]]]] = field(default_factory=list)
-    _checks: list[tuple[str, Callable[[D], bool]]] = field(default_factory=list)
+    _checks: list[tuple[str, Callable[[D], Awaitable[bool]]]] = field(default_factory=list)
     _drains: list[tuple[str, Callable[[D], Awaitable[Any]]]] = field(default_factory=list)
     _info: Callable[[D], dict[str, Any]] = lambda _: {}
     # While running: what a stop drains, and whether it has begun.
@@ -152,7 +152,7 @@ class Worker(Generic[S, D]):
         """Something to finish once the deliveries in flight have (within the grace)."""
         self._drains.append((name, flush))
 
-    def check(self, name: str, ready: Callable[[D], bool]) -> None:
+    def check(self, name: str, ready: Callable[[D], Awaitable[bool]]) -> None:
         """An extra readiness check shown in /ready and /health."""
         self._checks.append((name, ready))
 
@@ -163,8 +163,9 @@ class Worker(Generic[S, D]):
     @contextlib.asynccontextmanager
     async def running(self, settings: S) -> AsyncIterator[D]:
         """Start the worker; stop it all when the block ends. Yields its deps."""
-        storage = open_storage(settings.storage_backend, settings.storage_path)
+        storage = open_storage(settings)
         async with contextlib.AsyncExitStack() as stack:  # stops in the reverse order
+            stack.push_async_callback(storage.close)
             pool = await stack.enter_async_context(open_pool(settings))
             bus = Bus(settings)
             stack.push_async_callback(bus.close)
@@ -185,11 +186,12 @@ class Worker(Generic[S, D]):
             stack.push_async_callback(_stop_all, consumers)
 
             def info() -> dict[str, Any]:
-                return {"service": self.service, **self._info(deps)}
+                return {"service": self.service, "storage": storage.backend, **self._info(deps)}
 
-            def checks() -> dict[str, bool]:
+            async def checks() -> dict[str, bool]:
                 # Not ready once draining: a load balancer or Kubernetes stops sending work.
-                own = {name: ready(deps) for name, ready in self._checks}
+                own = {"storage": await storage.writable()}
+                own |= {name: await ready(deps) for name, ready in self._checks}
                 return {**own, "accepting": not self._draining}
 
             async with serve_worker(

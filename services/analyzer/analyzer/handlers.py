@@ -18,9 +18,12 @@ from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler, LabelsUnavailable
 from common.messages import MediaAnalyzed, MediaEmbedded
 from common.stages import Stage
+from common.storage import StorageError, StorageUnavailable
 from common.worker import WorkerDeps
 
 log = structlog.get_logger(__name__)
+# The largest stored image the analyzer reads (the gateway takes at most MAX_IMAGE_BYTES).
+MAX_SOURCE_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,11 +93,16 @@ async def _image(deps: AnalyzerDeps, row: repo.ContentToAnalyse) -> bytes:
     key = row.storage_key if row.kind == "image" else row.thumbnail_key
     if key is None:
         raise _Unreadable(f"content {row.id} has nothing to show")
-    path = deps.storage.path(key)
     try:
-        data = await asyncio.to_thread(path.read_bytes)
+        data = await deps.storage.read(key, limit=MAX_SOURCE_BYTES)
+    except FileNotFoundError:
+        raise _Unreadable(f"cannot read {key}: it is not in storage") from None
     except OSError as error:  # named by its key, never by where storage keeps it
         raise _Unreadable(f"cannot read {key}: {error.strerror or type(error).__name__}") from None
+    except StorageError as error:  # too large; StorageUnavailable is retried, as any outage
+        if isinstance(error, StorageUnavailable):
+            raise
+        raise _Unreadable(f"cannot read {key}: {error}") from None
     try:
         return await asyncio.to_thread(for_vlm, data, deps.settings.vlm_max_image_px)
     except (OSError, ValueError) as error:  # PIL's errors are OSError/ValueError subclasses

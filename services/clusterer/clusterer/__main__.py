@@ -20,10 +20,16 @@ from common.storage import open_storage
 
 
 async def _rebuild(settings: ClustererSettings, from_scratch: bool) -> None:
-    storage = open_storage(settings.storage_backend, settings.storage_path)
-    async with open_pool(settings) as pool:
-        count = await rebuild(pool, storage, from_scratch=from_scratch)
-    print(f"rebuilt the folders of {count} clusters")
+    storage = open_storage(settings)
+    try:
+        async with open_pool(settings) as pool:
+            count = await rebuild(pool, storage, from_scratch=from_scratch)
+    finally:
+        await storage.close()
+    if storage.folders is None:
+        print(f"{storage.backend} storage keeps no folders: {count} clusters are listed by the API")
+    else:
+        print(f"rebuilt the folders of {count} clusters")
 
 
 def main() -> None:

@@ -119,6 +119,6 @@ worker.task("outbox-relay", _relay)
 worker.on_drain("publish the outbox", _publish_outbox)
 worker.task("folder-sweep", _sweep)
 worker.task("recluster-schedule", reclustering.schedule)
-worker.check("storage", lambda deps: deps.storage.writable())
+
 worker.info(_info)
 running = worker.running

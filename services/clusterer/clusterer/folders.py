@@ -5,11 +5,14 @@ Adding links (after an assignment, or for a new upload of stored content) holds 
 advisory lock shared; bringing a whole folder in line with the database (after a merge, a
 reject or a re-evaluation, or a rebuild) holds it exclusively, so a sync never removes a link
 that an assignment has just made, and links never land in a folder being removed.
+
+Only a filesystem store keeps folders (`Storage.folders`). With object storage a folder is a
+listing through the API (GET /api/v1/clusters/{id}) and nothing is written: the pending
+syncs are marked done, so that none waits for a folder that will never exist.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +22,7 @@ import structlog
 
 from clusterer import repo
 from clusterer.logic import folder, link_name, thumbnail_name
-from common.storage import FileSystemStorage
+from common.storage import FolderLinks, Storage
 
 log = structlog.get_logger(__name__)
 
@@ -43,21 +46,25 @@ async def _folder_lock(
                 raise
 
 
-async def _add(storage: FileSystemStorage, cluster_id: uuid.UUID, link: repo.Link) -> None:
+async def _add(links: FolderLinks, cluster_id: uuid.UUID, link: repo.Link) -> None:
     base = folder(cluster_id)
-    await storage.link(
+    await links.link(
         link.storage_key, f"{base}/{link_name(link.upload_id, link.filename, link.mime_type)}"
     )
     if link.thumbnail_key:
-        await storage.link(
+        await links.link(
             link.thumbnail_key, f"{base}/{THUMBNAILS}/{thumbnail_name(link.upload_id)}"
         )
 
 
 async def ensure_links(
-    pool: asyncpg.Pool, storage: FileSystemStorage, content_id: uuid.UUID
+    pool: asyncpg.Pool, storage: Storage, content_id: uuid.UUID
 ) -> uuid.UUID | None:
     """Link every upload of the content into its cluster's folder; its cluster, or None."""
+    links = storage.folders
+    if links is None:
+        async with pool.acquire() as conn:
+            return await repo.cluster_of(conn, content_id)
     for _ in range(10):
         async with pool.acquire() as conn:
             cluster_id = await repo.cluster_of(conn, content_id)
@@ -69,44 +76,47 @@ async def ensure_links(
             if await repo.cluster_of(conn, content_id) != cluster_id:
                 continue
             for link in await repo.links_of_content(conn, content_id):
-                await _add(storage, cluster_id, link)
+                await _add(links, cluster_id, link)
             return cluster_id
     raise RuntimeError(f"content {content_id} kept moving between clusters")
 
 
 async def sync_folder(
     pool: asyncpg.Pool,
-    storage: FileSystemStorage,
+    storage: Storage,
     cluster_id: uuid.UUID,
     *,
     from_scratch: bool = False,
 ) -> None:
     """Make one folder exactly what the database says: add missing links, remove others."""
+    links = storage.folders
+    if links is None:
+        return
     base = folder(cluster_id)
     async with _folder_lock(pool, cluster_id, shared=False) as conn:
         if not await repo.cluster_exists(conn, cluster_id):
-            await storage.delete_folder(base)
+            await links.delete_folder(base)
             return
         if from_scratch:
-            await storage.delete_folder(base)
-        links = await repo.links_of_cluster(conn, cluster_id)
-        wanted = {link_name(k.upload_id, k.filename, k.mime_type): k for k in links}
-        wanted_thumbs = {thumbnail_name(k.upload_id) for k in links if k.thumbnail_key}
-        present = set(await storage.list_folder(base))
-        present_thumbs = set(await storage.list_folder(f"{base}/{THUMBNAILS}"))
+            await links.delete_folder(base)
+        members = await repo.links_of_cluster(conn, cluster_id)
+        wanted = {link_name(k.upload_id, k.filename, k.mime_type): k for k in members}
+        wanted_thumbs = {thumbnail_name(k.upload_id) for k in members if k.thumbnail_key}
+        present = set(await links.list_folder(base))
+        present_thumbs = set(await links.list_folder(f"{base}/{THUMBNAILS}"))
         for name in present - wanted.keys():
-            await storage.delete(f"{base}/{name}")
+            await links.delete(f"{base}/{name}")
         for name in present_thumbs - wanted_thumbs:
-            await storage.delete(f"{base}/{THUMBNAILS}/{name}")
+            await links.delete(f"{base}/{THUMBNAILS}/{name}")
         for name, link in wanted.items():
             if name not in present or (
                 link.thumbnail_key and thumbnail_name(link.upload_id) not in present_thumbs
             ):
-                await _add(storage, cluster_id, link)
+                await _add(links, cluster_id, link)
 
 
 async def run_pending_syncs(
-    pool: asyncpg.Pool, storage: FileSystemStorage, cluster_ids: list[uuid.UUID] | None = None
+    pool: asyncpg.Pool, storage: Storage, cluster_ids: list[uuid.UUID] | None = None
 ) -> int:
     """Sync the folders waiting for it (these, or all); a request made meanwhile stays."""
     pending = await repo.pending_folder_syncs(pool, cluster_ids)
@@ -116,17 +126,16 @@ async def run_pending_syncs(
     return len(pending)
 
 
-async def rebuild(pool: asyncpg.Pool, storage: FileSystemStorage, *, from_scratch: bool) -> int:
+async def rebuild(pool: asyncpg.Pool, storage: Storage, *, from_scratch: bool) -> int:
     """Bring every folder in line with the database; folders of unknown clusters go."""
     ids = await repo.cluster_ids(pool)
     on_disk = set()
-    root = storage.path("media/clusters")
-    if root.is_dir():
-        for entry in await asyncio.to_thread(lambda: list(root.iterdir())):
+    if storage.folders is not None:
+        for name in await storage.folders.subfolders("media/clusters"):
             try:
-                on_disk.add(uuid.UUID(entry.name))
+                on_disk.add(uuid.UUID(name))
             except ValueError:
-                log.warning("not a cluster folder; left alone", path=str(entry))
+                log.warning("not a cluster folder; left alone", name=name)
     for cluster_id in sorted(ids | on_disk):
         await sync_folder(pool, storage, cluster_id, from_scratch=from_scratch)
     await repo.forget_folder_syncs_except(pool, ids)

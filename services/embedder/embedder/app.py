@@ -129,7 +129,7 @@ async def _start_rpc(deps: EmbedderDeps) -> None:
             deps.bus,
             held.batcher,
             deps.decoders,
-            deps.storage.root / "tmp",
+            deps.storage.scratch_dir,
             held.model_id,
             held.preprocess,
         ).start()

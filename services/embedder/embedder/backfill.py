@@ -165,12 +165,11 @@ async def _one(
 ) -> str:
     """Embed one stored content by the next model: 'embedded', 'failed' or 'gone'."""
     kind: Literal["image", "video"] = "video" if row.kind == "video" else "image"
-    path = str(deps.storage.path(row.storage_key))
     try:
-        async with decoding:
-            decoded = await deps.decoders.decode(path, kind, target.preprocess)
+        async with decoding, deps.storage.local_file(row.storage_key) as local:
+            decoded = await deps.decoders.decode(str(local), kind, target.preprocess)
         vectors = await vectors_of(target, decoded, background=True)
-    except DecodeError as error:
+    except (DecodeError, FileNotFoundError) as error:
         if await repo.content(deps.pool, row.id) is None:
             return "gone"  # deleted meanwhile, with its file
         log.warning("backfill cannot decode", content_id=str(row.id), error=str(error))

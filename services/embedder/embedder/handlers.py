@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,7 +25,7 @@ from common.group_commit import GroupCommit
 from common.messages import MediaEmbedded, MediaIngested, StandbyEmbedded
 from common.objects import remove_unreferenced
 from common.stages import Stage
-from common.storage import FileSystemStorage
+from common.storage import Storage, chunks_of
 from common.worker import WorkerDeps
 from embedder import repo
 from embedder.decode import Decoded, DecodedVideo, DecodeError
@@ -72,9 +72,7 @@ class EmbedderDeps(WorkerDeps):
 Saver = GroupCommit[repo.Embedded, repo.Saved]
 
 
-def saver(
-    pool: asyncpg.Pool, storage: FileSystemStorage, max_distance: int, max_batch: int
-) -> Saver:
+def saver(pool: asyncpg.Pool, storage: Storage, max_distance: int, max_batch: int) -> Saver:
     """Saves of images embedded together share one transaction under the pHash lock.
 
     One group at a time per process: the lock serialises them across replicas anyway.
@@ -83,7 +81,7 @@ def saver(
     async def keep_thumbnails(saved: list[repo.Embedded]) -> None:
         for result in saved:
             if await storage.stat(result.thumbnail_key) is None:
-                await storage.put(_chunks(result.thumbnail))
+                await storage.put(chunks_of(result.thumbnail))
 
     async def write(batch: Sequence[repo.Embedded]) -> list[repo.Saved]:
         async with timed("embedder_save"), pool.acquire() as conn:
@@ -147,17 +145,20 @@ async def _handle_ingested(deps: EmbedderDeps, event: MediaIngested) -> None:
         return
     if row.stage != Stage.INGESTED or row.storage_key is None:
         return  # failed already, or not media: nothing to do
-    path = str(deps.storage.path(row.storage_key))
     try:
-        decoded = await deps.decoders.decode(path, event.kind)
-    except DecodeError as error:
+        # A local file from the port: the object itself on a filesystem, a temporary copy
+        # with S3 (gone when the block ends); the decoders never see where the store is.
+        async with deps.storage.local_file(row.storage_key) as local:
+            decoded = await deps.decoders.decode(str(local), event.kind)
+            result = await _embed(deps, event.content_id, str(local), decoded)
+    except (DecodeError, FileNotFoundError) as error:
         if await repo.content(deps.pool, event.content_id) is None:
             # Deleted meanwhile: its file went with it.
             await tombstones.missing(deps.pool, event.content_id)
             return
-        await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {error}")
-        raise Permanent(f"cannot decode {event.kind}: {error}") from None
-    result = await _embed(deps, event.content_id, path, decoded)
+        reason = "the stored file is missing" if isinstance(error, FileNotFoundError) else error
+        await repo.fail(deps.pool, event.content_id, f"cannot decode {event.kind}: {reason}")
+        raise Permanent(f"cannot decode {event.kind}: {reason}") from None
     saved = await deps.saver.submit(result)
     near = saved.near_duplicate_of
     models, standby = list(saved.models), saved.standby_model
@@ -193,7 +194,7 @@ async def vectors_of(
 async def _embed(
     deps: EmbedderDeps, content_id: uuid.UUID, path: str, decoded: Decoded | DecodedVideo
 ) -> repo.Embedded:
-    thumbnail = await deps.storage.put(_chunks(decoded.thumbnail))
+    thumbnail = await deps.storage.put(chunks_of(decoded.thumbnail))
     kind: Literal["image", "video"] = "video" if isinstance(decoded, DecodedVideo) else "image"
     vectors = [await vectors_of(deps.primary, decoded)]
     if deps.next is not None:
@@ -218,7 +219,3 @@ async def _embed(
         thumbnail=decoded.thumbnail,
         duration_s=duration,
     )
-
-
-async def _chunks(data: bytes) -> AsyncIterator[bytes]:
-    yield data

@@ -16,7 +16,7 @@ from common.embed_client import ImageEmbedClient, TextEmbedClient
 from common.http import harden
 from common.outbox import OutboxRelay
 from common.rpc import RpcClient
-from common.storage import open_storage
+from common.storage import StorageUnavailable, open_storage
 from common.telemetry import untraced
 from common.topology import cluster_command_queue
 from gateway.auth import KEYS, KeyRing, authenticate, cors, parse_keys
@@ -146,13 +146,16 @@ def build_app(settings: GatewaySettings) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def _resources(settings: GatewaySettings) -> AsyncIterator[Deps]:
-    storage = open_storage(
-        settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync
-    )
-    removed = storage.remove_stale_temp(settings.sweep_min_age_seconds)
-    if removed:
-        log.info("removed stale temp files", count=removed)
-    async with open_pool(settings) as pool:
+    storage = open_storage(settings, fsync=settings.storage_fsync)
+    try:
+        removed = await storage.remove_stale_temp(settings.sweep_min_age_seconds)
+    except StorageUnavailable as error:  # /ready says so; the sweeper tries again later
+        log.warning("storage unreachable at start", error=str(error))
+    else:
+        if removed.files or removed.uploads:
+            log.info("removed stale uploads", files=removed.files, uploads=removed.uploads)
+    async with contextlib.AsyncExitStack() as closing, open_pool(settings) as pool:
+        closing.push_async_callback(storage.close)
         bus = Bus(settings)
         await bus.start(wait=5.0)
         backpressure = Backpressure(settings, pool, storage)

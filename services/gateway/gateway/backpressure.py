@@ -12,7 +12,7 @@ from prometheus_client import Gauge
 from common.messages import JsonIngested, MediaIngested, MediaUploaded
 from common.outbox import OutboxState, measure
 from common.stages import UNFINISHED
-from common.storage import FileSystemStorage
+from common.storage import Storage
 from gateway.errors import ApiError
 from gateway.repo.ops import oldest_unfinished
 from gateway.settings import GatewaySettings
@@ -41,20 +41,21 @@ class Backpressure:
     the outbox (per destination: a full JSON queue does not refuse images); refreshed once a
     second."""
 
-    def __init__(
-        self, settings: GatewaySettings, pool: asyncpg.Pool, storage: FileSystemStorage
-    ) -> None:
+    def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool, storage: Storage) -> None:
         self.settings = settings
         self.pool = pool
         self.storage = storage
         self.outbox = OutboxState(0, 0.0)
         self.destinations: dict[str, OutboxState] = {}
-        self.free_bytes = storage.free_bytes()
+        # None where the backend has no free space to speak of (a bucket).
+        self.free_bytes: int | None = None
 
     async def refresh(self) -> None:
-        self.free_bytes = await asyncio.to_thread(self.storage.free_bytes)
-        STORAGE_FREE.set(self.free_bytes)
-        STORAGE_TOTAL.set(await asyncio.to_thread(self.storage.total_bytes))
+        capacity = await self.storage.capacity()
+        self.free_bytes = capacity.free
+        if capacity.free is not None and capacity.total is not None:
+            STORAGE_FREE.set(capacity.free)
+            STORAGE_TOTAL.set(capacity.total)
         self.outbox, self.destinations = await measure(self.pool)
         ages = await oldest_unfinished(self.pool)
         for stage in UNFINISHED:
@@ -78,7 +79,7 @@ class Backpressure:
 
     @property
     def disk_low(self) -> bool:
-        return self.free_bytes < self.settings.min_free_disk_bytes
+        return self.free_bytes is not None and self.free_bytes < self.settings.min_free_disk_bytes
 
     def check(self) -> None:
         """Raise 503 with Retry-After while storage is too full to take anything."""

@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +62,7 @@ from common.messages import (
 from common.migrate import migrate
 from common.outbox import add_events
 from common.settings import load_settings
-from common.storage import FileSystemStorage, open_storage
+from common.storage import Storage, StorageUnavailable, open_storage
 from common.topology import queue_specs, spec_of
 from gateway.repo import backup as repo
 from gateway.settings import GatewaySettings
@@ -112,32 +113,39 @@ def pg_tool(name: str) -> str:
     return found
 
 
-def _copy_checked(source: Path, target: Path, sha256: str) -> int:
-    """Copy one object, beside its final name then renamed, checking its hash; its size."""
+async def _download_checked(storage: Storage, key: str, target: Path) -> int:
+    """Copy one object out of the store, beside its final name then renamed, checking its
+    hash; its size."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
     size = 0
     try:
-        with source.open("rb") as reading, partial.open("wb") as writing:
-            while chunk := reading.read(_READ):
+        with partial.open("wb") as writing:
+            async for chunk in storage.open(key, chunk_size=_READ):
                 digest.update(chunk)
-                writing.write(chunk)
+                await asyncio.to_thread(writing.write, chunk)
                 size += len(chunk)
             writing.flush()
-            os.fsync(writing.fileno())
-        if digest.hexdigest() != sha256:
-            raise BackupError(f"object {sha256} does not match its hash: the copy is damaged")
+            await asyncio.to_thread(os.fsync, writing.fileno())
+        if digest.hexdigest() != key.rsplit("/", 1)[1]:
+            raise BackupError(f"object {key} does not match its hash: the copy is damaged")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return size
 
 
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as reading:
+        while chunk := await asyncio.to_thread(reading.read, _READ):
+            yield chunk
+
+
 async def create(settings: GatewaySettings, dest: Path) -> tuple[Path, Manifest]:
     """Back the deployment up into a new folder under `dest`; the folder and its manifest."""
     started = time.monotonic()
-    storage = open_storage(settings.storage_backend, settings.storage_path)
+    storage = open_storage(settings)
     name = f"mammothbox-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
     final, partial = dest / name, dest / f".{name}.partial"
     partial.mkdir(parents=True)
@@ -157,7 +165,7 @@ async def create(settings: GatewaySettings, dest: Path) -> tuple[Path, Manifest]
                 keys = await repo.stored_keys(conn)
                 rows = await repo.summary(conn)
                 version = await conn.fetchval("SHOW server_version")
-                size = await asyncio.to_thread(_copy_objects, storage, keys, partial)
+                size = await _copy_objects(storage, keys, partial)
                 done = await dump  # the snapshot must stay open until pg_dump has it all
                 if done.returncode != 0:
                     raise BackupError(f"pg_dump failed: {done.stderr.strip()[-2000:]}")
@@ -177,17 +185,19 @@ async def create(settings: GatewaySettings, dest: Path) -> tuple[Path, Manifest]
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        await storage.close()
     log.info("backup written", path=str(final), objects=len(keys), bytes=size)
     return final, manifest
 
 
-def _copy_objects(storage: FileSystemStorage, keys: list[str], into: Path) -> int:
+async def _copy_objects(storage: Storage, keys: list[str], into: Path) -> int:
     size = 0
     for key in keys:
-        source = storage.path(key)
-        if not source.exists():
-            raise BackupError(f"object {key} is missing from the store: run verify")
-        size += _copy_checked(source, into / key, key.rsplit("/", 1)[1])
+        try:
+            size += await _download_checked(storage, key, into / key)
+        except FileNotFoundError:
+            raise BackupError(f"object {key} is missing from the store: run verify") from None
     return size
 
 
@@ -231,8 +241,11 @@ async def restore(
         )  # fmt: skip
         if done.returncode != 0:
             raise BackupError(f"pg_restore failed: {done.stderr.strip()[-2000:]}")
-    storage = open_storage(settings.storage_backend, settings.storage_path)
-    placed = await asyncio.to_thread(_place_objects, storage, src)
+    storage = open_storage(settings)
+    try:
+        placed = await _place_objects(storage, src)
+    finally:
+        await storage.close()
     await migrate(settings.database_dsn)  # migrations newer than the backup, if any
     conn = await asyncpg.connect(settings.database_dsn)
     try:
@@ -250,17 +263,21 @@ def _schemer_role() -> str:
     return os.environ.get("SCHEMER_DDL_ROLE", "mammoth_schemer")
 
 
-def _place_objects(storage: FileSystemStorage, src: Path) -> int:
+async def _place_objects(storage: Storage, src: Path) -> int:
+    """Store the backup's objects that the store lacks, each checked against its name."""
     placed = 0
     root = src / "objects"
-    for path in sorted(root.rglob("*")) if root.exists() else []:
+    paths = sorted(root.rglob("*")) if root.exists() else []
+    for path in paths:
         if not path.is_file() or path.name.startswith("."):
             continue
         key = path.relative_to(src).as_posix()
-        target = storage.path(key)
-        if target.exists() and target.stat().st_size == path.stat().st_size:
+        there = await storage.stat(key)
+        if there is not None and there.size == path.stat().st_size:
             continue  # content-addressed: the same key is the same bytes
-        _copy_checked(path, target, path.name)
+        stored = await storage.put(_file_chunks(path))
+        if stored.key != key:
+            raise BackupError(f"object {key} does not match its hash: the backup is damaged")
         placed += 1
     return placed
 
@@ -319,7 +336,7 @@ class StoreReport:
 async def verify(settings: GatewaySettings) -> StoreReport:
     """Every object a row refers to is in the store; every object in the store is referred to
     (an orphan left by a failed upload is removed by the sweeper once it is old enough)."""
-    storage = open_storage(settings.storage_backend, settings.storage_path)
+    storage = open_storage(settings)
     conn = await asyncpg.connect(settings.database_dsn)
     try:
         keys = set(await repo.stored_keys(conn))
@@ -327,9 +344,13 @@ async def verify(settings: GatewaySettings) -> StoreReport:
         await conn.close()
     present: set[str] = set()
     future = time.time() + 3600  # every object, whatever its age
-    for prefix in storage.object_prefixes():
-        present.update(storage.objects_older_than(prefix, future))
-    return StoreReport(sorted(keys - present), sorted(present - keys), len(storage.temp_files()))
+    try:
+        for prefix in await storage.object_prefixes():
+            present.update(await storage.objects_older_than(prefix, future))
+        temp = len(await storage.temp_files())
+    finally:
+        await storage.close()
+    return StoreReport(sorted(keys - present), sorted(present - keys), temp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     except BackupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        # The database (or the disk) went away: a backup leaves nothing, a restore can be
-        # finished with --continue once the dump is in.
+    except (OSError, StorageUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        # The database (or the disk, or the object store) went away: a backup leaves
+        # nothing, a restore can be finished with --continue once the dump is in.
         print(f"error: {args.command} stopped: {type(error).__name__}: {error}", file=sys.stderr)
         return 3
     return 0

@@ -13,7 +13,7 @@ from common.bus import Bus
 from common.embed_client import ImageEmbedClient, TextEmbedClient
 from common.outbox import OutboxRelay
 from common.rpc import RpcClient
-from common.storage import FileSystemStorage
+from common.storage import Storage
 from gateway.backpressure import Backpressure
 from gateway.ingest_commit import IngestCommit
 from gateway.settings import GatewaySettings
@@ -26,7 +26,7 @@ class Deps:
     settings: GatewaySettings
     pool: asyncpg.Pool
     bus: Bus
-    storage: FileSystemStorage
+    storage: Storage
     backpressure: Backpressure
     relay: OutboxRelay | None
     ingest_commit: IngestCommit

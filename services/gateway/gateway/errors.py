@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from common.bus import BusUnavailable
 from common.rpc import RpcTimeout
+from common.storage import StorageUnavailable
 from common.telemetry import current_trace_id
 
 log = structlog.get_logger("gateway")
@@ -88,6 +89,8 @@ def unavailable(error: BaseException) -> str | None:
         return "the message bus is unavailable"
     if isinstance(error, RpcTimeout):  # a TimeoutError, but no answer is not an outage
         return None
+    if isinstance(error, StorageUnavailable):
+        return "storage unavailable"
     if isinstance(error, _DATABASE_DOWN) or type(error) is asyncpg.InterfaceError:
         return "database unavailable"
     return None

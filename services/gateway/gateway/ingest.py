@@ -15,7 +15,7 @@ from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Histogram
 
-from common.storage import Storage, Writer, key_for
+from common.storage import Storage, StorageUnavailable, Writer, key_for
 from common.telemetry import current_trace, set_attributes
 from gateway.auth import OPEN, Principal, principal
 from gateway.deps import DEPS, Deps
@@ -128,11 +128,11 @@ class Intake:
         self.entries.append(media)
         if len(head) > limit:
             raise too_large(label, limit)
-        media.writer.write(bytes(head))
+        await media.writer.write(bytes(head))
         while chunk := await part.read_chunk(CHUNK):
             if media.writer.size + len(chunk) > limit:
                 raise too_large(label, limit)
-            media.writer.write(chunk)
+            await media.writer.write(chunk)
 
     def uploads(self) -> list[NewUpload]:
         """The uploads to record; media are hashed but not yet given their content name."""
@@ -159,23 +159,31 @@ class Intake:
         return uploads
 
     async def place(self) -> None:
-        """Make media durable under their content names (inside the ingest transaction)."""
+        """Make media durable (a filesystem store also gives them their content names)."""
         await asyncio.gather(*(e.writer.commit() for e in self.entries if isinstance(e, _Media)))
 
     async def ensure_placed(self) -> None:
-        """Place again what the sweeper removed since `place` (under the objects' locks)."""
-        for entry in self.entries:
-            if isinstance(entry, _Media):
-                await entry.writer.ensure_placed()
+        """Under the objects' locks: give media their content names where they have none
+        (a large S3 upload's copy), or again where the sweeper removed one since `place`."""
+        await asyncio.gather(
+            *(e.writer.ensure_placed() for e in self.entries if isinstance(e, _Media))
+        )
+
+    async def place_locked(self) -> None:
+        """`place` and `ensure_placed` at once, for a caller holding the objects' locks."""
+        await self.place()
+        await self.ensure_placed()
 
     def kinds(self) -> set[str]:
         """The kinds of upload this request brought (image, video, json)."""
         return {e.kind if isinstance(e, _Media) else "json" for e in self.entries}
 
-    def abort(self) -> None:
-        for entry in self.entries:
-            if isinstance(entry, _Media):
-                entry.writer.abort()
+    async def abort(self) -> None:
+        """Remove what the uploads left but their content (temp files, parts); shielded, so
+        that a request cancelled mid-way still cleans up."""
+        aborts = [e.writer.abort() for e in self.entries if isinstance(e, _Media)]
+        if aborts:
+            await asyncio.shield(asyncio.gather(*aborts))
 
 
 async def _read_bounded(part: BodyPartReader, budget: int, label: str, limit: int) -> bytes:
@@ -295,7 +303,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
         fields = IngestFields(owner, comments, collection, received_at)
         response = await _record(request, deps, intake, fields, key, scope)
     finally:
-        intake.abort()  # removes temp files of anything not placed; placed files stay
+        await intake.abort()  # removes temp files of anything not placed; placed files stay
         slots.release()
     INGEST_LATENCY.observe(time.perf_counter() - start)
     deps.wake_relay()
@@ -335,15 +343,28 @@ async def _read_request(request: web.Request, intake: Intake) -> None:
         raise ApiError(400, f"malformed request body: {error}") from None
     except ConnectionResetError as error:  # the client went away (aiohttp's errors are these)
         raise client_aborted(request, error) from None
-    except OSError as error:  # ENOSPC and friends while writing to storage
-        # The error names paths: it goes to the log; the client gets its kind only.
-        log.warning("storage refused an upload", error=str(error))
-        raise ApiError(
-            503,
-            "storage cannot accept the upload now",
-            {"reason": os.strerror(error.errno) if error.errno else type(error).__name__},
-            headers={"Retry-After": str(intake.settings.retry_after_seconds)},
-        ) from None
+    except (OSError, StorageUnavailable) as error:  # ENOSPC and friends, or S3 refusing
+        raise storage_refused(error, intake.settings) from None
+
+
+def storage_refused(error: OSError | StorageUnavailable, settings: GatewaySettings) -> ApiError:
+    """The 503 for a store that refused an upload's bytes. The error names paths or keys: it
+    goes to the log; the client gets its kind only."""
+    log.warning("storage refused an upload", error=str(error))
+    if isinstance(error, OSError) and error.errno:
+        reason = os.strerror(error.errno)
+    else:
+        reason = (
+            "the object store is unavailable"
+            if isinstance(error, StorageUnavailable)
+            else type(error).__name__
+        )
+    return ApiError(
+        503,
+        "storage cannot accept the upload now",
+        {"reason": reason},
+        headers={"Retry-After": str(settings.retry_after_seconds)},
+    )
 
 
 @dataclass(frozen=True)
@@ -405,8 +426,14 @@ async def _record(
         else:
             async with deps.pool.acquire() as conn:
                 record = await write_ingest_with_key(
-                    conn, request_record, idempotency, lambda r: _response(r, rid), intake.place
+                    conn,
+                    request_record,
+                    idempotency,
+                    lambda r: _response(r, rid),
+                    intake.place_locked,
                 )
+    except StorageUnavailable as error:  # placing the bytes, inside or before the transaction
+        raise storage_refused(error, deps.settings) from None
     except IdempotencyHit as hit:
         if hit.request_hash != request_hash:
             raise ApiError(

@@ -63,14 +63,16 @@ async def _models(deps: Deps) -> dict[str, Any]:
         return {}
 
 
-def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
-    writable = deps.storage.writable()
-    free = deps.storage.free_bytes()
+async def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
+    """Reachable and writable (a probe written and removed), and free space where the
+    backend has such a thing (a bucket has none: free_bytes is null)."""
+    writable = await deps.storage.writable()
+    free = (await deps.storage.capacity()).free if writable else None
     minimum = deps.settings.min_free_disk_bytes
     status = "ok" if writable else "down"
-    if writable and free < minimum:
+    if free is not None and free < minimum:
         status = "full"  # ingest refuses everything
-    elif writable and free < 2 * minimum:
+    elif free is not None and free < 2 * minimum:
         status = "low"  # headroom for less than the reserve again
     section = {
         "status": status,
@@ -79,8 +81,8 @@ def _storage(deps: Deps, admin: bool) -> dict[str, Any]:
         "free_bytes": free,
         "min_free_bytes": minimum,
     }
-    if admin:
-        section["path"] = str(deps.storage.root)
+    if admin:  # where the store is: a path, or an endpoint, bucket and prefix
+        section |= deps.storage.describe()
     return section
 
 
@@ -193,7 +195,7 @@ async def handle_health(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     admin = presents_admin_key(request)
     database = await _database(deps, admin)
-    storage = await asyncio.to_thread(_storage, deps, admin)
+    storage = await _storage(deps, admin)
     bus_ok = deps.bus.connected
     if bus_ok:
         try:
@@ -237,7 +239,7 @@ async def handle_ready(request: web.Request) -> web.Response:
     checks = {
         "database": (await _database(deps))["status"] == "ok",
         "bus": deps.bus.connected,
-        "storage": await asyncio.to_thread(deps.storage.writable),
+        "storage": await deps.storage.writable(),
     }
     ready = all(checks.values())
     return web.json_response(

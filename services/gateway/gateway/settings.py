@@ -24,6 +24,9 @@ class GatewaySettings(CommonSettings):
     http_workers: int = Field(1, ge=1, le=64)
     # fsync each stored file and its folder before an upload is acknowledged.
     storage_fsync: bool = True
+    # With S3: answer a content download with a redirect to a presigned URL valid this many
+    # seconds (the client must reach the S3 endpoint); 0 streams through the gateway.
+    s3_presigned_read_seconds: int = Field(0, ge=0, le=7 * 86400)
 
     # Upload limits: bytes per file by kind, JSON items and depth, files and form fields.
     max_image_bytes: int = Field(50 * MB, ge=1)
@@ -120,6 +123,14 @@ class GatewaySettings(CommonSettings):
         # A bad entry stops the gateway at start, naming the entry.
         parse_keys(tuple(entry.get_secret_value() for entry in value), None)
         return value
+
+    @model_validator(mode="after")
+    def _one_copy_on_s3(self) -> GatewaySettings:
+        # A large S3 upload is copied to its content name in one CopyObject (5 GiB at most).
+        limit = 5 * 1024**3
+        if self.storage_backend == "s3" and max(self.max_video_bytes, self.max_image_bytes) > limit:
+            raise ValueError("MAX_VIDEO_BYTES and MAX_IMAGE_BYTES are at most 5 GiB with S3")
+        return self
 
     @model_validator(mode="after")
     def _sweep_after_uploads(self) -> GatewaySettings:

@@ -40,13 +40,19 @@ from prometheus_client import Counter
 from common.db import open_pool
 from common.log import configure_logging
 from common.settings import load_settings
-from common.storage import FileSystemStorage, open_storage
+from common.storage import Storage, StorageUnavailable, open_storage
 from gateway.repo.objects import lock_objects, referenced_keys, take_singleton_lock
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
-SWEPT = Counter("storage_swept_total", "Files the storage sweeper removed, by kind.", ["kind"])
+SWEPT = Counter(
+    "storage_swept_total",
+    "What the storage sweeper removed, by kind: object (no row refers to it), temp (a temp"
+    " file or object of an upload that never finished), multipart (an S3 multipart upload"
+    " never completed, aborted).",
+    ["kind"],
+)
 _CHUNK = 1000
 
 
@@ -59,7 +65,7 @@ class Swept:
 class Sweeper:
     """Sweeps the storage of one deployment; `min_age` is SWEEP_MIN_AGE_SECONDS."""
 
-    def __init__(self, pool: asyncpg.Pool, storage: FileSystemStorage, min_age: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, storage: Storage, min_age: float) -> None:
         self.pool = pool
         self.storage = storage
         self.min_age = min_age
@@ -70,7 +76,12 @@ class Sweeper:
             await asyncio.sleep(interval)
             try:
                 await self.sweep()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except (
+                OSError,
+                StorageUnavailable,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as error:
                 log.warning("storage sweep failed", error=str(error))
             except Exception:  # a bug must not end the sweeps for good, silently
                 log.exception("storage sweep failed")
@@ -96,8 +107,10 @@ class Sweeper:
             if not await take_singleton_lock(guard, "mammothbox.sweeper", wait):
                 log.info("storage sweep skipped: another process is sweeping")
                 return None
-            temp = await asyncio.to_thread(self.storage.remove_stale_temp, temp_age)
-            SWEPT.labels("temp").inc(temp)
+            stale = await self.storage.remove_stale_temp(temp_age)
+            SWEPT.labels("temp").inc(stale.files)
+            SWEPT.labels("multipart").inc(stale.uploads)
+            temp = stale.files + stale.uploads
             async with self.pool.acquire() as conn:
                 objects = await self._objects(conn, cutoff)
         log.info(
@@ -112,8 +125,8 @@ class Sweeper:
     async def _objects(self, conn: asyncpg.Connection, cutoff: float) -> int:
         removed = 0
         # One first-level folder at a time: 1/256 of the keys in memory, not all of them.
-        for prefix in await asyncio.to_thread(self.storage.object_prefixes):
-            keys = await asyncio.to_thread(self.storage.objects_older_than, prefix, cutoff)
+        for prefix in await self.storage.object_prefixes():
+            keys = await self.storage.objects_older_than(prefix, cutoff)
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start : start + _CHUNK]
                 referenced = await referenced_keys(conn, chunk)  # a first look, without locks
@@ -128,7 +141,7 @@ class Sweeper:
             await lock_objects(conn, [key.rsplit("/", 1)[1]])
             if await referenced_keys(conn, [key]):
                 return False  # an ingest committed it since the first look
-            removed = await asyncio.to_thread(self.storage.remove_orphan, key, cutoff)
+            removed = await self.storage.remove_orphan(key, cutoff)
         if removed:
             SWEPT.labels("object").inc()
             log.debug("orphaned object removed", key=key)
@@ -137,13 +150,14 @@ class Sweeper:
 
 async def sweep_once(settings: GatewaySettings, min_age: float | None) -> Swept:
     """One sweep, waiting for one in progress elsewhere to finish first."""
-    storage = open_storage(
-        settings.storage_backend, settings.storage_path, fsync=settings.storage_fsync
-    )
-    async with open_pool(settings, min_size=1, max_size=2) as pool:
-        swept = await Sweeper(pool, storage, settings.sweep_min_age_seconds).sweep(
-            min_age, wait=True
-        )
+    storage = open_storage(settings, fsync=settings.storage_fsync)
+    try:
+        async with open_pool(settings, min_size=1, max_size=2) as pool:
+            swept = await Sweeper(pool, storage, settings.sweep_min_age_seconds).sweep(
+                min_age, wait=True
+            )
+    finally:
+        await storage.close()
     assert swept is not None
     return swept
 

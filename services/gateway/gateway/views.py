@@ -10,6 +10,7 @@ from aiohttp import web
 from common.messages import JsonIngested
 from common.topology import spec_of
 from gateway.auth import bound_owner
+from gateway.content import serve_object
 from gateway.deps import DEPS, Deps
 from gateway.errors import ApiError
 from gateway.repo.objects import document_of, job_with_uploads, thumbnail_of, upload_with_content
@@ -167,15 +168,20 @@ async def handle_object_content(request: web.Request) -> web.StreamResponse:
     if row["kind"] == "json":
         document = await document_of(deps.pool, scope(request), upload_id)
         return web.Response(text=document, content_type="application/json", headers=REVALIDATE)
-    path = deps.storage.path(row["storage_key"])
-    if not path.is_file():
-        raise ApiError(410, "the stored file is missing")
     inline = row["mime_type"] in INLINE_TYPES
     content_type = row["mime_type"] if inline else "application/octet-stream"
-    response = web.FileResponse(path, headers={"Content-Type": content_type, **REVALIDATE})
+    headers = dict(REVALIDATE)
     if row["filename"] or not inline:
-        response.headers["Content-Disposition"] = _disposition(row["filename"], inline)
-    return response
+        headers["Content-Disposition"] = _disposition(row["filename"], inline)
+    return await serve_object(
+        request,
+        deps.storage,
+        row["storage_key"],
+        content_type=content_type,
+        headers=headers,
+        missing="the stored file is missing",
+        presigned_seconds=deps.settings.s3_presigned_read_seconds,
+    )
 
 
 async def handle_object_thumbnail(request: web.Request) -> web.StreamResponse:
@@ -185,10 +191,14 @@ async def handle_object_thumbnail(request: web.Request) -> web.StreamResponse:
     row = visible(await thumbnail_of(deps.pool, scope(request), upload_id))
     if row["thumbnail_key"] is None:
         raise ApiError(404, "this object has no thumbnail (yet)")
-    path = deps.storage.path(row["thumbnail_key"])
-    if not path.is_file():
-        raise ApiError(410, "the stored thumbnail is missing")
-    return web.FileResponse(path, headers={"Content-Type": "image/jpeg", **REVALIDATE})
+    return await serve_object(
+        request,
+        deps.storage,
+        row["thumbnail_key"],
+        content_type="image/jpeg",
+        headers=REVALIDATE,
+        missing="the stored thumbnail is missing",
+    )
 
 
 def _disposition(filename: str | None, inline: bool) -> str:

@@ -1,81 +1,33 @@
-"""Content storage: bytes stored once, immutably, under a name derived from their sha256."""
+"""The filesystem backend (STORAGE_PATH): objects/, tmp/, and cluster folders of links."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import io
 import os
-import re
 import shutil
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
-from typing import Protocol
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_PREFIX = re.compile(r"^[0-9a-f]{2}$")
-HEAD_BYTES = 8192
-
-
-class StorageError(Exception):
-    """A storage operation failed or was refused."""
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class ObjectStat:
-    size: int
-    modified: float
-
-
-class Writer(Protocol):
-    """An upload in progress: bytes go to a temporary file while the sha256 is computed."""
-
-    head: bytes
-    size: int
-
-    @property
-    def sha256(self) -> str: ...
-    def write(self, chunk: bytes) -> None: ...
-    async def commit(self) -> StoredObject: ...
-    async def ensure_placed(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-class Storage(Protocol):
-    """Where content bytes live."""
-
-    backend: str
-
-    def writer(self) -> Writer: ...
-    async def put(self, chunks: AsyncIterable[bytes]) -> StoredObject: ...
-    def open(self, key: str, chunk_size: int = 65536) -> AsyncIterator[bytes]: ...
-    def path(self, key: str) -> Path: ...
-    async def link(self, key: str, link_path: str) -> None: ...
-    async def delete(self, key: str) -> None: ...
-    async def list_folder(self, folder: str) -> list[str]: ...
-    async def delete_folder(self, folder: str) -> None: ...
-    async def stat(self, key: str) -> ObjectStat | None: ...
-    def free_bytes(self) -> int: ...
-    def total_bytes(self) -> int: ...
-    def writable(self) -> bool: ...
-
-
-def key_for(sha256: str) -> str:
-    """The storage key of content with this hash."""
-    if not _SHA256.match(sha256):
-        raise StorageError("not a sha256 hex digest")
-    return f"objects/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+from common.storage import (
+    HEAD_BYTES,
+    PREFIX_NAME,
+    SHA256_NAME,
+    Capacity,
+    ObjectStat,
+    StorageError,
+    StoredObject,
+    TempSwept,
+    check_key,
+    key_for,
+    put_through,
+)
+from common.storage.metrics import OBJECTS_WRITTEN
 
 
 class FileWriter:
@@ -95,7 +47,7 @@ class FileWriter:
         self.head = b""
         self.size = 0
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         # Small writes to the page cache; the fsync happens once, off the loop, in commit.
         self._file.write(chunk)
         self._hash.update(chunk)
@@ -115,7 +67,7 @@ class FileWriter:
         try:
             final = await asyncio.to_thread(self._storage._place, self._file, self.temp_path, key)
         except BaseException:
-            self.abort()
+            self._remove_temp()
             raise
         self._final = final
         return StoredObject(key, sha256, self.size)
@@ -133,8 +85,11 @@ class FileWriter:
         if not os.path.exists(self._final):  # noqa: ASYNC240
             await asyncio.to_thread(self._storage._link_content, self.temp_path, self._final)
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         """Remove the temp file; content placed by `commit` stays."""
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
         if not self._file.closed:
             self._file.close()
         self.temp_path.unlink(missing_ok=True)
@@ -148,25 +103,19 @@ class FileSystemStorage:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root.resolve()
         self.fsync = fsync
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.scratch_dir = self.root / "tmp"
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
+        self.folders = FolderLinksOnDisk(self)
 
     def writer(self) -> FileWriter:
         return FileWriter(self)
 
     async def put(self, chunks: AsyncIterable[bytes]) -> StoredObject:
-        writer = self.writer()
-        try:
-            async for chunk in chunks:
-                writer.write(chunk)
-            return await writer.commit()
-        finally:
-            writer.abort()
+        return await put_through(self.writer(), chunks)
 
     def _place(self, file: object, temp_path: Path, key: str) -> Path:
         """Make the temp file durable and give it its content name (runs in a thread)."""
-        import io
-
         assert isinstance(file, io.BufferedWriter)
         if self.fsync:
             os.fsync(file.fileno())
@@ -182,16 +131,20 @@ class FileSystemStorage:
             # Stored already: keep the first copy, never rewrite it. Its mtime is refreshed
             # so the sweeper's age bound also covers an orphan that someone relies on again.
             os.utime(final)
+            OBJECTS_WRITTEN.labels("filesystem", "present").inc()
             return
         except FileNotFoundError:
             pass
         except PermissionError:  # another owner's copy: keep it as it is
+            OBJECTS_WRITTEN.labels("filesystem", "present").inc()
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(temp_path, final)  # atomic; never replaces a copy placed meanwhile
         except FileExistsError:
+            OBJECTS_WRITTEN.labels("filesystem", "present").inc()
             return  # a concurrent twin placed identical bytes first
+        OBJECTS_WRITTEN.labels("filesystem", "stored").inc()
         if self.fsync:
             fd = os.open(final.parent, os.O_RDONLY)
             try:
@@ -203,79 +156,77 @@ class FileSystemStorage:
         """The absolute path of a key; refuses anything that would leave the root.
 
         The last component is not resolved, so a folder link is addressed as itself, never
-        as the object it points at.
+        as the object it points at. Only this backend (and its folder links) uses it.
         """
-        parts = key.split("/")
-        if (
-            not key
-            or "\\" in key
-            or "\x00" in key
-            or any(part in ("", ".", "..") for part in parts)
-        ):
-            raise StorageError(f"invalid storage key: {key!r}")
-        candidate = self.root.joinpath(*parts)
+        candidate = self.root.joinpath(*check_key(key))
         parent = candidate.parent.resolve()
         if not parent.is_relative_to(self.root):
             raise StorageError(f"storage key leaves the root: {key!r}")
         return parent / candidate.name
 
-    async def open(self, key: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+    async def open(
+        self, key: str, *, start: int = 0, length: int | None = None, chunk_size: int = 65536
+    ) -> AsyncIterator[bytes]:
         path = self.path(key)
+        left = length
         with path.open("rb") as handle:
-            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+            if start:
+                handle.seek(start)
+            while left is None or left > 0:
+                size = chunk_size if left is None else min(chunk_size, left)
+                chunk = await asyncio.to_thread(handle.read, size)
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
-    async def link(self, key: str, link_path: str) -> None:
-        """Point `link_path` (relative to the root) at the object; idempotent and atomic."""
-        await asyncio.to_thread(self._link, self.path(key), self.path(link_path))
+    async def read(self, key: str, *, limit: int) -> bytes:
+        path = self.path(key)
 
-    @staticmethod
-    def _link(target: Path, link: Path) -> None:
-        link.parent.mkdir(parents=True, exist_ok=True)
-        temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
-        os.symlink(os.path.relpath(target, link.parent), temp)
-        os.replace(temp, link)
+        def read() -> bytes:
+            with path.open("rb") as handle:
+                data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise StorageError(f"{key} is larger than {limit} bytes")
+            return data
+
+        return await asyncio.to_thread(read)
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path]:
+        """The object's own file: immutable (read-only, content-addressed), so a decoder can
+        read it in place; no copy is made."""
+        path = self.path(key)
+        if not await asyncio.to_thread(path.is_file):
+            raise FileNotFoundError(f"no stored object {key}")
+        yield path
+
+    async def stat(self, key: str) -> ObjectStat | None:
+        try:
+            result = await asyncio.to_thread(self.path(key).stat)
+        except FileNotFoundError:
+            return None
+        return ObjectStat(result.st_size, result.st_mtime)
 
     async def delete(self, key: str) -> None:
         path = self.path(key)
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
 
-    async def list_folder(self, folder: str) -> list[str]:
-        """Names of the links directly in a folder (not sub-folders); empty when absent."""
-        path = self.path(folder)
+    async def read_url(
+        self, key: str, *, expires: int, content_type: str, disposition: str | None = None
+    ) -> str | None:
+        return None  # the gateway serves the bytes itself
 
-        def names() -> list[str]:
-            try:
-                return sorted(
-                    entry.name
-                    for entry in os.scandir(path)
-                    if entry.is_symlink() and not entry.name.startswith(".")
-                )
-            except FileNotFoundError:
-                return []
+    async def capacity(self) -> Capacity:
+        usage = await asyncio.to_thread(shutil.disk_usage, self.root)
+        return Capacity(usage.free, usage.total)
 
-        return await asyncio.to_thread(names)
+    async def writable(self) -> bool:
+        return await asyncio.to_thread(self._writable)
 
-    async def delete_folder(self, folder: str) -> None:
-        """Remove a folder of links (links only: rmtree never follows them)."""
-        path = self.path(folder)
-        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
-
-    async def stat(self, key: str) -> ObjectStat | None:
-        try:
-            result = self.path(key).stat()
-        except FileNotFoundError:
-            return None
-        return ObjectStat(result.st_size, result.st_mtime)
-
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
-
-    def total_bytes(self) -> int:
-        return shutil.disk_usage(self.root).total
-
-    def writable(self) -> bool:
+    def _writable(self) -> bool:
         probe = self.root / "tmp" / f".probe-{uuid.uuid4().hex}"
         try:
             probe.write_bytes(b"")
@@ -284,9 +235,18 @@ class FileSystemStorage:
             return False
         return True
 
-    def remove_stale_temp(self, older_than: float = 3600.0) -> int:
+    def describe(self) -> dict[str, str]:
+        return {"path": str(self.root)}
+
+    async def close(self) -> None:
+        return None
+
+    async def remove_stale_temp(self, older_than: float) -> TempSwept:
         """Delete temp files not written for `older_than` seconds (left by a crash or a
-        killed process); returns how many were removed."""
+        killed process)."""
+        return TempSwept(await asyncio.to_thread(self._remove_stale_temp, older_than))
+
+    def _remove_stale_temp(self, older_than: float) -> int:
         cutoff = time.time() - older_than
         removed = 0
         for entry in os.scandir(self.root / "tmp"):
@@ -301,26 +261,35 @@ class FileSystemStorage:
                 continue
         return removed
 
-    def object_prefixes(self) -> list[str]:
+    async def object_prefixes(self) -> list[str]:
         """The first-level folders of objects/ (the `ab` of objects/ab/cd/<sha256>)."""
-        return sorted(
-            entry.name
-            for entry in os.scandir(self.root / "objects")
-            if entry.is_dir(follow_symlinks=False) and _PREFIX.match(entry.name)
-        )
 
-    def objects_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        def prefixes() -> list[str]:
+            return sorted(
+                entry.name
+                for entry in os.scandir(self.root / "objects")
+                if entry.is_dir(follow_symlinks=False) and PREFIX_NAME.match(entry.name)
+            )
+
+        return await asyncio.to_thread(prefixes)
+
+    async def objects_older_than(self, prefix: str, cutoff: float) -> list[str]:
         """Keys of the objects under objects/<prefix>/ last modified before `cutoff`.
 
         Only regular files named as `key_for` names them; anything else is left alone.
         """
+        return await asyncio.to_thread(self._objects_older_than, prefix, cutoff)
+
+    def _objects_older_than(self, prefix: str, cutoff: float) -> list[str]:
         keys = []
         for folder in os.scandir(self.root / "objects" / prefix):
             if not folder.is_dir(follow_symlinks=False):
                 continue
             for entry in os.scandir(folder.path):
                 name = entry.name
-                if not (_SHA256.match(name) and name[:2] == prefix and name[2:4] == folder.name):
+                if not (
+                    SHA256_NAME.match(name) and name[:2] == prefix and name[2:4] == folder.name
+                ):
                     continue
                 try:
                     info = entry.stat(follow_symlinks=False)
@@ -330,7 +299,7 @@ class FileSystemStorage:
                     keys.append(key_for(name))
         return keys
 
-    def remove_orphan(self, key: str, cutoff: float) -> bool:
+    async def remove_orphan(self, key: str, cutoff: float) -> bool:
         """Remove an object no row refers to, unless it was placed or refreshed after
         `cutoff`; True when it was removed. Call it holding the object's lock.
 
@@ -338,6 +307,9 @@ class FileSystemStorage:
         that refreshed it (see `_link_content`) before the move is seen and the object goes
         back, and one that comes after the move finds no object and places its own.
         """
+        return await asyncio.to_thread(self._remove_orphan, key, cutoff)
+
+    def _remove_orphan(self, key: str, cutoff: float) -> bool:
         final = self.path(key)
         aside = self.root / "tmp" / f"{final.name}.{uuid.uuid4().hex}.swept"
         try:
@@ -353,13 +325,63 @@ class FileSystemStorage:
         finally:
             aside.unlink(missing_ok=True)
 
-    def temp_files(self) -> list[Path]:
+    async def temp_files(self) -> list[str]:
         """Uploads in progress (tests use this to prove nothing is left behind)."""
-        return [p for p in (self.root / "tmp").iterdir() if p.name.endswith(".part")]
+        return sorted(p.name for p in (self.root / "tmp").iterdir() if p.name.endswith(".part"))
 
 
-def open_storage(backend: str, path: Path, *, fsync: bool = True) -> FileSystemStorage:
-    """The configured storage backend."""
-    if backend != "filesystem":
-        raise StorageError(f"unsupported storage backend: {backend}")
-    return FileSystemStorage(path, fsync=fsync)
+class FolderLinksOnDisk:
+    """Cluster folders as relative symlinks to the stored objects."""
+
+    def __init__(self, storage: FileSystemStorage) -> None:
+        self._storage = storage
+
+    async def link(self, key: str, link_path: str) -> None:
+        """Point `link_path` (relative to the root) at the object; idempotent and atomic."""
+        path = self._storage.path
+        await asyncio.to_thread(self._link, path(key), path(link_path))
+
+    @staticmethod
+    def _link(target: Path, link: Path) -> None:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
+        os.symlink(os.path.relpath(target, link.parent), temp)
+        os.replace(temp, link)
+
+    async def delete(self, link_path: str) -> None:
+        path = self._storage.path(link_path)
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
+
+    async def list_folder(self, folder: str) -> list[str]:
+        """Names of the links directly in a folder (not sub-folders); empty when absent."""
+        path = self._storage.path(folder)
+
+        def names() -> list[str]:
+            try:
+                return sorted(
+                    entry.name
+                    for entry in os.scandir(path)
+                    if entry.is_symlink() and not entry.name.startswith(".")
+                )
+            except FileNotFoundError:
+                return []
+
+        return await asyncio.to_thread(names)
+
+    async def subfolders(self, folder: str) -> list[str]:
+        """Names of the folders directly in a folder; empty when absent."""
+        path = self._storage.path(folder)
+
+        def names() -> list[str]:
+            try:
+                return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+            except FileNotFoundError:
+                return []
+
+        return await asyncio.to_thread(names)
+
+    async def delete_folder(self, folder: str) -> None:
+        """Remove a folder of links (links only: rmtree never follows them)."""
+        path = self._storage.path(folder)
+        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)

@@ -6,15 +6,14 @@ with object storage a folder is a listing through the API (GET /api/v1/clusters/
 no marker objects exist to drift from the database.
 
 Content-addressed writes without a race. The hash is known only once the bytes have
-streamed through, so:
+streamed through, so the content gets its name in `ensure_placed`, which the gateway calls
+holding the object's lock (the per-sha256 advisory lock the sweeper takes too):
 - an upload that fits in one part (S3_PART_SIZE_BYTES) is held in memory and PUT under
   its content name with `If-None-Match: *` (and its sha256 as the server-checked checksum):
-  of two racing writers one stores it, the other is told it is there (412);
+  of two racing writers one stores it, the other is told it is there (412); one request;
 - a larger one streams as a multipart upload to a temporary key (each part's CRC32 checked
-  by the server), and is copied to its content name only by `ensure_placed`, which the
-  gateway calls holding the object's lock (the per-sha256 advisory lock the sweeper takes
-  too): a HEAD, then a copy if it is absent, so it is written once even on servers that
-  ignore conditions on a copy. The temporary object goes when the upload ends, whatever
+  by the server) and is then copied to its content name: a HEAD, then a copy if it is
+  absent, so it is written once even on servers that ignore conditions on a copy. The temporary object goes when the upload ends, whatever
   happened; one left by a killed process (or a multipart upload never completed) goes with
   the sweeper (`remove_stale_temp`, gateway/sweep.py).
 
@@ -150,10 +149,9 @@ class S3Writer:
         sha256 = self.sha256
         key = key_for(sha256)
         try:
-            if self._upload_id is None:
+            if self._upload_id is None:  # stored by ensure_placed, with one conditional PUT
                 self._small = bytes(self._buffer)
                 self._buffer = bytearray()
-                await self._s._put_new(key, self._small, sha256)
             else:
                 if self.size > MAX_COPY_BYTES:
                     raise StorageError(f"uploads over {MAX_COPY_BYTES} bytes are not supported")
@@ -169,16 +167,18 @@ class S3Writer:
         return StoredObject(key, sha256, self.size)
 
     async def ensure_placed(self) -> None:
-        """Give the content its name if it has none (a large upload's copy, or an object the
-        sweeper removed since `commit`); call it holding the object's lock."""
+        """Give the content its name unless it has one; call it holding the object's lock
+        (the gateway does), so that what it finds or writes stays until the rows commit.
+
+        One part: a PUT with If-None-Match (412: stored already) — one request, whether the
+        sweeper took an old copy or not. More: a HEAD, then a copy from the temporary
+        object if the name is free (the lock makes it one copy on any server)."""
         if self._final is None:
             raise StorageError("ensure_placed before commit")
-        if await self._s.stat(self._final) is not None:
-            if self._small is None:
-                OBJECTS_WRITTEN.labels("s3", "present").inc()
-            return
         if self._small is not None:
             await self._s._put_new(self._final, self._small, self.sha256)
+        elif await self._s.stat(self._final) is not None:
+            OBJECTS_WRITTEN.labels("s3", "present").inc()
         else:
             await self._s._copy(self._temp, self._final)
 

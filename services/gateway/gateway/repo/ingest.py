@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -267,8 +268,8 @@ async def record_ingests(
         return await write_ingests(conn, requests)
     async with conn.transaction():
         records = await write_ingests(conn, requests)  # takes the objects' locks first
-        for ensure in ensure_placed:
-            await ensure()
+        # Together: with S3 each is a request to the store (the connection is not used).
+        await asyncio.gather(*(ensure() for ensure in ensure_placed))
     return records
 
 

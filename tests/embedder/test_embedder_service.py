@@ -11,6 +11,7 @@ import aio_pika
 import asyncpg
 import numpy as np
 import orjson
+import pytest
 from numpy.typing import NDArray
 from pgvector.asyncpg import register_vector
 from PIL import Image
@@ -25,6 +26,9 @@ from embedder.model import OnnxModel
 from tests.conftest import make_jpeg, read_queue
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
+
+# The embedder reads content and stores thumbnails through the storage port: both backends.
+pytestmark = pytest.mark.both_storage_backends
 
 
 def jpeg_of(array: np.ndarray, quality: int = 90, scale: float = 1.0) -> bytes:

@@ -7,6 +7,9 @@ stay empty and a scratch folder (STORAGE_SCRATCH_DIR) that must be empty after e
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,10 +20,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from common.storage import Storage, key_for
+from common.storage.s3 import S3Storage
 from tests.clusterer.conftest import colour_models, colour_png  # noqa: F401
 from tests.observability.conftest import finished, ingest, own_system
-from tests.observability.harness import System
-from tests.s3server import S3Server
+from tests.observability.harness import ROOT, System, wait_until
+from tests.s3server import BUCKET, S3Server
 
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
@@ -62,6 +67,25 @@ async def s3_system(
     }
     async with own_system(tmp, colour_models, extra_env=env) as running:
         yield running
+
+
+def bucket_of(system: System) -> Storage:
+    """The system's bucket and prefix, through the port (as a service opens it)."""
+    env = system.env
+    return S3Storage(bucket=BUCKET, prefix=env["S3_PREFIX"], endpoint_url=env["S3_ENDPOINT_URL"])
+
+
+async def stored_keys(storage: Storage) -> set[str]:
+    keys: set[str] = set()
+    for prefix in await storage.object_prefixes():
+        keys.update(await storage.objects_older_than(prefix, float("inf")))
+    return keys
+
+
+def python(system: System, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], env=system.env, capture_output=True, text=True, timeout=300
+    )
 
 
 def local_content(system: System) -> list[str]:
@@ -133,3 +157,56 @@ async def test_one_and_five_images_and_a_200_mb_video_end_clustered_on_s3(
         assert sum(c["member_count"] for c in clusters["clusters"]) >= 7
         health = await (await session.get(f"{base}/health")).json()
         assert health["storage"]["backend"] == "s3" and health["storage"]["status"] == "ok"
+
+
+async def test_deleted_content_leaves_the_bucket_and_the_store_checks_out_on_s3(
+    s3_system: System, tmp_path: Path
+) -> None:
+    base = s3_system.base
+    bucket = bucket_of(s3_system)
+    images = [colour_png((200, 200, 30), 40 + i) for i in range(3)]
+    async with aiohttp.ClientSession() as session:
+        form = aiohttp.FormData()
+        for i, data in enumerate(images):
+            form.add_field("files[]", data, filename=f"gone{i}.png", content_type="image/png")
+        async with session.post(f"{base}/api/v1/ingest", data=form) as response:
+            job = (await response.json())["job_id"]
+        assert (await finished(session, base, job))["status"] == "done"
+        conn = await asyncpg.connect(s3_system.database_url)
+        try:
+            thumbnails = {
+                r["thumbnail_key"]
+                for r in await conn.fetch(
+                    """SELECT c.thumbnail_key FROM uploads u JOIN content c
+                       ON c.id = u.content_id WHERE u.job_id = $1::uuid""",
+                    job,
+                )
+            }
+        finally:
+            await conn.close()
+        contents = {key_for(hashlib.sha256(d).hexdigest()) for d in images}
+        assert contents | thumbnails <= await stored_keys(bucket)
+        async with session.delete(f"{base}/api/v1/ingest/{job}") as response:
+            assert response.status == 200, await response.text()
+
+    async def purged() -> bool:
+        return not (contents | thumbnails) & await stored_keys(bucket)
+
+    await wait_until(purged, timeout=60, what="the purge of the deleted content")
+    # Nothing orphaned or half-written is left: the sweep finds nothing to remove, every
+    # row has its bytes, every object its row, no temp object or multipart upload is open.
+    swept = python(s3_system, "-m", "gateway.sweep", "--min-age", "0")
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert "removed 0 orphaned objects and 0 temp files" in swept.stdout, swept.stdout
+    verified = python(s3_system, str(ROOT / "scripts" / "verify_store.py"))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout.splitlines()[-1])
+    assert report["rows_without_bytes"] == report["objects_without_rows"] == [], report
+    assert report["temp_files"] == 0
+    # A backup copies the bucket's objects out, each checked against its hash.
+    backup = python(s3_system, str(ROOT / "scripts" / "backup.py"), str(tmp_path / "backups"))
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    manifest = json.loads(backup.stdout.splitlines()[-1])
+    assert manifest["objects"] == len(await stored_keys(bucket))
+    assert local_content(s3_system) == []
+    await bucket.close()

@@ -13,9 +13,11 @@ holding the object's lock (the per-sha256 advisory lock the sweeper takes too):
   of two racing writers one stores it, the other is told it is there (412); one request;
 - a larger one streams as a multipart upload to a temporary key (each part's CRC32 checked
   by the server) and is then copied to its content name: a HEAD, then a copy if it is
-  absent, so it is written once even on servers that ignore conditions on a copy. The temporary object goes when the upload ends, whatever
-  happened; one left by a killed process (or a multipart upload never completed) goes with
-  the sweeper (`remove_stale_temp`, gateway/sweep.py).
+  absent, so it is written once even on servers that ignore conditions on a copy.
+
+The temporary object goes when the upload ends, whatever happened; one left by a killed
+process (or a multipart upload never completed) goes with the sweeper (`remove_stale_temp`,
+gateway/sweep.py).
 
 Retries with backoff on 5xx, throttling and dropped connections are botocore's ("standard"
 mode, S3_MAX_ATTEMPTS); what still fails raises StorageUnavailable.

@@ -82,6 +82,20 @@ async def test_stale_temp_files_are_removed_when_old(tmp_path: Path) -> None:
     assert not old.exists() and new.exists()
 
 
+async def test_a_decoders_link_to_an_old_object_is_not_swept_while_it_is_read(
+    tmp_path: Path,
+) -> None:
+    storage = FileSystemStorage(tmp_path)
+    stored = await storage.put(chunks(b"an object stored long ago"))
+    path = storage.path(stored.key)
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    async with storage.local_file(stored.key) as link:
+        assert link.parent == tmp_path / "tmp" and link.stat().st_mtime < time.time() - 3600
+        assert (await storage.remove_stale_temp(older_than=3600)).files == 0
+        assert link.read_bytes() == b"an object stored long ago"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 async def test_put_refreshes_the_stored_copy_when_the_same_bytes_come_again(
     tmp_path: Path,
 ) -> None:

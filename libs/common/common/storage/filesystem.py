@@ -29,6 +29,9 @@ from common.storage import (
 )
 from common.storage.metrics import OBJECTS_WRITTEN
 
+# tmp/<uuid>.read: a decoder's name for a stored object (`local_file`).
+READ_SUFFIX = ".read"
+
 
 class FileWriter:
     """Streams to a temp file under the storage root; commit links it under its content name.
@@ -195,12 +198,19 @@ class FileSystemStorage:
 
     @contextlib.asynccontextmanager
     async def local_file(self, key: str) -> AsyncIterator[Path]:
-        """The object's own file: immutable (read-only, content-addressed), so a decoder can
-        read it in place; no copy is made."""
-        path = self.path(key)
-        if not await asyncio.to_thread(path.is_file):
-            raise FileNotFoundError(f"no stored object {key}")
-        yield path
+        """A temporary name for the object in tmp/ (a hard link: no bytes copied), removed
+        when the block ends. Never the object's own path: the bytes stay readable under it
+        even if the content is purged or swept meanwhile."""
+        source = self.path(key)
+        link = self.scratch_dir / f"{uuid.uuid4().hex}{READ_SUFFIX}"
+        try:
+            await asyncio.to_thread(os.link, source, link)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no stored object {key}") from None
+        try:
+            yield link
+        finally:
+            link.unlink(missing_ok=True)
 
     async def stat(self, key: str) -> ObjectStat | None:
         try:
@@ -251,10 +261,13 @@ class FileSystemStorage:
         removed = 0
         for entry in os.scandir(self.root / "tmp"):
             try:
-                if (
-                    entry.is_file(follow_symlinks=False)
-                    and entry.stat(follow_symlinks=False).st_mtime < cutoff
-                ):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                # A read link has its object's mtime; its ctime is when a link to the object
+                # was last made or removed, so an old one was left by a killed process.
+                stamp = info.st_ctime if entry.name.endswith(READ_SUFFIX) else info.st_mtime
+                if stamp < cutoff:
                     os.unlink(entry.path)
                     removed += 1
             except FileNotFoundError:

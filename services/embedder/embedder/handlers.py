@@ -146,8 +146,8 @@ async def _handle_ingested(deps: EmbedderDeps, event: MediaIngested) -> None:
     if row.stage != Stage.INGESTED or row.storage_key is None:
         return  # failed already, or not media: nothing to do
     try:
-        # A local file from the port: the object itself on a filesystem, a temporary copy
-        # with S3 (gone when the block ends); the decoders never see where the store is.
+        # A temporary local file from the port (a hard link on a filesystem, a download
+        # with S3; gone when the block ends): the decoders never see where the store is.
         async with deps.storage.local_file(row.storage_key) as local:
             decoded = await deps.decoders.decode(str(local), event.kind)
             result = await _embed(deps, event.content_id, str(local), decoded)

@@ -3,8 +3,8 @@
 Bytes are stored once, immutably, under a name derived from their sha256 (`key_for`). Two
 backends: `filesystem` (STORAGE_PATH, one machine or a shared volume) and `s3` (any
 S3-compatible object store, for replicas on many nodes). Nothing outside this package
-builds a path or a URL into the store: decoders get a local file from `local_file` (the
-object itself on a filesystem, a temporary download with S3), the gateway streams `open`
+builds a path or a URL into the store: decoders get a temporary local file from `local_file`
+(a hard link in tmp/ on a filesystem, a download with S3), the gateway streams `open`
 with ranges, the sweeper lists and removes through the port.
 """
 

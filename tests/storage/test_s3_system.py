@@ -160,7 +160,10 @@ async def test_one_and_five_images_and_a_200_mb_video_end_clustered_on_s3(
 
 
 async def test_deleted_content_leaves_the_bucket_and_the_store_checks_out_on_s3(
-    s3_system: System, tmp_path: Path
+    s3_system: System,
+    s3: S3Server,
+    colour_models: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     base = s3_system.base
     bucket = bucket_of(s3_system)
@@ -203,10 +206,35 @@ async def test_deleted_content_leaves_the_bucket_and_the_store_checks_out_on_s3(
     report = json.loads(verified.stdout.splitlines()[-1])
     assert report["rows_without_bytes"] == report["objects_without_rows"] == [], report
     assert report["temp_files"] == 0
-    # A backup copies the bucket's objects out, each checked against its hash.
+    # A backup copies the bucket's objects out, each checked against its hash ...
     backup = python(s3_system, str(ROOT / "scripts" / "backup.py"), str(tmp_path / "backups"))
     assert backup.returncode == 0, backup.stdout + backup.stderr
     manifest = json.loads(backup.stdout.splitlines()[-1])
-    assert manifest["objects"] == len(await stored_keys(bucket))
+    source_keys = await stored_keys(bucket)
+    assert manifest["objects"] == len(source_keys)
     assert local_content(s3_system) == []
     await bucket.close()
+    # ... and a restore puts them into another (empty) prefix, through the same port.
+    env = {
+        **s3.env(),
+        "STORAGE_PATH": str(tmp_path / "b" / "storage"),
+        "STORAGE_SCRATCH_DIR": str(tmp_path / "b" / "scratch"),
+    }
+    backup_dir = Path(manifest["path"])
+    async with own_system(tmp_path / "b", colour_models, extra_env=env, restore=backup_dir) as b:
+        restored = bucket_of(b)
+        assert await stored_keys(restored) == source_keys
+        async with aiohttp.ClientSession() as session:
+            # One upload's bytes, read back through the restored gateway.
+            conn = await asyncpg.connect(b.database_url)
+            try:
+                upload, sha = await conn.fetchrow(
+                    """SELECT u.id, c.sha256 FROM uploads u JOIN content c
+                       ON c.id = u.content_id WHERE c.kind = 'image' LIMIT 1"""
+                )
+            finally:
+                await conn.close()
+            async with session.get(f"{b.base}/api/v1/objects/{upload}/content") as answer:
+                assert answer.status == 200
+                assert hashlib.sha256(await answer.read()).hexdigest() == sha
+        await restored.close()

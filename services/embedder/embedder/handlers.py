@@ -78,10 +78,13 @@ def saver(pool: asyncpg.Pool, storage: Storage, max_distance: int, max_batch: in
     One group at a time per process: the lock serialises them across replicas anyway.
     """
 
+    async def keep_one(result: repo.Embedded) -> None:
+        if await storage.stat(result.thumbnail_key) is None:
+            await storage.put(chunks_of(result.thumbnail))
+
     async def keep_thumbnails(saved: list[repo.Embedded]) -> None:
-        for result in saved:
-            if await storage.stat(result.thumbnail_key) is None:
-                await storage.put(chunks_of(result.thumbnail))
+        # Together: held under the pHash lock, and with S3 each check is a request.
+        await asyncio.gather(*(keep_one(result) for result in saved))
 
     async def write(batch: Sequence[repo.Embedded]) -> list[repo.Saved]:
         async with timed("embedder_save"), pool.acquire() as conn:

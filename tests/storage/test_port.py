@@ -131,6 +131,14 @@ async def test_reads_stream_ranges_and_local_copies_when_asked(storage: Storage)
     assert await storage.stat(key_for("0" * 64)) is None
 
 
+async def test_an_empty_object_reads_as_empty_whatever_the_range(storage: Storage) -> None:
+    stored = await storage.put(chunks_of(b""))
+    assert stored.size == 0 and await storage.read(stored.key, limit=10) == b""
+    assert [c async for c in storage.open(stored.key, start=0, length=5)] == []
+    async with storage.local_file(stored.key) as local:
+        assert local.read_bytes() == b""
+
+
 @pytest.mark.parametrize("size", [100, 6 * MiB], ids=["one-part", "multipart"])
 async def test_ensure_placed_stores_the_content_again_when_it_was_removed_after_commit(
     storage: Storage, size: int

@@ -83,6 +83,10 @@ class _Exists(Exception):
     """A conditional write found its key taken."""
 
 
+class _PastTheEnd(Exception):
+    """A range that starts at or after the object's end (an empty object's any range)."""
+
+
 async def _call(what: str, call: Awaitable[T], *, conditional: bool = False) -> T:
     """An S3 call, with what still fails after botocore's retries as StorageUnavailable
     (a missing key as FileNotFoundError, a conditional write's key taken as _Exists)."""
@@ -93,6 +97,8 @@ async def _call(what: str, call: Awaitable[T], *, conditional: bool = False) -> 
             raise FileNotFoundError(what) from None
         if conditional and _code(error) in _EXISTS:
             raise _Exists(what) from None
+        if _code(error) == "InvalidRange":
+            raise _PastTheEnd(what) from None
         raise StorageUnavailable(f"S3 {what}: {_code(error) or error}") from error
     except (BotoCoreError, aiohttp.ClientError, TimeoutError) as error:
         raise StorageUnavailable(f"S3 {what}: {type(error).__name__}: {error}") from error
@@ -386,9 +392,13 @@ class S3Storage:
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             extra["Range"] = f"bytes={start}-{end}"
-        answer = await self._do(
-            f"get {key}", lambda c: c.get_object(Bucket=self.bucket, Key=self._k(key), **extra)
-        )
+        try:
+            answer = await self._do(
+                f"get {key}",
+                lambda c: c.get_object(Bucket=self.bucket, Key=self._k(key), **extra),
+            )
+        except _PastTheEnd:
+            return  # nothing there: as a file read past its end
         async with answer["Body"] as body:
             while True:
                 chunk = await _call(f"read {key}", body.read(chunk_size))
@@ -568,6 +578,7 @@ class S3Storage:
             item["Key"][len(self.prefix) :]
             async for page in self._list("tmp/")
             for item in page.get("Contents", [])
+            if not item["Key"][len(self.prefix) :].startswith("tmp/.probe-")  # /ready's
         ]
         names += [
             f"multipart:{u['Key'][len(self.prefix) :]}" for u in await self._multipart_uploads()

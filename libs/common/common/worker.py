@@ -57,7 +57,9 @@ class WorkerDeps:
     settings: WorkerSettings
     pool: asyncpg.Pool
     bus: Bus
-    storage: Storage
+    # None for a worker that never touches content (`Worker(uses_storage=False)`); a service
+    # that does narrows it to `Storage` in its deps.
+    storage: Storage | None
     probe_port: int = 0  # the port the probe server bound (0 until it runs)
 
 
@@ -72,7 +74,7 @@ class Resources:
 
     pool: asyncpg.Pool
     bus: Bus
-    storage: Storage
+    storage: Storage | None
     # Register what setup opens here (`push_async_callback`): closed in reverse at stop.
     stack: contextlib.AsyncExitStack
 
@@ -99,6 +101,9 @@ class Worker(Generic[S, D]):
 
     service: str
     setup: Setup[S, D]
+    # Whether it reads or writes content: then the store is opened, probed by /ready and
+    # named in /health (the schemer keeps JSON in the database only).
+    uses_storage: bool = True
     _subscriptions: list[_Subscription[D]] = field(default_factory=list)
     _rpc: list[tuple[Callable[[D], str], Callable[[D, bytes], Awaitable[bytes]], int]] = field(
         default_factory=list
@@ -163,9 +168,10 @@ class Worker(Generic[S, D]):
     @contextlib.asynccontextmanager
     async def running(self, settings: S) -> AsyncIterator[D]:
         """Start the worker; stop it all when the block ends. Yields its deps."""
-        storage = open_storage(settings)
+        storage = open_storage(settings) if self.uses_storage else None
         async with contextlib.AsyncExitStack() as stack:  # stops in the reverse order
-            stack.push_async_callback(storage.close)
+            if storage is not None:
+                stack.push_async_callback(storage.close)
             pool = await stack.enter_async_context(open_pool(settings))
             bus = Bus(settings)
             stack.push_async_callback(bus.close)
@@ -186,11 +192,12 @@ class Worker(Generic[S, D]):
             stack.push_async_callback(_stop_all, consumers)
 
             def info() -> dict[str, Any]:
-                return {"service": self.service, "storage": storage.backend, **self._info(deps)}
+                backend = storage.backend if storage is not None else None
+                return {"service": self.service, "storage": backend, **self._info(deps)}
 
             async def checks() -> dict[str, bool]:
                 # Not ready once draining: a load balancer or Kubernetes stops sending work.
-                own = {"storage": await storage.writable()}
+                own = {"storage": await storage.writable()} if storage is not None else {}
                 own |= {name: await ready(deps) for name, ready in self._checks}
                 return {**own, "accepting": not self._draining}
 

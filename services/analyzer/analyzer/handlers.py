@@ -18,7 +18,7 @@ from common.consumer import Delivery, Permanent, Retryable
 from common.labels import Labeler, LabelsUnavailable
 from common.messages import MediaAnalyzed, MediaEmbedded
 from common.stages import Stage
-from common.storage import StorageError, StorageUnavailable
+from common.storage import Storage, StorageError, StorageUnavailable
 from common.worker import WorkerDeps
 
 log = structlog.get_logger(__name__)
@@ -29,6 +29,7 @@ MAX_SOURCE_BYTES = 512 * 1024 * 1024
 @dataclass(frozen=True, kw_only=True)
 class AnalyzerDeps(WorkerDeps):
     settings: AnalyzerSettings
+    storage: Storage
     labeler: Labeler
     vlm: GeminiVlm | None  # None: VLM_ENABLED=false or no GEMINI_API_KEY
 

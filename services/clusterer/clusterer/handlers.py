@@ -35,6 +35,7 @@ from common.messages import (
 )
 from common.outbox import OutboxRelay
 from common.stages import UNFINISHED, Stage
+from common.storage import Storage
 from common.telemetry import link_span
 from common.worker import WorkerDeps
 
@@ -53,6 +54,7 @@ ATTEMPTS = 10
 @dataclass(frozen=True, kw_only=True)
 class ClustererDeps(WorkerDeps):
     settings: ClustererSettings
+    storage: Storage
     labeler: Labeler
     relay: OutboxRelay
     models: ModelCache

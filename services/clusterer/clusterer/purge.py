@@ -23,11 +23,11 @@ import structlog
 from prometheus_client import Counter
 
 from clusterer import folders, repo
+from clusterer.handlers import ClustererDeps
 from clusterer.repo import purge as purging
 from common.consumer import Delivery, Retryable
 from common.messages import UploadsDeleted
 from common.objects import lock_objects, remove_unreferenced, sha_of
-from common.worker import WorkerDeps
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,7 @@ PURGED = Counter(
 ATTEMPTS = 10
 
 
-async def handle_deleted(deps: WorkerDeps, event: UploadsDeleted, delivery: Delivery) -> None:
+async def handle_deleted(deps: ClustererDeps, event: UploadsDeleted, delivery: Delivery) -> None:
     """Purge what the deleted uploads leave unreferenced; sync the folders they were in."""
     syncs: set[uuid.UUID] = set()
     for content_id in event.content_ids:
@@ -49,7 +49,7 @@ async def handle_deleted(deps: WorkerDeps, event: UploadsDeleted, delivery: Deli
         await folders.run_pending_syncs(deps.pool, deps.storage, sorted(syncs))
 
 
-async def purge(deps: WorkerDeps, content_id: uuid.UUID, actor: str) -> uuid.UUID | None:
+async def purge(deps: ClustererDeps, content_id: uuid.UUID, actor: str) -> uuid.UUID | None:
     """Purge one content if nothing refers to it; the cluster whose folder needs a sync."""
     for _ in range(ATTEMPTS):
         seen = await purging.target(deps.pool, content_id)

@@ -75,6 +75,8 @@ async def _check_models(conn: asyncpg.Connection, primary: str, next_model: str 
 async def setup(settings: EmbedderSettings, base: Resources) -> EmbedderDeps:
     """Load the model (and the next one of a switch), start the decoder processes and the
     batchers, register the models."""
+    storage = base.storage
+    assert storage is not None  # the embedder is a Worker that uses storage
     model = _load(settings, settings.model_path)
     next_path = settings.next_model_path
     following = _load(settings, next_path) if next_path is not None else None
@@ -111,9 +113,7 @@ async def setup(settings: EmbedderSettings, base: Resources) -> EmbedderDeps:
         settings,
         decoders=decoders,
         batcher=batcher,
-        saver=saver(
-            base.pool, base.storage, settings.near_duplicate_distance, settings.max_batch_size
-        ),
+        saver=saver(base.pool, storage, settings.near_duplicate_distance, settings.max_batch_size),
         model_id=model.model_id,
         dim=model.dim,
         next=next_model,

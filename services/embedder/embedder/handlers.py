@@ -50,6 +50,7 @@ class LoadedModel:
 @dataclass(frozen=True, kw_only=True)
 class EmbedderDeps(WorkerDeps):
     settings: EmbedderSettings
+    storage: Storage
     decoders: DecoderPool
     batcher: ModelBatcher
     saver: Saver

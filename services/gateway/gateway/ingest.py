@@ -351,14 +351,12 @@ def storage_refused(error: OSError | StorageUnavailable, settings: GatewaySettin
     """The 503 for a store that refused an upload's bytes. The error names paths or keys: it
     goes to the log; the client gets its kind only."""
     log.warning("storage refused an upload", error=str(error))
-    if isinstance(error, OSError) and error.errno:
+    if isinstance(error, StorageUnavailable):
+        reason = "the object store is unavailable"
+    elif error.errno:
         reason = os.strerror(error.errno)
     else:
-        reason = (
-            "the object store is unavailable"
-            if isinstance(error, StorageUnavailable)
-            else type(error).__name__
-        )
+        reason = type(error).__name__
     return ApiError(
         503,
         "storage cannot accept the upload now",

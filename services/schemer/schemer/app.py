@@ -45,7 +45,7 @@ def _info(deps: SchemerDeps) -> dict[str, object]:
     }
 
 
-worker: Worker[SchemerSettings, SchemerDeps] = Worker("schemer", setup)
+worker: Worker[SchemerSettings, SchemerDeps] = Worker("schemer", setup, uses_storage=False)
 worker.consume(
     {JsonIngested: handle_ingested, JsonIngestedV1: handle_ingested_v1},
     prefetch=lambda deps: deps.settings.schemer_prefetch,

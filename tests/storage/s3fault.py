@@ -72,6 +72,8 @@ class S3Faults:
         ) as answer:
             data = await answer.read()
             out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP}
+            if request.method == "HEAD" and "Content-Length" in answer.headers:
+                out["Content-Length"] = answer.headers["Content-Length"]  # the object's size
             return web.Response(status=answer.status, body=data, headers=out)
 
     async def start(self) -> str:

@@ -14,7 +14,10 @@ What a handler raises decides the outcome:
   logged with its traceback (`exc_info`), retried the same way, and parked after the last
   attempt with the traceback kept on the dead letter (bounded);
 - `PublishRefused` / `BusUnavailable`: the work is done but the next stage was not told:
-  held (see `Consumer`).
+  held (see `Consumer`);
+- `StorageUnavailable`: the content store cannot be reached (S3 down, throttling past the
+  retries): no fault of the message either, so held the same way, and an outage longer than
+  the retry tiers parks nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from common.aio import InFlight
 from common.bus import Bus, BusUnavailable, PublishRefused
 from common.messages import EVENTS, Event
 from common.metrics import JOB_DURATION, JOBS_PROCESSED, declare_stage
+from common.storage import StorageUnavailable
 from common.telemetry import current_trace_id, set_attributes
 from common.topology import (
     ATTEMPT_HEADER,
@@ -141,9 +145,11 @@ class _Failure:
 
 @dataclass(frozen=True)
 class _Held:
-    """The handler's outgoing publish was refused (see `Consumer`)."""
+    """The handler's outgoing publish was refused, or the store is unreachable (see
+    `Consumer`)."""
 
     error: str
+    why: str = "outgoing publish refused; message put back, consumer paused"
 
 
 class Consumer:
@@ -153,7 +159,9 @@ class Consumer:
     has done its work but not told the next stage. That is not the message's failure: it
     goes back to its queue as it came (no attempt spent, nothing parked, the content not
     failed) and the consumer stops taking messages for a while, then resumes by itself. The
-    redelivery finds the work done and only publishes again (handlers are idempotent).
+    redelivery finds the work done and only publishes again (handlers are idempotent). A
+    handler that cannot reach the content store is held the same way: its work waits for
+    the store instead of spending its attempts.
     """
 
     def __init__(
@@ -326,7 +334,7 @@ class Consumer:
                 return "ok"
             report.error = outcome.error
             if isinstance(outcome, _Held):
-                return await self._hold(message, headers, outcome.error, routing_key)
+                return await self._hold(message, headers, outcome, routing_key)
             failure = outcome
             if failure.final:
                 return await self._park(message, headers, failure, attempt, routing_key)
@@ -345,6 +353,9 @@ class Consumer:
                 await handler(event, delivery)
         except (PublishRefused, BusUnavailable) as error:
             return _Held(_error_text(error))
+        except StorageUnavailable as error:
+            why = "content store unavailable; message put back, consumer paused"
+            return _Held(_error_text(error), why)
         except Permanent as error:
             return _Failure(_error_text(error), final=True)
         except Retryable as error:
@@ -363,15 +374,15 @@ class Consumer:
         self,
         message: AbstractIncomingMessage,
         headers: dict[str, Any],
-        error: str,
+        held: _Held,
         routing_key: str,
     ) -> str:
         """Put the message back as it came, then pause consuming (see the class docstring)."""
         self._holds += 1
         pause = min(self.pause_max, self.pause_base * 2 ** min(self._holds - 1, 16))
         log.warning(
-            "outgoing publish refused; message put back, consumer paused",
-            error=error,
+            held.why,
+            error=held.error,
             pause_s=pause,
         )
         try:

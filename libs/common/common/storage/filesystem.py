@@ -202,7 +202,8 @@ class FileSystemStorage:
         when the block ends. Never the object's own path: the bytes stay readable under it
         even if the content is purged or swept meanwhile."""
         source = self.path(key)
-        link = self.scratch_dir / f"{uuid.uuid4().hex}{READ_SUFFIX}"
+        # Named after the object, so a decoder's error still says which content it was.
+        link = self.scratch_dir / f"{source.name}.{uuid.uuid4().hex[:8]}{READ_SUFFIX}"
         try:
             await asyncio.to_thread(os.link, source, link)
         except FileNotFoundError:

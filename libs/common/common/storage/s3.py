@@ -417,7 +417,10 @@ class S3Storage:
     @contextlib.asynccontextmanager
     async def local_file(self, key: str) -> AsyncIterator[Path]:
         """A temporary local copy in `scratch_dir`, removed when the block ends."""
-        fd, name = tempfile.mkstemp(prefix="object-", suffix=".part", dir=self.scratch_dir)
+        # Named after the object, so a decoder's error still says which content it was.
+        fd, name = tempfile.mkstemp(
+            prefix=f"{check_key(key)[-1]}.", suffix=".download", dir=self.scratch_dir
+        )
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -73,6 +73,25 @@ async def test_two_writers_of_the_same_bytes_at_once_store_one_object(storage: S
     assert await all_objects(storage) == [results[0].key]
 
 
+async def test_writers_of_the_same_large_bytes_named_together_store_one_object(
+    storage: Storage,
+) -> None:
+    # As one group commit names two uploads of the same bytes, in one transaction (so under
+    # one lock) and at once.
+    data = os.urandom(6 * MiB)
+    stored_before = written(storage, "stored")
+    writers = [storage.writer() for _ in range(3)]
+    for writer in writers:
+        for start in range(0, len(data), MiB):
+            await writer.write(data[start : start + MiB])
+        await writer.commit()
+    await asyncio.gather(*(writer.ensure_placed() for writer in writers))
+    for writer in writers:
+        await writer.abort()
+    assert written(storage, "stored") - stored_before == 1
+    assert len(await all_objects(storage)) == 1 and await storage.temp_files() == []
+
+
 @pytest.mark.parametrize(
     "key",
     [

@@ -33,6 +33,7 @@ import os
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -185,10 +186,14 @@ class S3Writer:
             raise StorageError("ensure_placed before commit")
         if self._small is not None:
             await self._s._put_new(self._final, self._small, self.sha256)
-        elif await self._s.stat(self._final) is not None:
-            OBJECTS_WRITTEN.labels("s3", "present").inc()
-        else:
-            await self._s._copy(self._temp, self._final)
+            return
+        # The object's lock is per transaction, and one group commit can carry two uploads
+        # of the same bytes: within the process, one at a time per name too.
+        async with self._s._naming(self._final):
+            if await self._s.stat(self._final) is not None:
+                OBJECTS_WRITTEN.labels("s3", "present").inc()
+            else:
+                await self._s._copy(self._temp, self._final)
 
     async def abort(self) -> None:
         """Remove what this upload left in the store but its content; never raises (what it
@@ -260,6 +265,7 @@ class S3Storage:
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
         self._opening: asyncio.Lock | None = None
+        self._names: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> S3Storage:
@@ -289,6 +295,13 @@ class S3Storage:
                     self._client = await self._stack.enter_async_context(creator)
         assert self._client is not None
         return self._client
+
+    def _naming(self, key: str) -> asyncio.Lock:
+        """This process's lock on giving `key` its object (see S3Writer.ensure_placed)."""
+        lock = self._names.get(key)
+        if lock is None:
+            lock = self._names[key] = asyncio.Lock()
+        return lock
 
     def _k(self, key: str) -> str:
         return self.prefix + "/".join(check_key(key))

@@ -98,14 +98,17 @@ async def test_documents_join_the_most_alike_collection_when_unnamed(
     gateway: Gateway, start_schemer: Any, db: asyncpg.Connection
 ) -> None:
     async with start_schemer(schema_match_threshold=0.5):
-        for job in [
-            await ingest(gateway, PEOPLE[:5]),
-            await ingest(gateway, PEOPLE[5:]),
+        # One after the other: which collection a document joins depends on those that
+        # exist when it is placed (all four at once may be placed in any order).
+        for documents in [
+            PEOPLE[:5],
+            PEOPLE[5:],
             # Two of three keys shared, one new: Jaccard 2/4 = 0.5 joins.
-            await ingest(gateway, {"name": "q", "age": 1, "email": "q@x"}),
+            {"name": "q", "age": 1, "email": "q@x"},
             # Nothing in common: a collection of its own.
-            await ingest(gateway, {"sku": "a", "price": 1}),
+            {"sku": "a", "price": 1},
         ]:
+            job = await ingest(gateway, documents)
             assert (await wait_job(gateway, job["job_id"]))["status"] == "done"
     found = await collections(db)
     assert [(c["name"], c["document_count"], c["name_source"]) for c in found] == [

@@ -23,7 +23,6 @@ from gateway.sweep import Sweeper
 from tests.conftest import make_png
 from tests.integration.test_ingest import form, stored_objects
 from tests.observability.harness import wait_until
-from tests.s3server import S3Server
 from tests.storage.s3fault import S3Faults
 
 MiB = 1024 * 1024
@@ -33,14 +32,6 @@ HOUR = 3600.0
 @pytest.fixture
 def storage_backend() -> str:
     return "s3"
-
-
-@pytest.fixture
-async def faults(s3: S3Server) -> AsyncIterator[S3Faults]:
-    proxy = S3Faults(s3.endpoint)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture(scope="module")

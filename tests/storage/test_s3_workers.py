@@ -21,21 +21,12 @@ from tests.embedder.conftest import embedder_settings, tiny_clip_dir  # noqa: F4
 from tests.integration.conftest import Gateway
 from tests.integration.test_ingest import form
 from tests.observability.harness import wait_until
-from tests.s3server import S3Server
 from tests.storage.s3fault import S3Faults
 
 
 @pytest.fixture
 def storage_backend() -> str:
     return "s3"
-
-
-@pytest.fixture
-async def faults(s3: S3Server) -> AsyncIterator[S3Faults]:
-    proxy = S3Faults(s3.endpoint)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.fixture
